@@ -1,0 +1,21 @@
+# The two commands a new machine needs (see README): `make demo` and `make test`.
+# Everything they need is installed by scripts/ on first use and cached outside the clone.
+.PHONY: demo test test-fast bench venvs clean-demo
+
+demo:  ## run the main job on the embedded default (local S3 stand-in, tiny model, synthetic cells)
+	bash scripts/demo.sh
+
+test:  ## the whole test suite, as CI runs it
+	bash scripts/test.sh
+
+test-fast:  ## the inner loop: unit tests only, no slow integration
+	bash scripts/test.sh -m "not slow"
+
+bench:  ## benchmarks against helical's own loop; prints a table (see docs/BENCHMARKS.md)
+	bash scripts/bench.sh
+
+venvs:  ## build (or reuse) the virtualenvs only
+	bash -c 'source scripts/lib.sh && ensure_runner_env'
+
+clean-demo:
+	rm -rf data/demo

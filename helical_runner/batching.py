@@ -1,0 +1,48 @@
+"""Turning one chunk of tokenized cells into training batches.
+
+- `is_validation`: a stable hold-out by a hash of the cell id, the same on every epoch, rerun and machine.
+- `make_batches`: every cell exactly once; with length bucketing, cells of similar token length share a
+  batch (less padding to multiply), and the batches are then shuffled so lengths don't trend in time.
+- `collate`: pad a batch and build the attention mask from lengths.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+
+def is_validation(cell_ids, fraction: float) -> np.ndarray:
+    """True for cells in the held-out split: crc32(cell id) falls in the lowest `fraction` of its range."""
+    threshold = int(fraction * 2**32)
+    return np.array([zlib.crc32(str(c).encode()) < threshold for c in cell_ids], dtype=bool)
+
+
+def make_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                 bucketed: bool = True) -> list[np.ndarray]:
+    """Index batches covering every cell once, in random order."""
+    order = rng.permutation(len(lengths))
+    if bucketed:
+        # stable sort of a random permutation: equal lengths stay randomly ordered
+        order = order[np.argsort(lengths[order], kind="stable")]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def padding_efficiency(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    """Real tokens / tokens computed (each batch is padded to its longest cell)."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    return real / padded if padded else 1.0
+
+
+def collate(input_ids: list[np.ndarray], pad_id: int, device: torch.device):
+    """(ids [batch, longest], attention mask, lengths) tensors on the device."""
+    lengths = torch.tensor([len(x) for x in input_ids], dtype=torch.long)
+    ids = torch.full((len(input_ids), int(lengths.max())), pad_id, dtype=torch.long)
+    for row, tokens in enumerate(input_ids):
+        ids[row, : len(tokens)] = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    mask = (torch.arange(ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    return ids.to(device), mask.to(device), lengths.to(device)

@@ -1,0 +1,200 @@
+"""`helical-runner info | chunk | finetune | predict`: the runner image's entrypoint.
+
+Every failure ends with exactly one line on stderr, `helical-runner: error: <what went wrong>`, and a
+sysexits code (65 bad input: don't retry; 69 a service was unreachable: retry may help; 70 a bug). On
+failure an `error.json` is written under the output prefix and nothing else is left there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+
+from helical_runner import __version__
+from helical_runner.errors import InputError, RunnerError
+
+log = logging.getLogger("helical_runner")
+
+
+def _common_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", help="resource profile from config/profiles.yaml (default: the file's default)")
+    parser.add_argument("--run-id", help="id for metrics and reports (default: $HELICAL_RUN_ID or the output's name)")
+    parser.add_argument("--device", help="override the profile's device: cpu, cuda, cuda:N or auto")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="override the profile's precision")
+    parser.add_argument("--batch-size", type=int, help="cells per step (overrides the profile)")
+    parser.add_argument("--cells-per-chunk", type=int, help="rows per streamed chunk (overrides the profile)")
+    parser.add_argument("--max-input-size", type=int, help="tokens kept per cell (overrides the profile)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helical-runner",
+        description="Stream .h5ad chunks from S3/MinIO or local paths and fine-tune or apply Geneformer. "
+                    "URLs are s3://bucket/key (endpoint from S3_ENDPOINT_URL, credentials from AWS_*) or paths.")
+    parser.add_argument("--version", action="version", version=f"helical-runner {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,chunk,finetune,predict}")
+
+    info = sub.add_parser("info", help="model metadata as JSON (offline, from helical's cache)")
+    info.add_argument("--model", default="gf-12L-38M-i4096", help="Geneformer model name")
+    info.add_argument("--profile", help="resource profile for the device shown")
+
+    chunk = sub.add_parser("chunk", help="split an .h5ad into row chunks plus a manifest, without loading it whole")
+    chunk.add_argument("--input", required=True, help=".h5ad URL")
+    chunk.add_argument("--output", required=True, help="prefix for chunk-NNNNN.h5ad and manifest.json")
+    chunk.add_argument("--cells-per-chunk", type=int, help="rows per chunk (default: the profile's)")
+    chunk.add_argument("--profile", help="resource profile (chunk size and input size cap)")
+    chunk.add_argument("--run-id", help="id for metrics (default: $HELICAL_RUN_ID or the output's name)")
+
+    finetune = sub.add_parser("finetune", help="fine-tune a Geneformer cell-type classifier on streamed chunks")
+    finetune.add_argument("--data", required=True, help="chunk manifest.json or .h5ad URL")
+    finetune.add_argument("--label-column", required=True, help="obs column with the cell labels")
+    finetune.add_argument("--output", required=True, help="prefix for model/, checkpoint, report and pictures")
+    finetune.add_argument("--model", default="gf-12L-38M-i4096", help="Geneformer model to start from")
+    finetune.add_argument("--epochs", type=int, help="passes over the data (default 1)")
+    finetune.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
+    finetune.add_argument("--freeze-layers", type=int, help="first N encoder layers kept fixed (default 0)")
+    finetune.add_argument("--val-fraction", type=float, help="share of cells held out for validation (default 0.1)")
+    finetune.add_argument("--seed", type=int, help="random seed (default 0)")
+    finetune.add_argument("--no-length-bucketing", action="store_true", help="batch cells in random order only")
+    _common_run_flags(finetune)
+
+    predict = sub.add_parser("predict", help="annotate cells with a fine-tuned model")
+    predict.add_argument("--model", required=True, help="model folder written by finetune (<output>/model)")
+    predict.add_argument("--data", required=True, help="chunk manifest.json or .h5ad URL")
+    predict.add_argument("--output", required=True, help="prefix for predictions.csv and report.json")
+    _common_run_flags(predict)
+    return parser
+
+
+def _profile(args):
+    from helical_runner import profiles
+
+    profile = profiles.load(getattr(args, "profile", None))
+    return profile.override(device=getattr(args, "device", None), precision=getattr(args, "precision", None),
+                            batch_size=getattr(args, "batch_size", None),
+                            cells_per_chunk=getattr(args, "cells_per_chunk", None),
+                            max_input_size=getattr(args, "max_input_size", None))
+
+
+def run_info(args) -> dict:
+    from helical_runner.info import model_info
+
+    return model_info(args.model, _profile(args))
+
+
+def run_command(args, scratch, metrics, output) -> dict:
+    profile = _profile(args)
+    metrics.update(memory_limit_bytes=profile.memory_limit_bytes)
+    if args.command == "chunk":
+        from helical_runner.chunking import chunk
+
+        return chunk(args.input, args.output, profile.cells_per_chunk, scratch.path, profile.max_input_bytes,
+                     progress=metrics.update)
+    if args.command == "finetune":
+        from helical_runner.finetune import finetune
+        from helical_runner.training import TrainConfig, merge_config
+
+        config = merge_config(TrainConfig(), epochs=args.epochs, batch_size=profile.batch_size, lr=args.lr,
+                              freeze_layers=args.freeze_layers, val_fraction=args.val_fraction, seed=args.seed,
+                              length_bucketing=False if args.no_length_bucketing else None)
+        return finetune(args.data, args.label_column, args.output, args.model, profile, config,
+                        metrics.run_id, scratch.path, metrics)
+    from helical_runner.predict import predict
+
+    return predict(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics)
+
+
+def _summary(command: str, result: dict) -> str:
+    if command == "chunk":
+        return f"{result['n_cells']} cells in {len(result['chunks'])} chunks"
+    if command == "finetune":
+        accuracy = result.get("accuracy")
+        return f"{result['steps']} steps, validation accuracy {accuracy:.3f}" if accuracy is not None else \
+            f"{result['steps']} steps"
+    return f"{result['cells']['predicted']} cells annotated"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    if args.command == "info":
+        try:
+            print(json.dumps(run_info(args), indent=1))
+            return 0
+        except RunnerError as exc:
+            return _fail(exc)
+    return _run(args)
+
+
+def _configure_logging(verbose: bool) -> None:
+    # helical attaches its own root handler on import; ours gets a private one so lines print once.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def _run(args) -> int:
+    from helical_runner import storage
+    from helical_runner.metrics import RunMetrics
+    from helical_runner.report import ERROR_NAME, write_json
+    from helical_runner.runs import Scratch, run_id_for
+
+    try:
+        output = storage.parse(args.output)
+    except InputError as exc:
+        return _fail(exc)
+    run_id = run_id_for(output, args.run_id)
+    info = {"profile": args.profile or "", "precision": getattr(args, "precision", "") or "",
+            "model": getattr(args, "model", "") or "", "dag_id": os.environ.get("HELICAL_DAG_ID", ""),
+            "task_id": os.environ.get("HELICAL_TASK_ID", "")}
+    metrics = RunMetrics(args.command, run_id, info).start()
+    scratch = Scratch.create(run_id)
+    try:
+        result = run_command(args, scratch, metrics, output)
+    except BaseException as exc:  # noqa: BLE001 - every failure gets its one line and an error report
+        metrics.finish("failed")
+        error = exc if isinstance(exc, RunnerError) else None
+        message = str(error) if error else f"internal error: {type(exc).__name__}: {exc}"
+        try:
+            write_json(output, ERROR_NAME, {"status": "failed", "command": args.command, "run_id": run_id,
+                                            "error": message, "exit_code": _code(exc)})
+        except Exception:  # noqa: BLE001 - the output may be what is unreachable
+            pass
+        if isinstance(exc, KeyboardInterrupt):
+            return _fail(RunnerError("interrupted"))
+        if error is None:
+            traceback.print_exc()
+        return _fail(exc)
+    finally:
+        scratch.cleanup()
+    metrics.finish("succeeded")
+    try:  # a stale error report from an earlier failed attempt would contradict this success
+        storage.delete(output.join(ERROR_NAME))
+    except RunnerError:
+        pass
+    print(f"{args.command} done: {_summary(args.command, result)}; outputs under {output}", file=sys.stderr)
+    return 0
+
+
+def _code(exc: BaseException) -> int:
+    return exc.exit_code if isinstance(exc, RunnerError) else 70
+
+
+def _fail(exc: BaseException) -> int:
+    message = str(exc) if isinstance(exc, RunnerError) else f"internal error: {type(exc).__name__}: {exc}"
+    print(f"helical-runner: error: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
+    return _code(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""A dataset as a sequence of row chunks: either a chunk manifest written by `chunk`, or a plain .h5ad.
+
+Both give the same `Dataset`: its size, genes and obs summary up front (so the classifier knows every
+label before training starts), and `load(i)` to read chunk i. `prefetched()` runs the next loads on a
+background thread so the download of chunk i+1 overlaps the work on chunk i.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence, TypeVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from helical_runner import storage
+from helical_runner.errors import InputError
+from helical_runner.h5ad_io import H5adRows, check_counts, ensembl_ids
+from helical_runner.profiles import parse_size
+from helical_runner.storage import Location
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MANIFEST_FORMAT = "helical-runner/chunks/v1"
+MANIFEST_NAME = "manifest.json"
+MAX_SUMMARISED_VALUES = 1000  # obs columns with more distinct values (ids, counts) get no value counts
+
+
+@dataclass
+class Chunk:
+    """One chunk in memory: raw counts, its cells' metadata, and the dataset's gene ids."""
+
+    index: int
+    X: sp.csr_matrix
+    obs: pd.DataFrame
+    ensembl_ids: np.ndarray
+
+
+@dataclass
+class Dataset:
+    url: str
+    etag: str
+    size: int
+    n_cells: int
+    chunk_sizes: list[int]
+    genes: list[str]  # as in var (index)
+    ensembl_ids: np.ndarray  # the genes as Ensembl ids (what the tokenizer looks up)
+    obs_value_counts: dict[str, dict[str, int]]
+    _load: Callable[[int], Chunk] = field(repr=False)
+    _close: Callable[[], None] = field(repr=False, default=lambda: None)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_sizes)
+
+    def label_counts(self, column: str) -> dict[str, int]:
+        if column not in self.obs_value_counts:
+            available = ", ".join(sorted(self.obs_value_counts)) or "none"
+            raise InputError(f"{self.url}: no obs column '{column}' usable as labels (categorical obs columns: {available})")
+        return self.obs_value_counts[column]
+
+    def load(self, index: int) -> Chunk:
+        return self._load(index)
+
+    def close(self) -> None:
+        self._close()
+
+
+def summarise_obs(obs: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Value counts of each obs column with few distinct values (the candidate label columns)."""
+    summary = {}
+    for column in obs.columns:
+        values = obs[column]
+        if pd.api.types.is_float_dtype(values):
+            continue
+        counts = values.astype(str).value_counts()
+        if len(counts) <= MAX_SUMMARISED_VALUES:
+            summary[str(column)] = {str(k): int(v) for k, v in counts.items()}
+    return summary
+
+
+def open_dataset(url: str, scratch: Path, cells_per_chunk: int, max_input_bytes: str | int | None = None) -> Dataset:
+    loc = storage.parse(url)
+    info = storage.stat(loc)
+    if max_input_bytes is not None and info.size > parse_size(max_input_bytes):
+        raise InputError(f"{loc} is {info.size / 1e9:.2f} GB, over the profile's cap of {max_input_bytes}; "
+                         "use a larger profile or split the file")
+    if loc.name.endswith(".json"):
+        return _open_manifest(loc, info, scratch)
+    return _open_h5ad(loc, info, scratch, cells_per_chunk)
+
+
+def _open_h5ad(loc: Location, info: storage.ObjectInfo, scratch: Path, cells_per_chunk: int) -> Dataset:
+    local = storage.download(loc, scratch / f"input-{info.etag}.h5ad")
+    rows = H5adRows(local, str(loc))
+    if rows.n_obs == 0:
+        rows.close()
+        raise InputError(f"{loc} has zero cells")
+    if len(rows.var) == 0:
+        rows.close()
+        raise InputError(f"{loc} has zero genes")
+    ids = ensembl_ids(rows.var, str(loc))
+    starts = list(range(0, rows.n_obs, cells_per_chunk))
+
+    def load(i: int) -> Chunk:
+        part = rows.rows(starts[i], min(starts[i] + cells_per_chunk, rows.n_obs))
+        check_counts(part.X, part.obs, str(loc))
+        return Chunk(index=i, X=part.X, obs=part.obs, ensembl_ids=ids)
+
+    def close() -> None:
+        rows.close()
+        if local != loc.path:  # a downloaded copy, not the user's own file
+            local.unlink(missing_ok=True)
+
+    return Dataset(url=str(loc), etag=info.etag, size=info.size, n_cells=rows.n_obs,
+                   chunk_sizes=[min(cells_per_chunk, rows.n_obs - s) for s in starts],
+                   genes=[str(g) for g in rows.var.index], ensembl_ids=ids, obs_value_counts=summarise_obs(rows.obs),
+                   _load=load, _close=close)
+
+
+def _open_manifest(loc: Location, info: storage.ObjectInfo, scratch: Path) -> Dataset:
+    try:
+        manifest = json.loads(storage.get_bytes(loc))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{loc} is not a JSON chunk manifest") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"{loc} is not a chunk manifest (format '{MANIFEST_FORMAT}')")
+    base = Location(loc.url.rsplit("/", 1)[0])
+    chunks = manifest["chunks"]
+    ids = np.asarray(manifest["ensembl_ids"])
+
+    def load(i: int) -> Chunk:
+        chunk_loc = base.join(chunks[i]["key"])
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            local = storage.download(chunk_loc, Path(tmp) / "chunk.h5ad")
+            with H5adRows(local, str(chunk_loc)) as rows:
+                part = rows.rows(0, rows.n_obs)
+        return Chunk(index=i, X=part.X, obs=part.obs, ensembl_ids=ids)
+
+    return Dataset(url=str(loc), etag=info.etag, size=manifest["source"]["size"], n_cells=manifest["n_cells"],
+                   chunk_sizes=[c["n_cells"] for c in chunks], genes=manifest["genes"], ensembl_ids=ids,
+                   obs_value_counts=manifest["obs_value_counts"], _load=load)
+
+
+def prefetched(loaders: Sequence[Callable[[], T]], depth: int = 1) -> Iterator[T]:
+    """Results of the loaders in order, each started `depth` items ahead on a background thread."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        pending: list[Future] = [pool.submit(f) for f in loaders[:depth]]
+        for i in range(len(loaders)):
+            if i + depth < len(loaders):
+                pending.append(pool.submit(loaders[i + depth]))
+            yield pending.pop(0).result()

@@ -1,0 +1,210 @@
+"""`helical-runner finetune`: stream a dataset, fine-tune a Geneformer classifier, save model and report.
+
+Outputs under the output prefix: model/ (see model.py), checkpoint.pt (after every chunk; a rerun with
+the same output resumes from it), report.json, training_curves.png, confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helical_runner import checkpoint, model as model_io, storage
+from helical_runner.batching import is_validation
+from helical_runner.dataset import Dataset, open_dataset, prefetched
+from helical_runner.errors import InputError
+from helical_runner.metrics import RunMetrics
+from helical_runner.model_files import ModelFiles, locate
+from helical_runner.precision import resolve, select_device
+from helical_runner.profiles import Profile
+from helical_runner.report import REPORT_NAME, confusion_matrix, publish_plots, write_json
+from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
+from helical_runner.runs import previous_report, versions
+from helical_runner.storage import Location
+from helical_runner.tokenizer import GeneformerTokenizer
+from helical_runner.training import (PreparedChunk, Trainer, TrainConfig, TrainState, estimate_total_steps, fit)
+
+log = logging.getLogger(__name__)
+
+
+def label_classes(dataset: Dataset, column: str) -> list[str]:
+    counts = dataset.label_counts(column)
+    classes = sorted(label for label in counts if label not in ("nan", "None", ""))
+    if len(classes) < 2:
+        raise InputError(f"{dataset.url}: label column '{column}' has {len(classes)} class(es) "
+                         f"({', '.join(classes) or 'none'}); a classifier needs at least 2")
+    return classes
+
+
+def check_vocabulary(dataset: Dataset, tokenizer: GeneformerTokenizer, model_name: str) -> int:
+    known = sum(1 for g in dataset.ensembl_ids if g in tokenizer.token_dict)
+    if known == 0:
+        raise InputError(f"{dataset.url}: none of its {len(dataset.ensembl_ids)} genes is in {model_name}'s vocabulary "
+                         "(Geneformer needs human Ensembl gene ids, in var['ensembl_id'] or as var names)")
+    return known
+
+
+def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_column: str,
+                   label_index: dict[str, int], val_fraction: float):
+    """A function chunk index -> PreparedChunk (runs on the prefetch thread: read, check, tokenize, split)."""
+
+    def prepare(i: int) -> PreparedChunk:
+        chunk = dataset.load(i)
+        if label_column not in chunk.obs.columns:
+            raise InputError(f"{dataset.url}: chunk {i} has no obs column '{label_column}'")
+        obs = chunk.obs
+        keep = np.ones(len(obs), dtype=bool)
+        if "filter_pass" in obs.columns:  # helical's QC convention: only cells with filter_pass == 1
+            keep &= (obs["filter_pass"] == 1).to_numpy()
+        n_counts = obs["n_counts"].to_numpy()[keep] if "n_counts" in obs.columns else None
+        labels = obs[label_column].astype(str).map(label_index)
+        tokens = tokenizer.tokenize(chunk.X[keep], chunk.ensembl_ids, obs.index[keep], n_counts)
+        y = labels.to_numpy()[keep][tokens.kept]
+        labelled = ~np.isnan(y.astype(float))
+        ids = [t for t, ok in zip(tokens.input_ids, labelled) if ok]
+        lengths, y, cells = tokens.lengths[labelled], y[labelled].astype(np.int64), tokens.cell_ids[labelled]
+        val = is_validation(cells, val_fraction)
+        return PreparedChunk(
+            index=i,
+            train_ids=[t for t, v in zip(ids, val) if not v], train_lengths=lengths[~val], train_labels=y[~val],
+            val_ids=[t for t, v in zip(ids, val) if v], val_lengths=lengths[val], val_labels=y[val],
+            dropped=int(len(obs) - len(y)),
+        )
+
+    return prepare
+
+
+def _fingerprint(dataset: Dataset, files: ModelFiles, classes, label_column, config: TrainConfig,
+                 profile: Profile, precision: str) -> dict:
+    return {"data_etag": dataset.etag, "chunk_sizes": dataset.chunk_sizes, "model": files.name,
+            "labels": list(classes), "label_column": label_column, "config": asdict(config),
+            "precision": precision, "max_input_size": profile.max_input_size}
+
+
+def finetune(data_url: str, label_column: str, output_url: str, model_name: str, profile: Profile,
+             config: TrainConfig, run_id: str, scratch: Path, metrics: RunMetrics) -> dict:
+    started = time.monotonic()
+    output = storage.parse(output_url)
+    previous = previous_report(output)
+    if previous and previous.get("status") == "succeeded":
+        log.info("%s already holds a finished run (report.json): nothing to do", output)
+        return previous
+
+    device = select_device(profile.device)
+    precision = resolve(profile.precision, device)
+    files = locate(model_name)
+    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes)
+    try:
+        classes = label_classes(dataset, label_column)
+        tokenizer = GeneformerTokenizer(files, profile.max_input_size)
+        genes_known = check_vocabulary(dataset, tokenizer, files.name)
+        log.info("%s: %d cells in %d chunks, %d genes in the vocabulary, %d classes of '%s'", dataset.url,
+                 dataset.n_cells, dataset.n_chunks, genes_known, len(classes), label_column)
+
+        torch.manual_seed(config.seed)
+        net = model_io.GeneformerClassifier(model_io.load_encoder(files.model_dir), len(classes),
+                                            files.special_token)
+        net.freeze_layers(config.freeze_layers)
+        net.to(device)
+        trainer = Trainer(net, config, precision, tokenizer.pad_id, estimate_total_steps(dataset.chunk_sizes, config))
+        store = checkpoint.CheckpointStore(output, scratch)
+        fingerprint = _fingerprint(dataset, files, classes, label_column, config, profile, precision.name)
+        state = _resume(store, trainer, fingerprint)
+
+        def save_checkpoint(current: TrainState) -> None:
+            store.save({"fingerprint": fingerprint, "trainer": trainer.state_dict(),
+                        "state": checkpoint.state_to_dict(current), "torch_rng": torch.get_rng_state()})
+
+        metrics.update(chunks_total=dataset.n_chunks * config.epochs, memory_limit_bytes=profile.memory_limit_bytes,
+                       chunks_done=state.epoch * dataset.n_chunks + state.chunk_pos, cells=state.cells_seen)
+        prepare = chunk_preparer(dataset, tokenizer, label_column, {c: i for i, c in enumerate(classes)},
+                                 config.val_fraction)
+        state = fit(trainer, dataset.n_chunks, prepare, state, save_checkpoint, metrics.update, prefetched)
+        return _publish(output, trainer, state, dataset, files, classes, label_column, config, profile,
+                        precision.name, run_id, started, data_url)
+    finally:
+        dataset.close()
+
+
+def _resume(store: checkpoint.CheckpointStore, trainer: Trainer, fingerprint: dict) -> TrainState:
+    saved = store.load()
+    if saved is None:
+        return TrainState()
+    if saved["fingerprint"] != fingerprint:
+        changed = sorted(k for k in fingerprint if saved["fingerprint"].get(k) != fingerprint[k])
+        raise InputError(f"checkpoint {store.location} belongs to a run with other settings ({', '.join(changed)}); "
+                         "use a new output prefix or delete the checkpoint")
+    trainer.load_state_dict(saved["trainer"])
+    torch.set_rng_state(saved["torch_rng"])
+    state = checkpoint.state_from_dict(saved["state"])
+    state.resumed_from = {"epoch": state.epoch + 1, "chunks_done": state.chunk_pos, "step": state.step}
+    log.info("resuming from checkpoint: epoch %d, %d chunk(s) done, step %d", state.epoch + 1, state.chunk_pos,
+             state.step)
+    return state
+
+
+def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dataset, files: ModelFiles,
+             classes: list[str], label_column: str, config: TrainConfig, profile: Profile, precision: str,
+             run_id: str, started: float, data_url: str) -> dict:
+    labels = np.asarray(state.val_labels, dtype=np.int64)
+    if len(labels):
+        predictions = trainer.predict(state.val_ids, config.batch_size * 4).argmax(axis=1)
+    else:
+        predictions = np.zeros(0, dtype=np.int64)
+    matrix = confusion_matrix(labels, predictions, len(classes))
+    meta = model_io.ClassifierMeta(labels=classes, label_column=label_column, base_model=files.name,
+                                   model_version=files.version,
+                                   input_size=min(profile.max_input_size, files.input_size),
+                                   special_token=files.special_token)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_io.save(trainer.model, meta, files, Path(tmp))
+        for path in sorted(Path(tmp).iterdir()):
+            storage.upload(path, output.join("model", path.name))
+    pictures = publish_plots(output, state.history, state.val_history, matrix, classes)
+    allocated, reserved = cuda_memory_bytes()
+    report = {
+        "status": "succeeded",
+        "command": "finetune",
+        "run_id": run_id,
+        "inputs": {"data": {"url": data_url, "etag": dataset.etag, "size": dataset.size, "cells": dataset.n_cells,
+                            "chunks": dataset.n_chunks},
+                   "model": {"name": files.name, "version": files.version}},
+        "profile": asdict(profile),
+        "precision": precision,
+        "device": str(trainer.precision.device),
+        "config": asdict(config),
+        "label_column": label_column,
+        "labels": classes,
+        "cells": {"total": dataset.n_cells, "trained_per_epoch": state.cells_seen // max(1, config.epochs),
+                  "trained_total": state.cells_seen, "validation": int(len(labels)), "dropped": state.cells_dropped},
+        "epochs": config.epochs,
+        "steps": state.step,
+        "losses": [h["loss"] for h in state.history],
+        "history": state.history,
+        "validation": state.val_history,
+        "accuracy": state.val_history[-1]["val_accuracy"] if state.val_history else None,
+        "confusion_matrix": matrix.tolist(),
+        "throughput": {
+            "cells_per_second": state.cells_seen / state.train_seconds if state.train_seconds else None,
+            "data_wait_fraction": state.data_wait_seconds / state.train_seconds if state.train_seconds else None,
+            "padding_efficiency": state.real_tokens / state.padded_tokens if state.padded_tokens else None,
+        },
+        "durations": {"total_seconds": time.monotonic() - started, "train_seconds": state.train_seconds,
+                      "data_wait_seconds": state.data_wait_seconds},
+        "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": allocated,
+                        "cuda_reserved_bytes": reserved},
+        "resumed_from": state.resumed_from,
+        "outputs": {"model": str(output.join("model")), "checkpoint": str(output.join(checkpoint.CHECKPOINT_NAME)),
+                    "pictures": [str(output.join(p)) for p in pictures]},
+        "versions": versions(),
+    }
+    write_json(output, REPORT_NAME, report)
+    log.info("fine-tuning done: %d steps, validation accuracy %s, report at %s", state.step,
+             f"{report['accuracy']:.3f}" if report["accuracy"] is not None else "n/a", output.join(REPORT_NAME))
+    return report

@@ -1,0 +1,94 @@
+"""Geneformer's files in helical's cache layout: where they are, fetching missing ones, reading them.
+
+helical decides the layout (`$CACHE_DIR_HELICAL_PREFIX/.cache/helical/models/geneformer/<version>/...`)
+and the per-model facts (input size, special tokens); we ask its `GeneformerConfig` rather than copy them.
+Unlike `helical.models.geneformer.Geneformer`, nothing here contacts helical's bucket when every file is
+already cached, so the runner works offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from helical_runner.errors import InputError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    name: str
+    version: str  # v1 | v2 | v3
+    input_size: int  # longest sequence the model was trained on
+    special_token: bool  # <cls> ... <eos> around each cell (v2/v3)
+    model_dir: Path  # config.json + weights
+    token_dictionary: Path
+    gene_median_dictionary: Path
+    ensembl_mapping: Path
+
+
+def _geneformer_config(name: str):
+    from helical.models.geneformer.geneformer_config import GeneformerConfig
+
+    try:
+        return GeneformerConfig(model_name=name)
+    except ValueError:
+        known = sorted(GeneformerConfig().model_map)
+        raise InputError(f"unknown model '{name}'; Geneformer models: {', '.join(known)}") from None
+
+
+def available_models() -> list[str]:
+    from helical.models.geneformer.geneformer_config import GeneformerConfig
+
+    return sorted(GeneformerConfig().model_map)
+
+
+def locate(name: str, fetch_missing: bool = True) -> ModelFiles:
+    """The model's files, downloading any that are missing through helical's downloader."""
+    config = _geneformer_config(name)
+    model_name = config.config["model_name"]  # helical maps deprecated names to new ones
+    facts = config.model_map[model_name]
+    files = config.files_config
+    cache_root = Path(files["model_files_dir"]).parents[2]
+    missing = [rel for rel in config.list_of_files_to_download
+               if not rel.endswith("training_args.bin")  # never read, so not required offline
+               and not (cache_root / rel).is_file()]
+    if missing and fetch_missing:
+        _download(missing, cache_root, model_name)
+    return ModelFiles(
+        name=model_name,
+        version=facts["model_version"],
+        input_size=int(facts["input_size"]),
+        special_token=bool(facts["special_token"]),
+        model_dir=Path(files["model_files_dir"]),
+        token_dictionary=Path(files["token_path"]),
+        gene_median_dictionary=Path(files["gene_median_path"]),
+        ensembl_mapping=Path(files["ensembl_dict_path"]),
+    )
+
+
+def _download(missing: list[str], cache_root: Path, name: str) -> None:
+    from helical.utils.downloader import Downloader
+
+    log.info("model %s: downloading %d missing file(s) into %s", name, len(missing), cache_root)
+    downloader = Downloader()
+    for rel in missing:
+        try:
+            downloader.download_via_name(rel)
+        except Exception as exc:  # noqa: BLE001 - helical raises assorted network errors
+            raise UnavailableError(
+                f"model {name}: '{rel}' is not in the cache {cache_root} and could not be downloaded "
+                f"({type(exc).__name__}); pre-place it there or allow network access"
+            ) from exc
+        if not (cache_root / rel).is_file():
+            raise UnavailableError(f"model {name}: '{rel}' is not in the cache {cache_root} and the download failed")
+
+
+@functools.lru_cache(maxsize=8)
+def read_json(path: Path) -> dict:
+    with open(path) as handle:
+        return json.load(handle)

@@ -1,0 +1,108 @@
+"""`helical-runner predict`: annotate cells with a fine-tuned model, streamed chunk by chunk.
+
+Writes predictions.csv (cell_id, predicted_label, probability, and the true label when the data has the
+model's label column) and report.json (with accuracy when true labels exist) under the output prefix.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from helical_runner import model as model_io, storage
+from helical_runner.dataset import open_dataset, prefetched
+from helical_runner.metrics import RunMetrics
+from helical_runner.precision import resolve, select_device
+from helical_runner.profiles import Profile
+from helical_runner.report import REPORT_NAME, write_json
+from helical_runner.resources import peak_rss_bytes
+from helical_runner.runs import versions
+from helical_runner.tokenizer import GeneformerTokenizer
+from helical_runner.training import Trainer, TrainConfig
+
+log = logging.getLogger(__name__)
+PREDICTIONS_NAME = "predictions.csv"
+
+
+def fetch_model(model_url: str, dest: Path) -> Path:
+    """A local copy of a saved model folder (local folders are used in place)."""
+    loc = storage.parse(model_url)
+    if not loc.is_s3:
+        return loc.path
+    names = list(storage.list_names(loc))
+    if model_io.META_FILE not in names:
+        from helical_runner.errors import InputError
+
+        raise InputError(f"{loc} is not a fine-tuned model folder (no {model_io.META_FILE})")
+    for name in names:
+        storage.download(loc.join(name), dest / name)
+    return dest
+
+
+def predict(model_url: str, data_url: str, output_url: str, profile: Profile, run_id: str, scratch: Path,
+            metrics: RunMetrics) -> dict:
+    started = time.monotonic()
+    output = storage.parse(output_url)
+    device = select_device(profile.device)
+    precision = resolve(profile.precision, device)
+    model_dir = fetch_model(model_url, scratch / "model")
+    net, meta = model_io.load(model_dir)
+    net.to(device)
+    tokenizer = GeneformerTokenizer(model_io.files_of_saved_model(model_dir, meta), meta.input_size)
+    runner = Trainer(net, TrainConfig(), precision, tokenizer.pad_id, total_steps=1)
+    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes)
+    has_truth = meta.label_column in dataset.obs_value_counts
+    metrics.update(chunks_total=dataset.n_chunks, memory_limit_bytes=profile.memory_limit_bytes)
+    n_predicted = n_correct = n_dropped = 0
+
+    def prepare(i: int):
+        chunk = dataset.load(i)
+        tokens = tokenizer.tokenize(chunk.X, chunk.ensembl_ids, chunk.obs.index)
+        truth = chunk.obs[meta.label_column].astype(str).to_numpy()[tokens.kept] if has_truth else None
+        return tokens, truth
+
+    try:
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            table = Path(tmp) / PREDICTIONS_NAME
+            with open(table, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["cell_id", "predicted_label", "probability"] + (["true_label"] if has_truth else []))
+                loaders = [lambda i=i: prepare(i) for i in range(dataset.n_chunks)]
+                for done, (tokens, truth) in enumerate(prefetched(loaders), start=1):
+                    probs = runner.predict(tokens.input_ids, profile.batch_size * 4) if tokens.input_ids else \
+                        np.zeros((0, len(meta.labels)))
+                    best = probs.argmax(axis=1)
+                    predicted = np.asarray(meta.labels)[best]
+                    for row, cell in enumerate(tokens.cell_ids):
+                        writer.writerow([cell, predicted[row], f"{probs[row, best[row]]:.4f}"]
+                                        + ([truth[row]] if has_truth else []))
+                    n_predicted += len(best)
+                    n_dropped += tokens.dropped_empty
+                    if has_truth:
+                        n_correct += int((predicted == truth).sum())
+                    metrics.update(chunks_done=done, cells=n_predicted)
+                    log.info("predicted chunk %d/%d (%d cells so far)", done, dataset.n_chunks, n_predicted)
+            storage.upload(table, output.join(PREDICTIONS_NAME))
+    finally:
+        dataset.close()
+    report = {
+        "status": "succeeded", "command": "predict", "run_id": run_id,
+        "inputs": {"model": model_url, "data": {"url": data_url, "etag": dataset.etag, "size": dataset.size,
+                                                  "cells": dataset.n_cells}},
+        "model": {"base_model": meta.base_model, "labels": meta.labels, "label_column": meta.label_column},
+        "precision": precision.name, "device": str(device),
+        "cells": {"predicted": n_predicted, "dropped": n_dropped},
+        "accuracy": n_correct / n_predicted if has_truth and n_predicted else None,
+        "durations": {"total_seconds": time.monotonic() - started},
+        "peak_memory": {"rss_bytes": peak_rss_bytes()},
+        "outputs": {"predictions": str(output.join(PREDICTIONS_NAME))},
+        "versions": versions(),
+    }
+    write_json(output, REPORT_NAME, report)
+    log.info("predictions for %d cells written to %s", n_predicted, output.join(PREDICTIONS_NAME))
+    return report

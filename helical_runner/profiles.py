@@ -1,0 +1,96 @@
+"""Resource profiles from `config/profiles.yaml`: the runner reads one by name, flags override it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from helical_runner.errors import InputError
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def default_profiles_path() -> Path:
+    """`$HELICAL_PROFILES`, else the repo's config/ (also copied to that path in the runner image)."""
+    env = os.environ.get("HELICAL_PROFILES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "config" / "profiles.yaml"
+
+
+def parse_size(text: str | int) -> int:
+    """Docker-style sizes ('8g', '512m', 1024) to bytes."""
+    if isinstance(text, int):
+        return text
+    value = str(text).strip().lower().removesuffix("ib").removesuffix("b") or "0"
+    unit = value[-1] if value[-1] in _SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        return int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise InputError(f"size '{text}' is not a number with an optional k/m/g/t unit") from None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    image: str
+    queue: str
+    device: str  # cpu | cuda
+    gpus: int  # GPUs per container; >1 means data parallel
+    precision: str  # fp32 | bf16 | fp16
+    batch_size: int  # cells per step (per GPU)
+    max_input_size: int  # tokens kept per cell
+    cells_per_chunk: int  # rows per streamed chunk
+    memory_limit: str  # container cap, Docker syntax
+    max_input_bytes: str  # inputs larger than this are refused up front
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        return parse_size(self.memory_limit)
+
+    @property
+    def max_input_bytes_int(self) -> int:
+        return parse_size(self.max_input_bytes)
+
+    def override(self, **changes: Any) -> "Profile":
+        """The profile with every non-None override applied (flags left unset keep the profile's value)."""
+        updated = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        if updated.precision not in PRECISIONS:
+            raise InputError(f"precision '{updated.precision}' is not one of {', '.join(PRECISIONS)}")
+        return updated
+
+
+def load_all(path: Path | None = None) -> tuple[str, dict[str, Profile]]:
+    path = path or default_profiles_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"profiles file '{path}' not found (set HELICAL_PROFILES)") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"profiles file '{path}' is not valid YAML: {exc}") from None
+    names = {f.name for f in fields(Profile)} - {"name"}
+    profiles = {}
+    for name, values in (raw.get("profiles") or {}).items():
+        missing = names - set(values)
+        unknown = set(values) - names
+        if missing or unknown:
+            raise InputError(f"profile '{name}' in '{path}': missing {sorted(missing)}, unknown {sorted(unknown)}")
+        profiles[name] = Profile(name=name, **values).override()
+    default = raw.get("default")
+    if default not in profiles:
+        raise InputError(f"default profile '{default}' in '{path}' is not defined")
+    return default, profiles
+
+
+def load(name: str | None = None, path: Path | None = None) -> Profile:
+    default, profiles = load_all(path)
+    name = name or default
+    if name not in profiles:
+        raise InputError(f"unknown profile '{name}'; defined: {', '.join(sorted(profiles))}")
+    return profiles[name]

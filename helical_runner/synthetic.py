@@ -1,0 +1,137 @@
+"""Stand-ins for what can't be downloaded here: a tiny random Geneformer in helical's cache layout, and
+synthetic single-cell counts with cell types a classifier can learn. Used by the tests, `make demo` and
+the benchmarks; also handy on a laptop:
+
+    python -m helical_runner.synthetic model --cache-prefix data/demo/helical
+    python -m helical_runner.synthetic data --output data/demo/cells.h5ad --cells 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+SPECIAL_TOKENS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
+VOCAB_SIZE = 20_275  # Geneformer v2's vocabulary size, special tokens included
+CELL_TYPES = ["B cell", "CD4 T cell", "monocyte", "erythroblast", "NK cell", "macrophage", "HSC", "endothelial"]
+DEFAULT_MODEL = "gf-12L-38M-i4096"
+
+
+def gene_ids(n: int = VOCAB_SIZE - len(SPECIAL_TOKENS)) -> list[str]:
+    """Ensembl-looking human gene ids, stable across calls (ENSG + 11 digits)."""
+    return [f"ENSG{(i * 7919) % 10**9 + 10**5:011d}" for i in range(n)]
+
+
+def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, layers: int = 2,
+                          hidden: int = 64, heads: int = 4, seed: int = 0) -> Path:
+    """A random BertForMaskedLM with Geneformer's vocabulary where helical looks for `model_name`.
+
+    `cache_prefix` plays the role of $CACHE_DIR_HELICAL_PREFIX. Returns the model folder.
+    """
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+    from helical.models.geneformer.geneformer_config import GeneformerConfig
+
+    facts = GeneformerConfig(model_name=model_name).model_map[model_name]
+    version_dir = Path(cache_prefix, ".cache", "helical", "models", "geneformer", facts["model_version"])
+    model_dir = version_dir / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    genes = gene_ids()
+    tokens = dict(SPECIAL_TOKENS) if facts["special_token"] else {"<pad>": 0, "<mask>": 1}
+    tokens.update({g: i + len(tokens) for i, g in enumerate(genes)})
+    rng = np.random.default_rng(seed)
+    medians = {g: float(m) for g, m in zip(genes, rng.lognormal(mean=0.5, sigma=0.6, size=len(genes)))}
+    for name, content in (("token_dictionary.json", tokens), ("gene_median_dictionary.json", medians),
+                          ("ensembl_mapping_dict.json", {g: g for g in genes})):
+        (version_dir / name).write_text(json.dumps(content))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokens), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=hidden * 2,
+                        max_position_embeddings=max(facts["input_size"], 2048), pad_token_id=0,
+                        # Geneformer's own dropout is 0.02; attention dropout stays off in the stand-in
+                        # because on CPU it forces SDPA's slow math path and would dominate test time.
+                        hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.0)
+    BertForMaskedLM(config).save_pretrained(model_dir)
+    (model_dir / "training_args.bin").write_bytes(b"")  # helical lists it; nothing reads it
+    return model_dir
+
+
+def _block(rng, n_cells: int, n_genes: int, types: np.ndarray, n_markers: int, genes_per_cell: int):
+    """CSR counts for one block of cells: marker genes of the cell's type high, random genes low."""
+    reserved = n_markers * len(CELL_TYPES)  # marker genes occupy the first columns
+    k = min(genes_per_cell, n_genes - reserved)
+    random_cols = np.sort(rng.integers(reserved, n_genes, size=(n_cells, k)), axis=1)
+    keep = np.ones_like(random_cols, dtype=bool)
+    keep[:, 1:] = random_cols[:, 1:] != random_cols[:, :-1]
+    marker_cols = types[:, None] * n_markers + np.arange(n_markers)[None, :]
+    cols = np.concatenate([marker_cols, random_cols], axis=1)
+    mask = np.concatenate([np.ones_like(marker_cols, dtype=bool), keep], axis=1)
+    counts = np.concatenate([rng.poisson(30, marker_cols.shape) + 10, 1 + rng.poisson(2, random_cols.shape)], axis=1)
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
+    return sp.csr_matrix((counts[mask].astype(np.float32), cols[mask].astype(np.int32), indptr),
+                         shape=(n_cells, n_genes))
+
+
+def make_h5ad(path: Path, n_cells: int, n_genes: int = 2000, n_types: int = 4, genes_per_cell: int = 300,
+              n_markers: int = 20, seed: int = 0, block_cells: int = 5000, label_column: str = "cell_type") -> Path:
+    """Write a synthetic raw-count .h5ad block by block, so even 200,000 cells never sit in memory at once."""
+    from anndata.io import sparse_dataset, write_elem
+
+    rng = np.random.default_rng(seed)
+    genes = gene_ids()[:n_genes]
+    types = rng.integers(0, n_types, size=n_cells)
+    obs = pd.DataFrame(
+        {label_column: pd.Categorical([CELL_TYPES[t] for t in types], categories=CELL_TYPES[:n_types]),
+         "donor": pd.Categorical(rng.choice(["donor-1", "donor-2", "donor-3"], size=n_cells))},
+        index=pd.Index([f"cell-{i:07d}" for i in range(n_cells)]),
+    )
+    var = pd.DataFrame(index=pd.Index(genes))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["encoding-type"] = "anndata"
+        f.attrs["encoding-version"] = "0.1.0"
+        for start in range(0, max(n_cells, 1), block_cells):
+            stop = min(start + block_cells, n_cells)
+            X = _block(rng, stop - start, n_genes, types[start:stop], n_markers, genes_per_cell)
+            if start == 0:
+                write_elem(f, "X", X)  # anndata makes sparse datasets resizable
+            else:
+                sparse_dataset(f["X"]).append(X)
+        write_elem(f, "obs", obs)
+        write_elem(f, "var", var)
+        for empty in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+            write_elem(f, empty, {})
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m helical_runner.synthetic", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("model", help="write a tiny random Geneformer into a helical cache")
+    m.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
+    m.add_argument("--model", default=DEFAULT_MODEL)
+    m.add_argument("--layers", type=int, default=2)
+    m.add_argument("--hidden", type=int, default=64)
+    m.add_argument("--heads", type=int, default=4)
+    d = sub.add_parser("data", help="write a synthetic .h5ad of raw counts with cell types")
+    d.add_argument("--output", type=Path, required=True)
+    d.add_argument("--cells", type=int, default=2000)
+    d.add_argument("--genes", type=int, default=2000)
+    d.add_argument("--types", type=int, default=4)
+    d.add_argument("--genes-per-cell", type=int, default=300)
+    d.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.what == "model":
+        print(write_tiny_geneformer(args.cache_prefix, args.model, args.layers, args.hidden, args.heads))
+    else:
+        print(make_h5ad(args.output, args.cells, args.genes, args.types, args.genes_per_cell, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

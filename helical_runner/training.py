@@ -1,0 +1,248 @@
+"""The fine-tuning loop: streamed chunks in, AMP steps, a checkpoint after every chunk, exact resume.
+
+Position in the stream is (epoch, chunks done this epoch); each epoch visits the chunks in an order
+drawn from (seed, epoch), and each chunk's batches from (seed, epoch, chunk), so a resumed run replays
+exactly what an uninterrupted one would have done. The checkpoint holds model, optimizer, scaler and
+scheduler state, the position, the held-out validation cells and torch's RNG state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from helical_runner.batching import collate, make_batches, padding_efficiency
+from helical_runner.errors import InputError
+from helical_runner.precision import Precision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1  # passes over the training cells
+    batch_size: int = 8  # cells per optimisation step
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    warmup_fraction: float = 0.05  # share of all steps with linearly rising LR; then linear decay to 0
+    grad_clip: float = 1.0  # max global L2 norm of the gradients
+    freeze_layers: int = 0  # first N encoder layers kept fixed
+    val_fraction: float = 0.1  # share of cells held out (stable hash of the cell id)
+    max_val_cells: int = 2000  # held-out cells kept in memory for evaluation
+    length_bucketing: bool = True  # batch cells of similar length together
+    seed: int = 0  # chunk order, batch order, head init, dropout
+
+
+def merge_config(base: TrainConfig, **overrides) -> TrainConfig:
+    """`base` with the given overrides; None means "not given", unknown names and bad values are errors."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise InputError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+    merged = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    checks = [(merged.epochs >= 1, "epochs must be at least 1"),
+              (merged.batch_size >= 1, "batch size must be at least 1"),
+              (merged.lr > 0, "learning rate must be positive"),
+              (0 <= merged.val_fraction < 1, "validation fraction must be in [0, 1)"),
+              (0 <= merged.warmup_fraction < 1, "warmup fraction must be in [0, 1)"),
+              (merged.freeze_layers >= 0, "freeze layers must be 0 or more")]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(f"{message} (got {asdict(merged)})")
+    return merged
+
+
+@dataclass
+class PreparedChunk:
+    """A chunk tokenized and split, ready for the loop (built on the prefetch thread)."""
+
+    index: int
+    train_ids: list[np.ndarray]
+    train_lengths: np.ndarray
+    train_labels: np.ndarray
+    val_ids: list[np.ndarray]
+    val_lengths: np.ndarray
+    val_labels: np.ndarray
+    dropped: int  # cells without tokens or without a label
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    chunk_pos: int = 0  # chunks finished in the current epoch
+    step: int = 0
+    cells_seen: int = 0  # training cells through the model, summed over epochs
+    cells_dropped: int = 0
+    train_seconds: float = 0.0
+    data_wait_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)  # one entry per chunk
+    val_history: list[dict] = field(default_factory=list)  # one entry per epoch
+    val_ids: list[np.ndarray] = field(default_factory=list)
+    val_labels: list[int] = field(default_factory=list)
+    padded_tokens: int = 0
+    real_tokens: int = 0
+    resumed_from: dict | None = None
+
+
+def linear_warmup_decay(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+class Trainer:
+    """Optimizer, scheduler and scaler around a model, with one step and one evaluation."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, precision: Precision, pad_id: int,
+                 total_steps: int):
+        self.model = model
+        self.config = config
+        self.precision = precision
+        self.pad_id = pad_id
+        self.total_steps = total_steps
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_warmup_decay(total_steps, config.warmup_fraction))
+        self.scaler = precision.grad_scaler()
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def step(self, input_ids: list[np.ndarray], labels: np.ndarray) -> tuple[float, int]:
+        """One optimisation step; returns (loss, correct predictions)."""
+        device = self.precision.device
+        ids, mask, lengths = collate(input_ids, self.pad_id, device)
+        target = torch.as_tensor(labels, dtype=torch.long, device=device)
+        self.model.train()
+        with self.precision.autocast():
+            logits = self.model(ids, mask, lengths)
+        loss = F.cross_entropy(logits.float(), target)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)  # skipped by the scaler when gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return float(loss.detach()), int((logits.argmax(dim=1) == target).sum())
+
+    @torch.no_grad()
+    def predict(self, input_ids: list[np.ndarray], batch_size: int) -> np.ndarray:
+        """Class probabilities [cells, classes], batched by length to limit padding."""
+        self.model.eval()
+        lengths = np.array([len(x) for x in input_ids])
+        order = np.argsort(lengths, kind="stable")
+        probs = np.zeros((len(input_ids), self.model.classifier.out_features), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, mask, lens = collate([input_ids[i] for i in batch], self.pad_id, self.precision.device)
+            with self.precision.autocast():
+                logits = self.model(ids, mask, lens)
+            probs[batch] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return probs
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def chunk_order(seed: int, epoch: int, n_chunks: int) -> list[int]:
+    return [int(i) for i in np.random.default_rng([seed, epoch]).permutation(n_chunks)]
+
+
+def estimate_total_steps(chunk_sizes: Iterable[int], config: TrainConfig) -> int:
+    per_epoch = sum(math.ceil(n * (1 - config.val_fraction) / config.batch_size) for n in chunk_sizes)
+    return max(1, per_epoch * config.epochs)
+
+
+def fit(trainer: Trainer, n_chunks: int, prepare: Callable[[int], PreparedChunk], state: TrainState,
+        save_checkpoint: Callable[[TrainState], None], progress: Callable[..., None],
+        prefetch: Callable[[list[Callable[[], PreparedChunk]]], Iterable[PreparedChunk]]) -> TrainState:
+    """Train from `state`'s position to the end, checkpointing after every chunk."""
+    config = trainer.config
+    for epoch in range(state.epoch, config.epochs):
+        order = chunk_order(config.seed, epoch, n_chunks)
+        remaining = order[state.chunk_pos:]
+        chunks = iter(prefetch([lambda i=i: prepare(i) for i in remaining]))
+        for _ in remaining:
+            waited = time.monotonic()
+            chunk = next(chunks)
+            state.data_wait_seconds += time.monotonic() - waited
+            _train_chunk(trainer, chunk, epoch, state, progress, started=waited)
+            state.chunk_pos += 1
+            progress(chunks_done=epoch * n_chunks + state.chunk_pos)
+            save_checkpoint(state)
+        _evaluate_epoch(trainer, epoch, state, progress)
+        state.epoch, state.chunk_pos = epoch + 1, 0
+        save_checkpoint(state)
+    return state
+
+
+def _train_chunk(trainer: Trainer, chunk: PreparedChunk, epoch: int, state: TrainState,
+                 progress: Callable[..., None], started: float) -> None:
+    config = trainer.config
+    state.cells_dropped += chunk.dropped if epoch == 0 else 0
+    if epoch == 0 and len(state.val_labels) < config.max_val_cells:
+        room = config.max_val_cells - len(state.val_labels)
+        state.val_ids.extend(chunk.val_ids[:room])
+        state.val_labels.extend(int(x) for x in chunk.val_labels[:room])
+    rng = np.random.default_rng([config.seed, epoch, chunk.index])
+    batches = make_batches(chunk.train_lengths, config.batch_size, rng, config.length_bucketing)
+    state.real_tokens += int(chunk.train_lengths.sum())
+    state.padded_tokens += int(sum(int(chunk.train_lengths[b].max()) * len(b) for b in batches))
+    losses, correct = [], 0
+    for batch in batches:
+        loss, hits = trainer.step([chunk.train_ids[i] for i in batch], chunk.train_labels[batch])
+        losses.append(loss)
+        correct += hits
+        state.step += 1
+        state.cells_seen += len(batch)
+        progress(step=state.step, cells=state.cells_seen, loss=loss, lr=trainer.lr, epoch=epoch + 1)
+    elapsed = time.monotonic() - started
+    state.train_seconds += elapsed
+    n = len(chunk.train_labels)
+    entry = {"epoch": epoch + 1, "chunk": chunk.index, "step": state.step, "cells": n,
+             "loss": float(np.mean(losses)) if losses else None,
+             "train_accuracy": correct / n if n else None, "lr": trainer.lr,
+             "cells_per_second": n / elapsed if elapsed > 0 else None,
+             "padding_efficiency": padding_efficiency(chunk.train_lengths, batches) if batches else None}
+    state.history.append(entry)
+    progress(cells_per_second=entry["cells_per_second"] or 0.0)
+    log.info("epoch %d/%d chunk %d: %d cells, loss %.4f, train acc %.3f, lr %.2e, %.1f cells/s",
+             epoch + 1, config.epochs, chunk.index, n, entry["loss"] or float("nan"),
+             entry["train_accuracy"] or 0.0, trainer.lr, entry["cells_per_second"] or 0.0)
+
+
+def _evaluate_epoch(trainer: Trainer, epoch: int, state: TrainState, progress: Callable[..., None]) -> None:
+    if not state.val_labels:
+        log.warning("no validation cells held out: accuracy is not measured")
+        return
+    probs = trainer.predict(state.val_ids, trainer.config.batch_size * 4)
+    labels = np.asarray(state.val_labels)
+    loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels)))
+    accuracy = float((probs.argmax(axis=1) == labels).mean())
+    state.val_history.append({"epoch": epoch + 1, "step": state.step, "val_loss": loss,
+                              "val_accuracy": accuracy, "val_cells": len(labels)})
+    progress(val_accuracy=accuracy, val_loss=loss)
+    log.info("epoch %d: validation loss %.4f, accuracy %.3f on %d held-out cells", epoch + 1, loss, accuracy,
+             len(labels))

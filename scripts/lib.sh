@@ -1,0 +1,85 @@
+# Shared by the Makefile's scripts: find Python 3.12, build virtualenvs once per lock file in a cache
+# outside the clone, and link them into the repo. Source it; every function is idempotent.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE_ROOT=${HELICAL_AIRFLOW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/helical-airflow}
+mkdir -p "$CACHE_ROOT"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# helical 3.x needs Python 3.12 exactly; pyenv ships it on these machines, a python3.12 on PATH also does.
+find_python312() {
+    local candidates=()
+    command -v pyenv >/dev/null 2>&1 && candidates+=("$(pyenv root)/versions/3.12.1/bin/python")
+    candidates+=("$HOME/.pyenv/versions/3.12.1/bin/python" /usr/bin/python3.12 /usr/local/bin/python3.12)
+    local py
+    for py in "${candidates[@]}"; do
+        if [ -x "$py" ] && "$py" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+            echo "$py"; return 0
+        fi
+    done
+    die "Python 3.12 not found (tried: ${candidates[*]}); install it with pyenv: pyenv install 3.12"
+}
+
+# This machine's pip config lists local indexes that lack most projects: drop pip's per-project noise.
+quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
+
+# prune_old PREFIX KEEP: remove PREFIX* folders except KEEP and the newest other one.
+prune_old() {
+    local prefix=$1 keep=$2 old
+    old=$(ls -dt "$prefix"* 2>/dev/null | grep -vx "$keep" | tail -n +2 || true)
+    [ -z "$old" ] || { log "pruning old cached environments: $old"; rm -rf $old; }
+}
+
+# ensure_venv NAME LOCKFILE [PYTHON]: a virtualenv in the cache keyed by the lock file's hash, linked to
+# $REPO_ROOT/.venv-NAME. A venv counts only once its .complete marker exists, so an interrupted install
+# is rebuilt from scratch (venvs can't be renamed: their scripts carry the folder in their shebangs).
+# Older venvs of the same name are pruned, keeping one spare.
+ensure_venv() {
+    local name=$1 lock=$2 py=${3:-}
+    [ -n "$py" ] || py=$(find_python312)
+    local key
+    key=$( (cat "$lock"; "$py" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-12)
+    local dir="$CACHE_ROOT/venv-$name-$key"
+    if [ ! -f "$dir/.complete" ]; then
+        log "building the $name virtualenv from ${lock#$REPO_ROOT/} (first run on this machine; cached after)"
+        rm -rf "$dir"
+        "$py" -m venv "$dir"
+        "$dir/bin/pip" install -q --upgrade pip 2>&1 | quiet_pip
+        "$dir/bin/pip" install -q -r "$lock" 2>&1 | quiet_pip
+        touch "$dir/.complete"
+        prune_old "$CACHE_ROOT"/venv-"$name"- "$dir"
+    fi
+    ln -sfn "$dir" "$REPO_ROOT/.venv-$name"
+}
+
+# The runner venv plus this clone's package, installed editable (cheap) so a cached venv follows
+# whichever clone is running.
+ensure_runner_env() {
+    ensure_venv runner "$REPO_ROOT/requirements/runner.lock"
+    if ! "$REPO_ROOT/.venv-runner/bin/python" -c '
+import sys, helical_runner, pathlib
+sys.exit(pathlib.Path(helical_runner.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())' \
+        "$REPO_ROOT" 2>/dev/null; then
+        "$REPO_ROOT/.venv-runner/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO_ROOT" 2>&1 \
+            | grep -v -e "is ignored: it is neither" -e BuildBackendWarning >&2 || true
+    fi
+}
+
+# ensure_apt PACKAGE...: install the Debian packages that are missing (one apt-get update per machine).
+ensure_apt() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Servers the tests start themselves on 127.0.0.1 (Prometheus, Pushgateway for the metrics tests).
+TEST_APT_PACKAGES=(prometheus prometheus-pushgateway)

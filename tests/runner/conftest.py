@@ -1,0 +1,95 @@
+"""Shared fixtures for the runner tests: a real S3 HTTP server (moto, standing in for MinIO), a tiny
+random Geneformer in helical's cache layout, and synthetic .h5ad files with learnable cell types."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+# helical reads its cache location once, at import: point it at a private cache before anything
+# imports helical, so the tests never touch (or depend on) the user's ~/.cache/helical.
+_CACHE_PREFIX = Path(tempfile.mkdtemp(prefix="helical-test-cache-"))
+os.environ["CACHE_DIR_HELICAL_PREFIX"] = str(_CACHE_PREFIX)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.pop("PUSHGATEWAY_URL", None)
+
+BUCKET = "helical"
+MODEL = "gf-12L-38M-i4096"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from helical_runner.synthetic import write_tiny_geneformer
+
+    return write_tiny_geneformer(_CACHE_PREFIX, MODEL)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1: real HTTP, real boto3 client, as MinIO would be."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update({"S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "S3_RETRY_SECONDS": "20"})
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """A boto3 client for the test server, and a clean bucket for each test."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    yield client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+
+
+@pytest.fixture(scope="session")
+def cells_h5ad(tmp_path_factory) -> Path:
+    """900 cells x 2,000 genes, 4 cell types with marker genes (learnable in a few steps)."""
+    from helical_runner.synthetic import make_h5ad
+
+    return make_h5ad(tmp_path_factory.mktemp("data") / "cells.h5ad", n_cells=900, n_genes=2000, n_types=4,
+                     genes_per_cell=150, seed=1)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real CLI in a child process (as the container runs it)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "helical_runner", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

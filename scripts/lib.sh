@@ -81,5 +81,23 @@ ensure_apt() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Servers the tests start themselves on 127.0.0.1 (Prometheus, Pushgateway for the metrics tests).
-TEST_APT_PACKAGES=(prometheus prometheus-pushgateway)
+# run_pytest PYTHON NAME TESTDIR [ARGS...]: pytest with a JUnit report under build/test-results/NAME.xml.
+# pytest's exit code 5 (nothing collected) is a failure here like any other non-zero code.
+run_pytest() {
+    local py=$1 name=$2 dir=$3; shift 3
+    mkdir -p "$REPO_ROOT/build/test-results"; rm -f "$REPO_ROOT/build/test-results/$name.xml"
+    "$py" -m pytest "$dir" --junitxml="$REPO_ROOT/build/test-results/$name.xml" "$@"
+}
+
+# summarise_junit DIR: one closing line over every suite's JUnit report: "N passed, N failed, N skipped".
+summarise_junit() {
+    python3 - "$1" <<'PY'
+import sys, pathlib, xml.etree.ElementTree as ET
+tests = failures = skipped = 0
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.xml")):
+    for suite in ET.parse(path).getroot().iter("testsuite"):
+        tests += int(suite.get("tests", 0)); skipped += int(suite.get("skipped", 0))
+        failures += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+print(f"all suites: {tests - failures - skipped} passed, {failures} failed, {skipped} skipped")
+PY
+}

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# `make test`: install what the tests need (idempotent, cached), then run every suite.
-# Extra arguments go to pytest (e.g. -m "not slow", -k resume, -x).
+# `make test`: every test suite, each installing what it needs first (idempotent, cached).
+# Suites are scripts/suite-<name>.sh, run in the order below; extra arguments go to each pytest
+# (e.g. -m "not slow", -x). A failing suite does not stop the others; the exit code says if any failed.
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
-ensure_apt "${TEST_APT_PACKAGES[@]}"
-ensure_runner_env
-
-log "runner tests (Python 3.12 runner venv)"
-# pytest exits 5 when it collects nothing: that is a failure here, as it should be.
-.venv-runner/bin/python -m pytest tests/runner "$@"
+SUITES=(runner monitoring airflow docker e2e)
+rm -rf "$REPO_ROOT/build/test-results"
+failed=()
+for suite in "${SUITES[@]}"; do
+    script="$REPO_ROOT/scripts/suite-$suite.sh"
+    [ -f "$script" ] || continue
+    log "=== suite: $suite"
+    bash "$script" "$@" || failed+=("$suite")
+done
+summarise_junit "$REPO_ROOT/build/test-results"
+if [ ${#failed[@]} -gt 0 ]; then
+    log "failed suites: ${failed[*]}"
+    exit 1
+fi

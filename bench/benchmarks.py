@@ -1,0 +1,271 @@
+"""The benchmarks of issues 2 and 6, one function each; every figure is a ratio of two sides measured
+in the same run (timed sides interleaved A, B, A, B, medians compared).
+
+Each function takes the run's Context and returns rows for the table (see bench/common.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from bench.common import MODEL, PYTHON, Context, Row, data_dir, free_port, gib, log, median, spread, wait_port
+
+# What each size runs. "full" is the issue's setting; "small" checks the scripts in a few minutes.
+SIZES = {
+    "small": {
+        "memory_cells": (4_000, 16_000), "memory_genes_per_cell": 2_000,
+        "train_cells": 48, "train_genes_per_cell": 800, "reps": 2,
+        "padding_cells": 4_000,
+        "stream_cells": 96, "stream_chunk": 24,
+    },
+    "full": {
+        "memory_cells": (50_000, 200_000), "memory_genes_per_cell": 2_000,
+        "train_cells": 1_600, "train_genes_per_cell": 800, "reps": 1,
+        "padding_cells": 20_000,
+        "stream_cells": 600, "stream_chunk": 100,
+    },
+}
+
+CELLS_PER_CHUNK = 2_000  # cpu-small's chunk size: what the memory benchmark streams with
+BATCH = 12  # the issue's reference batch size
+TINY = {"layers": 2, "hidden": 64, "heads": 4}  # memory benchmark: the data path, not the model, is measured
+BENCH_MODEL = {"layers": 6, "hidden": 256, "heads": 4}  # the issue's random 6-layer, 256-hidden model
+
+
+# --- inputs, cached outside the clone ---------------------------------------------------------------
+
+def ensure_model(ctx: Context, layers: int, hidden: int, heads: int) -> Path:
+    """A random Geneformer (Geneformer's dropout 0.02 everywhere) in its own helical cache prefix."""
+    prefix = data_dir() / "models" / f"gf-{layers}L-{hidden}h-{heads}a-dropout0.02"
+    marker = prefix / ".complete"
+    if not marker.exists():
+        log(f"writing a random {layers}-layer, {hidden}-hidden Geneformer to {prefix}")
+        shutil.rmtree(prefix, ignore_errors=True)
+        ctx.child("model", "model", "--prefix", str(prefix), "--model", MODEL, "--layers", str(layers),
+                  "--hidden", str(hidden), "--heads", str(heads), "--dropout", "0.02").check()
+        marker.touch()
+    return prefix
+
+
+def ensure_h5ad(ctx: Context, cells: int, genes_per_cell: int, seed: int) -> Path:
+    path = data_dir() / f"cells-{cells}-genes-20000-gpc-{genes_per_cell}-seed-{seed}.h5ad"
+    if not path.exists():
+        log(f"generating {path.name} (cached for later runs)")
+        ctx.child("data", "data", "--output", str(path), "--cells", str(cells), "--genes", "20000",
+                  "--genes-per-cell", str(genes_per_cell), "--seed", str(seed), timeout=7200).check()
+    return path
+
+
+def ensure_varlen_h5ad(ctx: Context, cells: int, seed: int = 3) -> Path:
+    path = data_dir() / f"varlen-{cells}-genes-20000-median-800-seed-{seed}.h5ad"
+    if not path.exists():
+        log(f"generating {path.name} (cached for later runs)")
+        ctx.child("varlen-data", "varlen-data", "--output", str(path), "--cells", str(cells),
+                  "--seed", str(seed)).check()
+    return path
+
+
+def read_report(prefix: Path) -> dict:
+    return json.loads((prefix / "report.json").read_text())
+
+
+# --- 1. memory: chunk and finetune at 50k vs 200k cells, beside anndata.read_h5ad -----------------------
+
+def bench_memory(ctx: Context) -> list[Row]:
+    small_n, big_n = ctx.params["memory_cells"]
+    gpc = ctx.params["memory_genes_per_cell"]
+    prefix = ensure_model(ctx, **TINY)
+    files = {n: ensure_h5ad(ctx, n, gpc, seed=0) for n in (small_n, big_n)}
+    work = data_dir() / "work"
+    rss: dict[tuple[str, int], int] = {}
+    seconds: dict[tuple[str, int], float] = {}
+    for n in (small_n, big_n):
+        chunks = work / f"chunks-{n}"
+        shutil.rmtree(chunks, ignore_errors=True)
+        log(f"memory: chunk {n:,} cells")
+        result = ctx.runner(f"chunk-{n}", "chunk", "--input", str(files[n]), "--output", str(chunks),
+                            "--cells-per-chunk", str(CELLS_PER_CHUNK), "--profile", "cpu-large").check()
+        rss["chunk", n], seconds["chunk", n] = result.peak_rss_bytes, result.seconds
+        log(f"memory: finetune on the {n:,}-cell manifest (tiny model, 64 tokens a cell)")
+        out = ctx.results / f"memory-finetune-{n}"
+        shutil.rmtree(out, ignore_errors=True)
+        result = ctx.runner(f"finetune-{n}", "finetune", "--data", str(chunks / "manifest.json"),
+                            "--label-column", "cell_type", "--output", str(out), "--model", MODEL,
+                            "--profile", "cpu-large", "--precision", "fp32", "--batch-size", "64",
+                            "--max-input-size", "64", "--epochs", "1",
+                            CACHE_DIR_HELICAL_PREFIX=str(prefix)).check()
+        rss["finetune", n], seconds["finetune", n] = result.peak_rss_bytes, result.seconds
+        shutil.rmtree(chunks, ignore_errors=True)
+        log(f"memory: anndata.read_h5ad of {n:,} cells")
+        result = ctx.child(f"read-h5ad-{n}", "read-h5ad", "--path", str(files[n])).check()
+        rss["read_h5ad", n], seconds["read_h5ad", n] = result.peak_rss_bytes, result.seconds
+
+    size = {n: files[n].stat().st_size for n in files}
+    label = f"{big_n // 1000}k vs {small_n // 1000}k cells"
+    rows = []
+    for what, title in (("chunk", "`helical-runner chunk`"), ("finetune", "`helical-runner finetune` (fp32)")):
+        ratio = rss[what, big_n] / rss[what, small_n]
+        rows.append(Row("1. Memory", f"peak RSS of {title}, {label}", gib(rss[what, big_n]), gib(rss[what, small_n]),
+                        ratio, "< 1.15", ratio < 1.15,
+                        f"{seconds[what, big_n]:.0f} s and {seconds[what, small_n]:.0f} s wall" if what == "chunk" else
+                        f"the whole manifest, 1 epoch, tiny 2-layer model, 64 tokens/cell, batch 64; "
+                        f"{seconds[what, big_n]:.0f} s and {seconds[what, small_n]:.0f} s wall"))
+    ratio = rss["read_h5ad", big_n] / rss["read_h5ad", small_n]
+    rows.append(Row("1. Memory", f"peak RSS of `anndata.read_h5ad` (whole file), {label}", gib(rss["read_h5ad", big_n]),
+                    gib(rss["read_h5ad", small_n]), ratio, "(reference)", None,
+                    f"files of {size[big_n] / 1e9:.2f} GB and {size[small_n] / 1e9:.2f} GB"))
+    for what, title in (("chunk", "chunk"), ("finetune", "finetune")):
+        ratio = rss[what, big_n] / rss["read_h5ad", big_n]
+        rows.append(Row("1. Memory", f"peak RSS of {title} vs `read_h5ad`, {big_n // 1000}k cells",
+                        gib(rss[what, big_n]), gib(rss["read_h5ad", big_n]), ratio, "< 1 (reference)", ratio < 1))
+    return rows
+
+
+# --- 2. training throughput: the runner's loop vs helical's GeneformerFineTuningModel.train -----------------
+
+def bench_throughput(ctx: Context) -> list[Row]:
+    n = ctx.params["train_cells"]
+    prefix = ensure_model(ctx, **BENCH_MODEL)
+    data = ensure_h5ad(ctx, n, ctx.params["train_genes_per_cell"], seed=1)
+    env = {"CACHE_DIR_HELICAL_PREFIX": str(prefix)}
+    ours_cps, theirs_cps, ours_rss, theirs_rss, tokens = [], [], [], [], []
+    for rep in range(ctx.reps):
+        log(f"throughput rep {rep + 1}/{ctx.reps}: runner on {n} cells")
+        out = ctx.results / f"throughput-runner-{rep}"
+        shutil.rmtree(out, ignore_errors=True)
+        result = ctx.runner(f"throughput-runner-{rep}", "finetune", "--data", str(data), "--label-column", "cell_type",
+                            "--output", str(out), "--model", MODEL, "--profile", "cpu-small", "--precision", "fp32",
+                            "--batch-size", str(BATCH), "--cells-per-chunk", str(n), "--max-input-size", "4096",
+                            "--val-fraction", "0", "--epochs", "1", **env).check()
+        report = read_report(out)
+        # one chunk holds every cell: its data wait is the read + tokenization before the first step,
+        # which is excluded here as helical's process_data is on its side
+        train = report["durations"]["train_seconds"] - report["durations"]["data_wait_seconds"]
+        ours_cps.append(report["cells"]["trained_total"] / train)
+        ours_rss.append(result.peak_rss_bytes)
+        log(f"throughput rep {rep + 1}/{ctx.reps}: helical on {n} cells")
+        result = ctx.child(f"throughput-helical-{rep}", "helical-train", "--path", str(data), "--model", MODEL,
+                           "--hidden", str(BENCH_MODEL["hidden"]), "--batch-size", str(BATCH),
+                           "--freeze-layers", "0", **env).check()
+        theirs_cps.append(result.output["cells_per_second"])
+        theirs_rss.append(result.peak_rss_bytes)
+        tokens.append(result.output["mean_tokens"])
+    ratio = median(ours_cps) / median(theirs_cps)
+    setting = (f"{n} cells of ~{tokens[0]:.0f} tokens, random 6-layer 256-hidden model (dropout 0.02), fp32, "
+               f"CPU, 2 threads, batch {BATCH}, all layers trained (helical `freeze_layers=0`)")
+    return [
+        Row("2. Training throughput", "cells/s, training phase only", spread(ours_cps), spread(theirs_cps), ratio,
+            ">= 1.2 (#2), >= 1.5 (#6)", ratio >= 1.5,
+            f"{setting}. Ours: report.json train_seconds - data_wait_seconds (the loop, from the first step "
+            "to the last, one chunk); helical: wall time of `train()` alone (process_data and model load excluded)."),
+        Row("2. Training throughput", "peak RSS of the whole process", spread([r / 2**30 for r in ours_rss]) + " GiB",
+            spread([r / 2**30 for r in theirs_rss]) + " GiB", median(ours_rss) / median(theirs_rss), "(reference)", None,
+            "ru_maxrss of each child process, model load and data included"),
+    ]
+
+
+# --- 3. padding efficiency: length-bucketed batches vs file-order batches -------------------------------
+
+def bench_padding(ctx: Context) -> list[Row]:
+    prefix = ensure_model(ctx, **TINY)
+    env = {"CACHE_DIR_HELICAL_PREFIX": str(prefix)}
+    rows = []
+    datasets = [("variable-length cells", ensure_varlen_h5ad(ctx, ctx.params["padding_cells"])),
+                ("the throughput cells", ensure_h5ad(ctx, ctx.params["train_cells"],
+                                                     ctx.params["train_genes_per_cell"], seed=1))]
+    for name, path in datasets:
+        result = ctx.child(f"padding-{path.stem}", "padding", "--path", str(path), "--model", MODEL,
+                           "--batch-size", str(BATCH), "--cells-per-chunk", str(CELLS_PER_CHUNK), **env).check()
+        out = result.output
+        rows.append(Row("3. Padding efficiency", f"real / computed tokens, {name}", f"{out['ours']:.3f}",
+                        f"{out['helical']:.3f}", out["ours"] / out["helical"], "ours >= 0.9", out["ours"] >= 0.9,
+                        f"{out['cells']:,} training cells, {out['min_tokens']}-{out['max_tokens']} tokens "
+                        f"(mean {out['mean_tokens']:.0f}), batch {BATCH}, chunks of {CELLS_PER_CHUNK}"))
+    return rows
+
+
+# --- 4 + 5. S3 streaming with prefetch vs local disk, and the data-stall fraction -----------------------
+
+def bench_streaming(ctx: Context) -> list[Row]:
+    n, per_chunk = ctx.params["stream_cells"], ctx.params["stream_chunk"]
+    prefix = ensure_model(ctx, **BENCH_MODEL)
+    data = ensure_h5ad(ctx, n, ctx.params["train_genes_per_cell"], seed=2)
+    port = free_port()
+    log(f"streaming: moto S3 server on 127.0.0.1:{port}")
+    server = subprocess.Popen([str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ctx.child_env())
+    try:
+        wait_port(port)
+        s3 = {"S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+              "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "S3_RETRY_SECONDS": "20",
+              "CACHE_DIR_HELICAL_PREFIX": str(prefix)}
+        ctx.run("s3-bucket", [PYTHON, "-c", "import boto3, os; boto3.client('s3', endpoint_url="
+                              "os.environ['S3_ENDPOINT_URL']).create_bucket(Bucket='bench')"], **s3).check()
+        local = ctx.results / "stream-chunks"
+        shutil.rmtree(local, ignore_errors=True)
+        sources = {"local": str(local / "manifest.json"), "s3": "s3://bench/chunks/manifest.json"}
+        for where, target in (("local", str(local)), ("s3", "s3://bench/chunks")):
+            ctx.runner(f"stream-chunk-{where}", "chunk", "--input", str(data), "--output", target,
+                       "--cells-per-chunk", str(per_chunk), **s3).check()
+        cps = {"local": [], "s3": []}
+        wait = {"local": [], "s3": []}
+        for rep in range(ctx.reps):
+            for where in ("local", "s3"):
+                log(f"streaming rep {rep + 1}/{ctx.reps}: finetune from {where}")
+                out = ctx.results / f"stream-finetune-{where}-{rep}"
+                shutil.rmtree(out, ignore_errors=True)
+                ctx.runner(f"stream-finetune-{where}-{rep}", "finetune", "--data", sources[where],
+                           "--label-column", "cell_type", "--output", str(out), "--model", MODEL,
+                           "--profile", "cpu-small", "--precision", "fp32", "--batch-size", str(BATCH),
+                           "--max-input-size", "4096", "--epochs", "1", **s3).check()
+                throughput = read_report(out)["throughput"]
+                cps[where].append(throughput["cells_per_second"])
+                wait[where].append(throughput["data_wait_fraction"])
+    finally:
+        server.terminate()  # our own child only
+        server.wait(timeout=30)
+    setting = (f"{n} cells in {n // per_chunk} chunks of {per_chunk} (~800 tokens a cell), the 6-layer "
+               f"256-hidden model, fp32, batch {BATCH}, 2 threads; moto S3 server on 127.0.0.1")
+    ratio = median(cps["s3"]) / median(cps["local"])
+    stall = median(wait["s3"])
+    return [
+        Row("4. Data stalls", "data_wait_fraction from report.json, streaming from S3", f"{stall:.2%}",
+            f"{median(wait['local']):.2%} (local)", None, "<= 5%", stall <= 0.05,
+            "time the loop waited for the next prefetched chunk (download + read + tokenize) / training time; "
+            "includes the first chunk, which nothing can prefetch"),
+        Row("5. S3 streaming", "finetune cells/s: S3 with prefetch vs local disk", spread(cps["s3"]),
+            spread(cps["local"]), ratio, ">= 0.8", ratio >= 0.8,
+            f"{setting}. cells/s = report.json throughput.cells_per_second (training cells / training time, data "
+            "waits included)"),
+    ]
+
+
+# --- 6. GPU: fp16 AMP vs fp32 ---------------------------------------------------------------------
+
+def bench_gpu(ctx: Context) -> list[Row]:
+    result = ctx.child("gpu", "gpu", "--batch-size", "16").check()
+    out = result.output
+    measure = "step time and peak CUDA memory, fp16 AMP vs fp32, gf-12L-38M-i4096 shape, batch 16"
+    if "skipped" in out:
+        return [Row("6. GPU", measure, out["skipped"], out["skipped"], None, "", None)]
+    step = out["fp16"]["step_seconds"] / out["fp32"]["step_seconds"]
+    memory = out["fp16"]["peak_allocated_bytes"] / out["fp32"]["peak_allocated_bytes"]
+    note = f"{out['device']}, ~{out['mean_tokens']:.0f} tokens a cell, the runner's Trainer"
+    return [
+        Row("6. GPU", "step time, fp16 AMP vs fp32", f"{out['fp16']['step_seconds'] * 1000:.0f} ms",
+            f"{out['fp32']['step_seconds'] * 1000:.0f} ms", step, "< 1", step < 1, note),
+        Row("6. GPU", "peak CUDA memory, fp16 AMP vs fp32", gib(out["fp16"]["peak_allocated_bytes"]),
+            gib(out["fp32"]["peak_allocated_bytes"]), memory, "< 1", memory < 1, note),
+    ]
+
+
+BENCHMARKS = {
+    "memory": bench_memory,
+    "throughput": bench_throughput,
+    "padding": bench_padding,
+    "streaming": bench_streaming,
+    "gpu": bench_gpu,
+}

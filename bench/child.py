@@ -1,0 +1,262 @@
+"""The measured sides of the benchmarks, one subcommand each, run in a child process by bench.cli.
+
+Each child prints one JSON line on stdout (its last line) with what it measured; the parent adds the
+child's peak RSS from wait4. Heavy imports (torch, helical, anndata) happen only here, never in the
+parent, so the parent stays small (its size leaks into a vfork'ed child's ru_maxrss).
+helical reads $CACHE_DIR_HELICAL_PREFIX at import: the parent sets it in the child's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def emit(result: dict) -> None:
+    print(json.dumps(result), flush=True)
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+def cmd_model(args) -> dict:
+    """A random Geneformer in helical's cache layout, with the dropout of Geneformer's real configs."""
+    from helical_runner.synthetic import write_tiny_geneformer
+
+    model_dir = write_tiny_geneformer(Path(args.prefix), args.model, args.layers, args.hidden, args.heads)
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    # Geneformer's published configs use 0.02 for both; write_tiny_geneformer turns attention dropout
+    # off to keep the tests fast, so put it back: both sides must run the real network.
+    config["hidden_dropout_prob"] = args.dropout
+    config["attention_probs_dropout_prob"] = args.dropout
+    config_path.write_text(json.dumps(config, indent=2))
+    return {"model_dir": str(model_dir), "layers": args.layers, "hidden": args.hidden,
+            "intermediate": config["intermediate_size"], "dropout": args.dropout}
+
+
+def cmd_data(args) -> dict:
+    """A synthetic raw-count .h5ad (helical_runner.synthetic.make_h5ad), written block by block."""
+    from helical_runner.synthetic import make_h5ad
+
+    out = Path(args.output)
+    partial = out.with_name(out.name + ".partial")
+    make_h5ad(partial, args.cells, n_genes=args.genes, n_types=args.types, genes_per_cell=args.genes_per_cell,
+              seed=args.seed)
+    os.replace(partial, out)
+    return {"path": str(out), "bytes": out.stat().st_size}
+
+
+def cmd_varlen_data(args) -> dict:
+    """Cells whose expressed-gene counts vary like real ones (log-normal, a few hundred to 4,000)."""
+    import anndata
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from helical_runner.synthetic import CELL_TYPES, gene_ids
+
+    rng = np.random.default_rng(args.seed)
+    sizes = np.clip(rng.lognormal(np.log(args.median_genes), args.sigma, size=args.cells), 100, 4000).astype(int)
+    indptr = np.concatenate([[0], np.cumsum(sizes)])
+    indices = np.concatenate([np.sort(rng.choice(args.genes, size=k, replace=False)) for k in sizes])
+    data = (1 + rng.poisson(2, size=len(indices))).astype(np.float32)
+    X = sp.csr_matrix((data, indices.astype(np.int32), indptr), shape=(args.cells, args.genes))
+    types = rng.integers(0, 4, size=args.cells)
+    obs = pd.DataFrame({"cell_type": pd.Categorical([CELL_TYPES[t] for t in types], categories=CELL_TYPES[:4])},
+                       index=pd.Index([f"cell-{i:07d}" for i in range(args.cells)]))
+    var = pd.DataFrame(index=pd.Index(gene_ids()[: args.genes]))
+    out = Path(args.output)
+    partial = out.with_name(out.name + ".partial.h5ad")
+    anndata.AnnData(X=X, obs=obs, var=var).write_h5ad(partial)
+    os.replace(partial, out)
+    return {"path": str(out), "bytes": out.stat().st_size}
+
+
+# --- measured sides --------------------------------------------------------------------------------
+
+def cmd_read_h5ad(args) -> dict:
+    """The whole-file approach: anndata.read_h5ad of the file (what helical's process_data needs)."""
+    import anndata
+
+    started = time.monotonic()
+    adata = anndata.read_h5ad(args.path)
+    return {"cells": int(adata.n_obs), "seconds": time.monotonic() - started}
+
+
+def cmd_helical_train(args) -> dict:
+    """helical's GeneformerFineTuningModel.train on a whole .h5ad; only train() is timed."""
+    import anndata
+    import torch
+    from helical.models.geneformer import GeneformerConfig, GeneformerFineTuningModel
+
+    torch.manual_seed(args.seed)
+    adata = anndata.read_h5ad(args.path)
+    adata.var["ensembl_id"] = adata.var.index.astype(str)
+    codes = adata.obs[args.label_column].astype("category").cat.codes.to_numpy()
+    n_classes = int(codes.max()) + 1
+
+    load_started = time.monotonic()
+    config = GeneformerConfig(model_name=args.model, batch_size=args.batch_size, device="cpu")
+    config.config["embsize"] = args.hidden  # the random model's hidden size (ENVIRONMENT.md)
+    model = GeneformerFineTuningModel(geneformer_config=config, fine_tuning_head="classification",
+                                      output_size=n_classes)
+    load_seconds = time.monotonic() - load_started
+
+    tokenize_started = time.monotonic()
+    dataset = model.process_data(adata, gene_names="ensembl_id")
+    dataset = dataset.add_column("label", [int(c) for c in codes])
+    tokenize_seconds = time.monotonic() - tokenize_started
+    lengths = [int(x) for x in dataset["length"]]
+
+    started = time.monotonic()
+    model.train(train_dataset=dataset, label="label", epochs=1, freeze_layers=args.freeze_layers, silent=True)
+    seconds = time.monotonic() - started
+    return {"cells": len(dataset), "train_seconds": seconds, "cells_per_second": len(dataset) / seconds,
+            "load_seconds": load_seconds, "tokenize_seconds": tokenize_seconds,
+            "mean_tokens": sum(lengths) / len(lengths), "threads": torch.get_num_threads(),
+            "backbone_training_mode": bool(model.model.training)}
+
+
+def cmd_padding(args) -> dict:
+    """Real tokens / computed tokens: our length-bucketed batches vs helical's file-order batches.
+
+    Token lengths come from the runner's tokenizer (token-for-token helical's) chunk by chunk, as the
+    runner reads them; ours batches each chunk's training cells with batching.make_batches exactly as
+    training.fit does, helical's takes the same cells in file order and pads each batch to its longest.
+    """
+    import numpy as np
+
+    from helical_runner.batching import is_validation, make_batches
+    from helical_runner.h5ad_io import H5adRows
+    from helical_runner.model_files import locate
+    from helical_runner.tokenizer import GeneformerTokenizer
+
+    tokenizer = GeneformerTokenizer(locate(args.model, fetch_missing=False), args.max_input_size)
+    ours_real = ours_padded = theirs_padded = 0
+    file_order = []
+    with H5adRows(Path(args.path), args.path) as rows:
+        ids = rows.var.index.astype(str).to_numpy()  # the synthetic files' var names are Ensembl ids
+        for index, start in enumerate(range(0, rows.n_obs, args.cells_per_chunk)):
+            part = rows.rows(start, min(start + args.cells_per_chunk, rows.n_obs))
+            tokens = tokenizer.tokenize(part.X, ids, part.obs.index)
+            train = ~is_validation(tokens.cell_ids, args.val_fraction)
+            lengths = tokens.lengths[train]
+            file_order.append(lengths)
+            rng = np.random.default_rng([args.seed, 0, index])  # training.fit's seed for epoch 0
+            batches = make_batches(lengths, args.batch_size, rng, bucketed=True)
+            ours_real += int(lengths.sum())
+            ours_padded += sum(int(lengths[b].max()) * len(b) for b in batches)
+    lengths = np.concatenate(file_order)
+    for start in range(0, len(lengths), args.batch_size):
+        batch = lengths[start:start + args.batch_size]
+        theirs_padded += int(batch.max()) * len(batch)
+    return {"cells": int(len(lengths)), "mean_tokens": float(lengths.mean()), "min_tokens": int(lengths.min()),
+            "max_tokens": int(lengths.max()), "ours": ours_real / ours_padded,
+            "helical": int(lengths.sum()) / theirs_padded}
+
+
+def cmd_gpu(args) -> dict:
+    """fp16 AMP vs fp32 step time and peak CUDA memory, gf-12L-38M-i4096's shape, the runner's Trainer."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "not run: no CUDA device"}
+    import numpy as np
+    from transformers import BertConfig, BertModel
+
+    from helical_runner.model import GeneformerClassifier
+    from helical_runner.precision import resolve
+    from helical_runner.training import TrainConfig, Trainer
+
+    device = torch.device("cuda")
+    # gf-12L-38M-i4096: 12 layers, hidden 512, 8 heads, intermediate 1024, 20,275 tokens, 4,096 positions
+    config = BertConfig(vocab_size=20_275, hidden_size=512, num_hidden_layers=12, num_attention_heads=8,
+                        intermediate_size=1024, max_position_embeddings=4096, pad_token_id=0,
+                        hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.02)
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.normal(args.tokens, args.tokens / 4, size=args.batch_size), 64, 4096).astype(int)
+    batch = [np.concatenate([[2], rng.integers(4, 20_275, size=n - 2), [3]]) for n in lengths]
+    labels = rng.integers(0, 8, size=args.batch_size)
+    result = {"batch_size": args.batch_size, "mean_tokens": float(lengths.mean()),
+              "device": torch.cuda.get_device_name(0)}
+    for name in args.order.split(","):
+        torch.manual_seed(0)
+        config._attn_implementation = "sdpa"  # as load_encoder asks for it
+        encoder = BertModel(config, add_pooling_layer=False)
+        net = GeneformerClassifier(encoder, 8, special_token=True).to(device)
+        trainer = Trainer(net, TrainConfig(batch_size=args.batch_size), resolve(name, device), 0, 10_000)
+        for _ in range(args.warmup):
+            trainer.step(batch, labels)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        started = time.monotonic()
+        for _ in range(args.steps):
+            trainer.step(batch, labels)
+        torch.cuda.synchronize()
+        result[name] = {"step_seconds": (time.monotonic() - started) / args.steps,
+                        "peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
+        del trainer, net, encoder
+        torch.cuda.empty_cache()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.child")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("model")
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--model", default="gf-12L-38M-i4096")
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--dropout", type=float, default=0.02)
+    p = sub.add_parser("data")
+    p.add_argument("--output", required=True)
+    p.add_argument("--cells", type=int, required=True)
+    p.add_argument("--genes", type=int, default=20_000)
+    p.add_argument("--types", type=int, default=4)
+    p.add_argument("--genes-per-cell", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("varlen-data")
+    p.add_argument("--output", required=True)
+    p.add_argument("--cells", type=int, required=True)
+    p.add_argument("--genes", type=int, default=20_000)
+    p.add_argument("--median-genes", type=int, default=800)
+    p.add_argument("--sigma", type=float, default=0.6)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("read-h5ad")
+    p.add_argument("--path", required=True)
+    p = sub.add_parser("helical-train")
+    p.add_argument("--path", required=True)
+    p.add_argument("--model", default="gf-12L-38M-i4096")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--label-column", default="cell_type")
+    p.add_argument("--freeze-layers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("padding")
+    p.add_argument("--path", required=True)
+    p.add_argument("--model", default="gf-12L-38M-i4096")
+    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--cells-per-chunk", type=int, default=2000)
+    p.add_argument("--max-input-size", type=int, default=4096)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("gpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--order", default="fp32,fp16")
+    args = parser.parse_args(argv)
+    handler = {"model": cmd_model, "data": cmd_data, "varlen-data": cmd_varlen_data, "read-h5ad": cmd_read_h5ad,
+               "helical-train": cmd_helical_train, "padding": cmd_padding, "gpu": cmd_gpu}[args.cmd]
+    emit(handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

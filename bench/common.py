@@ -1,0 +1,174 @@
+"""What every benchmark shares: child processes with their peak RSS, medians, rows of the table.
+
+This module imports only the standard library on purpose. A child started with vfork/exec (what
+subprocess does) starts from the parent's address space, and Linux folds the parent's high-water RSS
+into the child's ru_maxrss at exec: a parent that had imported torch would inflate every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+MODEL = "gf-12L-38M-i4096"  # the cache slot the random models are written to (v3 layout, <cls>/<eos>)
+
+
+def data_dir() -> Path:
+    """Synthetic inputs live outside the clone and survive reruns (the 200k-cell file is ~3 GB)."""
+    root = os.environ.get("HELICAL_BENCH_DATA") or Path(
+        os.environ.get("HELICAL_AIRFLOW_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "helical-airflow") / "bench-data"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class ChildResult:
+    returncode: int
+    seconds: float  # wall time of the whole child
+    peak_rss_bytes: int  # ru_maxrss of the child (and of any children it waited for)
+    output: dict | None  # the JSON object on the child's last stdout line, if any
+    stdout_path: Path
+    stderr_path: Path
+
+    def check(self) -> "ChildResult":
+        if self.returncode != 0:
+            tail = self.stderr_path.read_text(errors="replace").strip().splitlines()[-15:]
+            raise RuntimeError(f"child failed with exit code {self.returncode} (log {self.stderr_path}):\n"
+                               + "\n".join(tail))
+        return self
+
+
+@dataclass
+class Context:
+    """One benchmark run: sizes, the results folder, the environment every child gets."""
+
+    size: str
+    params: dict
+    results: Path
+    reps: int
+    env: dict = field(default_factory=dict)
+    _log_counter: int = 0
+
+    def child_env(self, **extra: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in ("PUSHGATEWAY_URL",)}
+        env.update({
+            # 2 threads on both sides (the issue's reference point); torch reads these at import
+            "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
+            "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO),
+            "HELICAL_SCRATCH": str(self.results / "scratch"),
+        })
+        env.update(self.env)
+        env.update(extra)
+        return env
+
+    def run(self, name: str, argv: list[str], timeout: float = 3600, **env: str) -> ChildResult:
+        """Run argv in a child, wait for it with wait4 and return its peak RSS and JSON output."""
+        self._log_counter += 1
+        logs = self.results / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out_path = logs / f"{self._log_counter:03d}-{name}.out"
+        err_path = logs / f"{self._log_counter:03d}-{name}.err"
+        started = time.monotonic()
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, env=self.child_env(**env), cwd=REPO)
+            killed = False
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if not killed and time.monotonic() - started > timeout:
+                    proc.kill()  # only our own child
+                    killed = True
+                time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
+        seconds = time.monotonic() - started
+        output = None
+        lines = out_path.read_text(errors="replace").strip().splitlines()
+        if lines:
+            try:
+                output = json.loads(lines[-1])
+            except json.JSONDecodeError:
+                output = None
+        return ChildResult(proc.returncode, seconds, usage.ru_maxrss * 1024, output, out_path, err_path)
+
+    def child(self, name: str, *args: str, timeout: float = 3600, **env: str) -> ChildResult:
+        return self.run(name, [PYTHON, "-m", "bench.child", *args], timeout=timeout, **env)
+
+    def runner(self, name: str, *args: str, timeout: float = 3600, **env: str) -> ChildResult:
+        """The real CLI, as the container runs it."""
+        return self.run(name, [PYTHON, "-m", "helical_runner", *args], timeout=timeout, **env)
+
+
+@dataclass
+class Row:
+    """One line of the table: ours beside a baseline, and their ratio against a bar."""
+
+    benchmark: str
+    measure: str
+    ours: str
+    baseline: str
+    ratio: float | None = None
+    bar: str = ""
+    passed: bool | None = None
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        ratio = "" if self.ratio is None else f"{self.ratio:.2f}"
+        verdict = {True: "yes", False: "**no**", None: ""}[self.passed]
+        return [self.benchmark, self.measure, self.ours, self.baseline, ratio, self.bar, verdict]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    """'median (min-max, n=N)' for a row's cell."""
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{median(values):.3g} ({min(values):.3g}-{max(values):.3g}, n={len(values)})"
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def markdown_table(rows: list[Row]) -> str:
+    header = ["Benchmark", "Measure", "Ours", "Baseline", "Ratio", "Bar", "Meets bar"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |")
+    notes = [f"- {row.benchmark}, {row.measure}: {row.note}" for row in rows if row.note]
+    return "\n".join(lines + ([""] + notes if notes else []))

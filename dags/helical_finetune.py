@@ -1,0 +1,105 @@
+"""
+### Fine-tune Geneformer on an .h5ad and annotate its cells
+
+Trigger from the UI (the form below is validated) or let `helical_ingest` trigger it for every upload to
+`incoming/`. The run checks its input, then runs three `helical-runner` containers through the
+docker-socket-proxy on a Celery queue chosen by the resource profile (`config/profiles.yaml`):
+
+1. **chunk** the .h5ad into row chunks under `chunks/<dataset>/` (streamed, never loaded whole);
+2. **finetune** a cell-type classifier on the streamed chunks → `runs/<run_id>/` (model, checkpoint,
+   report.json, pictures);
+3. **predict** cell types with the new model → `runs/<run_id>/predict/` (predictions.csv, report.json);
+
+and **publishes** a summary (report URL, accuracy, cells/s) to `runs/<run_id>/summary.json`.
+Containers that fail are kept for debugging (`docker ps -a --filter label=app=helical-runner`); a bad
+input (runner exit code 65) fails at once instead of being retried.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, task
+
+from helical_lib import profiles
+from helical_lib.runner import PLAN_TASK, RunnerOperator
+
+DEFAULT_PROFILE, PROFILES = profiles.load_all()
+STEPS = ("chunk", "finetune", "predict")
+GENEFORMER_MODEL = "gf-12L-38M-i4096"
+
+
+def optional(type_: str, title: str, description: str, **schema) -> Param:
+    """A form field left empty by default: the profile's (or the runner's) value then applies."""
+    return Param(None, type=["null", type_], title=title, description=description, **schema)
+
+
+PARAMS = {
+    "data": Param("s3://helical/incoming/example.h5ad", type="string", title="Data URL",
+                  description="The .h5ad to fine-tune on: s3://bucket/key, or a path under /data (the host "
+                              "data folder)",
+                  pattern=r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|/data/.+)\.h5ad$"),
+    "label_column": Param("cell_type", type="string", title="Label column", minLength=1, maxLength=200,
+                          description="obs column with the cell-type labels"),
+    "model": Param(GENEFORMER_MODEL, type="string", title="Model", pattern=r"^gf-[A-Za-z0-9.\-]+$",
+                   description="Geneformer model to start from (helical's name, e.g. gf-12L-38M-i4096)"),
+    "profile": Param(DEFAULT_PROFILE, type="string", title="Resource profile", enum=sorted(PROFILES),
+                     description="Image, queue, device, memory cap and defaults from config/profiles.yaml"),
+    "epochs": optional("integer", "Epochs", "Passes over the data (runner default 1)", minimum=1, maximum=1000),
+    "precision": optional("string", "Precision", "Overrides the profile's precision",
+                          enum=[None, "fp32", "bf16", "fp16"]),
+    "batch_size": optional("integer", "Batch size", "Cells per step (overrides the profile)", minimum=1,
+                           maximum=4096),
+    "lr": optional("number", "Learning rate", "Peak learning rate (runner default 1e-4)", exclusiveMinimum=0,
+                   maximum=1),
+    "cells_per_chunk": optional("integer", "Cells per chunk", "Rows per streamed chunk (overrides the profile)",
+                                minimum=1, maximum=1_000_000),
+    "etag": optional("string", "ETag", "Set by helical_ingest: the upload this run was triggered for; the run "
+                                       "fails if the object has changed since", maxLength=200),
+}
+
+with DAG(
+    dag_id=Path(__file__).stem,
+    doc_md=__doc__,
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    is_paused_upon_creation=False,
+    max_active_runs=8,
+    params=PARAMS,
+    tags=["helical"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+) as dag:
+
+    @task(task_id=PLAN_TASK, retries=3)
+    def check_input(params: dict | None = None, run_id: str | None = None) -> dict:
+        """Check the input exists and fits the profile; return the run's plan (URLs, ids, settings)."""
+        from helical_lib.plan import make_plan
+
+        return make_plan(params, run_id)
+
+    @task.branch
+    def route(plan: dict) -> str:
+        """Send the runner steps to the Celery queue of the run's profile."""
+        return f"on_{plan['queue']}.chunk"
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def publish_summary(plan: dict) -> dict:
+        """Write runs/<run_id>/summary.json: report URL, accuracy, cells/s."""
+        from helical_lib.plan import summarise
+
+        summary = summarise(plan)
+        print(json.dumps(summary, indent=1))
+        return summary
+
+    plan = check_input()
+    branches = []
+    for queue in profiles.queues():
+        with TaskGroup(f"on_{queue}") as group:
+            steps = [RunnerOperator(task_id=step, step=step, queue=queue,
+                                    image=PROFILES[DEFAULT_PROFILE]["image"]) for step in STEPS]
+            steps[0] >> steps[1] >> steps[2]
+        branches.append(group)
+    route(plan) >> branches >> publish_summary(plan)

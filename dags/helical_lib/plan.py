@@ -1,0 +1,100 @@
+"""What a helical_finetune run works on (its plan) and what it publishes at the end; run on workers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from helical_lib import profiles, s3
+from helical_lib.settings import Settings
+
+DATA_MOUNT = "/data"
+
+
+def make_plan(params: dict, airflow_run_id: str, settings: Settings | None = None, client=None) -> dict:
+    """Check the input exists, matches the triggering ETag and fits the profile's input cap."""
+    settings = settings or Settings.from_env()
+    try:
+        profile = profiles.get(params.get("profile"))
+    except profiles.ProfileError as exc:
+        raise AirflowFailException(str(exc)) from None
+    data = params["data"]
+    if data.startswith("s3://"):
+        etag, size = _head_s3(data, settings, client)
+    else:
+        etag, size = _stat_local(data, settings)
+    if params.get("etag") and s3.clean_etag(params["etag"]) != etag:
+        raise AirflowFailException(f"{data} changed since it was uploaded (ETag {etag}, expected "
+                                   f"{s3.clean_etag(params['etag'])}); its new version gets its own run")
+    cap = profiles.parse_size(profile["max_input_bytes"])
+    if size > cap:
+        raise AirflowFailException(f"{data} is {size} bytes, over profile {profile['name']}'s cap "
+                                   f"max_input_bytes={profile['max_input_bytes']}: pick a larger profile")
+    run_id = s3.safe_id(airflow_run_id, limit=200)
+    bucket = settings.bucket
+    return {
+        "data": data, "etag": etag, "size": size, "run_id": run_id, "profile": profile["name"],
+        "queue": profile["queue"], "chunks": f"s3://{bucket}/{s3.CHUNKS}{s3.dataset_id(data, etag)}",
+        "run": f"s3://{bucket}/{s3.RUNS}{run_id}",
+        **{name: params.get(name) for name in ("label_column", "model", "epochs", "precision", "batch_size",
+                                               "lr", "cells_per_chunk")},
+    }
+
+
+def _head_s3(url: str, settings: Settings, client) -> tuple[str, int]:
+    from botocore.exceptions import ClientError
+
+    bucket, key = s3.parse_url(url)
+    client = client or s3.client(settings.s3_conn_id)
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket", "403"):
+            raise AirflowFailException(f"input {url} not found") from None
+        raise
+    return s3.clean_etag(head.get("ETag")), int(head["ContentLength"])
+
+
+def _stat_local(path: str, settings: Settings) -> tuple[str, int]:
+    """A /data/... path is checked in the host data folder, which workers mount at the same host path."""
+    if not path.startswith(f"{DATA_MOUNT}/") or ".." in Path(path).parts:
+        raise AirflowFailException(f"{path} is not an s3:// URL or a path under {DATA_MOUNT}/")
+    local = Path(settings.data_dir) / path.removeprefix(f"{DATA_MOUNT}/")
+    try:
+        stat = local.stat()
+    except OSError:
+        raise AirflowFailException(f"input {path} not found (looked in {local})") from None
+    return hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16], stat.st_size
+
+
+def _read_json(client, url: str) -> dict | None:
+    bucket, key = s3.parse_url(url)
+    try:
+        return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except client.exceptions.NoSuchKey:
+        return None
+
+
+def summarise(plan: dict, settings: Settings | None = None, client=None) -> dict:
+    """The run's headline figures, from the runner's reports, written next to them as summary.json."""
+    settings = settings or Settings.from_env()
+    client = client or s3.client(settings.s3_conn_id)
+    report = _read_json(client, f"{plan['run']}/report.json") or {}
+    predicted = _read_json(client, f"{plan['run']}/predict/report.json") or {}
+    summary = {
+        "run_id": plan["run_id"], "data": plan["data"], "etag": plan["etag"], "profile": plan["profile"],
+        "status": report.get("status", "missing"),
+        "report_url": f"{plan['run']}/report.json",
+        "predictions_url": f"{plan['run']}/predict/predictions.csv",
+        "accuracy": report.get("accuracy"),
+        "cells_per_second": (report.get("throughput") or {}).get("cells_per_second"),
+        "steps": report.get("steps"),
+        "prediction_accuracy": predicted.get("accuracy"),
+    }
+    bucket, key = s3.parse_url(f"{plan['run']}/summary.json")
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(summary, indent=1).encode(),
+                      ContentType="application/json")
+    return summary

@@ -1,0 +1,177 @@
+"""Runner containers: a resource profile -> DockerOperator arguments, plan -> runner command, and the operator.
+
+Queue routing is the only thing fixed at parse time (Celery routes by the task's `queue`): the DAG has one
+branch per queue. Everything else a profile decides (image, memory cap, GPUs) is applied when the task runs,
+from the profile the run asked for, so one DAG serves every profile.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from airflow.providers.docker.exceptions import DockerContainerFailedException
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.sdk.exceptions import AirflowFailException
+from docker.types import DeviceRequest, Mount
+
+from helical_lib import profiles
+from helical_lib.s3 import connection_env, safe_id
+from helical_lib.settings import Settings
+
+DATA_MOUNT = "/data"  # where the host data folder appears inside runners
+EXIT_BAD_INPUT = 65  # sysexits EX_DATAERR: the input is wrong, a retry cannot help
+PLAN_TASK = "check_input"  # the task whose XCom is the run's plan
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def container_name(dag_id: str, task_id: str, run_id: str, try_number: int) -> str:
+    """Unique per attempt and readable in `docker ps`: helical-<task>-<run>-t<try>-<random>."""
+    return f"helical-{safe_id(task_id, 40)}-{safe_id(run_id, 60)}-t{try_number}-{secrets.token_hex(3)}"
+
+
+def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id: str, run_id: str,
+                     try_number: int, s3_env: dict[str, str]) -> dict[str, Any]:
+    """The DockerOperator arguments one runner attempt gets from its profile and the deployment settings."""
+    if not settings.data_dir:
+        raise AirflowFailException("HELICAL_DATA_DIR is not set: the host data folder mounted at /data")
+    environment = {
+        "HELICAL_RUN_ID": run_id,
+        "HELICAL_DAG_ID": dag_id,
+        "HELICAL_TASK_ID": task_id,
+        "HELICAL_SCRATCH": f"{DATA_MOUNT}/scratch",
+        "CACHE_DIR_HELICAL_PREFIX": f"{DATA_MOUNT}/helical",
+        **{k: v for k, v in s3_env.items() if k not in SECRET_ENV},
+    }
+    if settings.pushgateway_url:
+        environment["PUSHGATEWAY_URL"] = settings.pushgateway_url
+    gpus = int(profile.get("gpus") or 0)
+    device_requests = None
+    if profile["device"] == "cuda" and gpus > 0:
+        device_requests = [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
+    extra_hosts = dict(h.split(":", 1) for h in settings.extra_hosts.split(",") if ":" in h) or None
+    return {
+        "image": profile["image"],
+        "mem_limit": profile["memory_limit"],
+        "device_requests": device_requests,
+        "shm_size": profiles.parse_size("1g") if device_requests else None,  # DataLoader workers on GPUs
+        "mounts": [Mount(target=DATA_MOUNT, source=settings.data_dir, type="bind")],
+        "environment": environment,
+        "private_environment": {k: v for k, v in s3_env.items() if k in SECRET_ENV},
+        "labels": {"app": "helical-runner", "dag_id": dag_id, "task_id": task_id, "run_id": run_id,
+                   "profile": profile["name"]},
+        "container_name": container_name(dag_id, task_id, run_id, try_number),
+        "network_mode": settings.network,
+        "user": settings.runner_user,
+        "extra_hosts": extra_hosts,
+        "docker_url": settings.docker_url,
+        "mount_tmp_dir": False,
+        "auto_remove": "never",  # removed by RunnerOperator after success only: failures stay for debugging
+    }
+
+
+def _flags(pairs: list[tuple[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for flag, value in pairs:
+        if value not in (None, ""):
+            out += [flag, str(value)]
+    return out
+
+
+def runner_command(step: str, plan: dict) -> list[str]:
+    """The `helical-runner` arguments of one step; optional settings left empty keep the profile's value."""
+    common = [("--profile", plan["profile"]), ("--run-id", plan["run_id"])]
+    manifest = f"{plan['chunks']}/manifest.json"
+    if step == "chunk":
+        return ["chunk", "--input", plan["data"], "--output", plan["chunks"],
+                *_flags([("--cells-per-chunk", plan.get("cells_per_chunk")), *common])]
+    if step == "finetune":
+        return ["finetune", "--data", manifest, "--label-column", plan["label_column"], "--output", plan["run"],
+                *_flags([("--model", plan.get("model")), ("--epochs", plan.get("epochs")),
+                         ("--batch-size", plan.get("batch_size")), ("--lr", plan.get("lr")),
+                         ("--precision", plan.get("precision")), *common])]
+    if step == "predict":
+        return ["predict", "--model", f"{plan['run']}/model", "--data", manifest,
+                "--output", f"{plan['run']}/predict",
+                *_flags([("--batch-size", plan.get("batch_size")), ("--precision", plan.get("precision")), *common])]
+    raise ValueError(f"unknown runner step '{step}'")
+
+
+def runner_error(logs: list | None) -> str:
+    """The runner's one-line reason (`helical-runner: error: ...`) from the container's output, if any."""
+    for line in reversed(logs or []):
+        text = line.decode(errors="replace") if isinstance(line, bytes) else str(line)
+        for part in reversed(text.splitlines()):
+            if "helical-runner: error:" in part:
+                return part[part.index("helical-runner: error:"):].strip()
+    return ""
+
+
+class _HardenedClient:
+    """The Docker API client with every container's host config locked down (DockerOperator has no flags
+    for these): all capabilities dropped and no privilege gain through setuid binaries."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create_host_config(self, **kwargs):
+        kwargs.setdefault("cap_drop", ["ALL"])
+        kwargs.setdefault("security_opt", ["no-new-privileges"])
+        kwargs.setdefault("pids_limit", 4096)
+        return self._client.create_host_config(**kwargs)
+
+
+class RunnerOperator(DockerOperator):
+    """One `helical-runner` step in a container, configured at run time from the run's plan and profile."""
+
+    ui_color = "#d6eaf8"
+
+    def __init__(self, *, step: str, image: str, **kwargs):
+        kwargs.setdefault("do_xcom_push", False)
+        super().__init__(image=image, mount_tmp_dir=False, auto_remove="never", **kwargs)
+        self.step = step
+
+    @property
+    def cli(self):
+        return _HardenedClient(super().cli)
+
+    def configure(self, context) -> None:
+        plan = context["ti"].xcom_pull(task_ids=PLAN_TASK)
+        settings = Settings.from_env()
+        profile = profiles.get(plan["profile"])
+        kwargs = container_kwargs(
+            profile, settings, dag_id=self.dag_id, task_id=self.task_id, run_id=plan["run_id"],
+            try_number=context["ti"].try_number,
+            s3_env=connection_env(settings.s3_conn_id, settings.runner_s3_endpoint))
+        self._private_environment = kwargs.pop("private_environment")
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        self.command = runner_command(self.step, plan)
+        self.log.info("profile %s -> image %s, memory %s, GPUs %s; container %s", profile["name"], self.image,
+                      self.mem_limit, profile["gpus"] if self.device_requests else 0, self.container_name)
+        self.log.info("helical-runner %s", " ".join(self.command))
+
+    def execute(self, context):
+        self.configure(context)
+        try:
+            super().execute(context)
+        except DockerContainerFailedException as exc:
+            raise self._failure(exc) from None
+        self.cli.remove_container(self.container["Id"])
+
+    def _failure(self, exc: DockerContainerFailedException) -> Exception:
+        code = None
+        try:
+            code = self.cli.inspect_container(self.container["Id"])["State"]["ExitCode"]
+        except Exception:  # noqa: BLE001 - the reason matters more than the code
+            pass
+        reason = runner_error(exc.logs) or str(exc)
+        self.log.error("container %s kept for debugging (docker logs %s; docker rm %s)",
+                       self.container_name, self.container_name, self.container_name)
+        message = f"{self.step} failed (exit code {code}): {reason}"
+        if code == EXIT_BAD_INPUT:
+            return AirflowFailException(f"{message} [bad input: not retried]")
+        return RuntimeError(message)

@@ -1,0 +1,40 @@
+"""Deployment settings, read from the environment of the process that runs a task (never at parse time).
+
+Every name is listed, with a comment, in `.env-template`; the compose files pass them to the workers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_BUCKET = "helical"
+DEFAULT_CONN_ID = "helical_s3"  # resolved from AIRFLOW_CONN_HELICAL_S3, never created by hand
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str  # the bucket with incoming/, chunks/, runs/, quarantine/
+    s3_conn_id: str  # Airflow connection (type aws) with the S3/MinIO endpoint and credentials
+    docker_url: str  # the docker-socket-proxy; no Airflow container sees docker.sock itself
+    data_dir: str  # host path of the data folder, mounted at /data in every runner container
+    network: str  # network_mode of runner containers: the compose network, or "host" on one machine
+    runner_user: str  # uid:gid runner containers run as (never root)
+    runner_s3_endpoint: str  # S3 endpoint as seen from runner containers; "" = the connection's
+    pushgateway_url: str  # where runners push progress metrics; "" = no push
+    extra_hosts: str  # "name:ip,name:ip" added to runner containers' /etc/hosts; "" = none
+
+    @classmethod
+    def from_env(cls, env: os._Environ | dict | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            bucket=env.get("HELICAL_BUCKET", DEFAULT_BUCKET),
+            s3_conn_id=env.get("HELICAL_S3_CONN_ID", DEFAULT_CONN_ID),
+            docker_url=env.get("DOCKER_HOST", "tcp://docker-socket-proxy:2375"),
+            data_dir=env.get("HELICAL_DATA_DIR", ""),
+            network=env.get("HELICAL_RUNNER_NETWORK", "helical"),
+            runner_user=env.get("HELICAL_RUNNER_USER", "1000:1000"),
+            runner_s3_endpoint=env.get("HELICAL_RUNNER_S3_ENDPOINT", ""),
+            pushgateway_url=env.get("PUSHGATEWAY_URL", ""),
+            extra_hosts=env.get("HELICAL_RUNNER_EXTRA_HOSTS", ""),
+        )

@@ -1,0 +1,117 @@
+"""The compose files: valid compose-spec, every variable in .env-template, and the promised structure."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+COMPOSE_FILES = sorted(REPO.glob("docker-compose-*.yaml"))
+OURS = ["docker-compose-airflow.yaml", "docker-compose-storage.yaml"]
+# ${VAR}, ${VAR:-default}, ${VAR:?error}, $VAR; $$ escapes a literal dollar for the container's shell
+VARIABLE = re.compile(r"(?<!\$)\$(?:\{([A-Za-z_][A-Za-z0-9_]*)|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def template_variables() -> dict[str, str]:
+    values = {}
+    for line in (REPO / ".env-template").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / name).read_text())
+
+
+def test_our_compose_files_exist():
+    assert {p.name for p in COMPOSE_FILES} >= set(OURS)
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_file_matches_the_compose_spec(path):
+    result = subprocess.run([str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema",
+                             "vendor.compose-spec", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_variables_are_in_env_template(path):
+    used = {a or b for a, b in VARIABLE.findall(path.read_text())}
+    missing = used - set(template_variables())
+    assert not missing, f"{path.name} uses variables missing from .env-template: {sorted(missing)}"
+
+
+def test_env_template_documents_every_variable_and_hides_secrets():
+    lines = (REPO / ".env-template").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() and not line.startswith("#"):
+            assert i > 0 and (lines[i - 1].startswith("#") or not lines[i - 1].strip() or "=" in lines[i - 1]), line
+    values = template_variables()
+    for name, value in values.items():
+        if re.search(r"PASSWORD|SECRET|FERNET", name):
+            assert value.startswith("<") and value.endswith(">"), f"{name} must be a placeholder"
+    assert values["HELICAL_DATA_DIR"].startswith("<")  # an absolute host path nobody can guess
+
+
+def test_only_the_socket_proxy_sees_docker_sock():
+    for name in [p.name for p in COMPOSE_FILES]:
+        for service, spec in (load(name).get("services") or {}).items():
+            mounts = " ".join(str(v) for v in spec.get("volumes") or [])
+            if service == "docker-socket-proxy":
+                assert "/var/run/docker.sock" in mounts and "haproxy.cfg" in mounts
+            elif name in OURS:
+                assert "docker.sock" not in mounts, f"{service} in {name} mounts the Docker socket"
+
+
+def test_airflow_services_follow_the_official_conventions():
+    compose = load("docker-compose-airflow.yaml")
+    services = compose["services"]
+    assert {"postgres", "redis", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+            "airflow-triggerer", "airflow-worker", "airflow-worker-gpu", "airflow-init",
+            "docker-socket-proxy"} <= set(services)
+    for name, spec in services.items():
+        if name != "airflow-init":
+            assert "healthcheck" in spec, f"{name} has no healthcheck"
+        if name.startswith("airflow-") and name != "airflow-init":
+            assert spec["depends_on"]["airflow-init"] == {"condition": "service_completed_successfully"}
+            assert spec["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert services["airflow-worker-gpu"]["profiles"] == ["gpu"]
+    assert "--queues gpu" in services["airflow-worker-gpu"]["command"]
+    assert "--queues cpu" in services["airflow-worker"]["command"]
+    env = services["airflow-worker"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["DOCKER_HOST"] == "tcp://docker-socket-proxy:2375"
+    assert env["AIRFLOW_CONN_HELICAL_S3"].startswith("{") and "HELICAL_S3_SECRET_KEY" in env["AIRFLOW_CONN_HELICAL_S3"]
+    assert "docker-socket-proxy" in services["airflow-worker"]["depends_on"]
+
+
+def test_dag_settings_reach_the_workers():
+    """Every environment variable the DAG library reads is set for the workers by the compose file."""
+    read = set(re.findall(r'env\.get\("([A-Z_]+)"', (REPO / "dags/helical_lib/settings.py").read_text()))
+    optional = {"HELICAL_S3_CONN_ID", "HELICAL_RUNNER_S3_ENDPOINT", "HELICAL_RUNNER_EXTRA_HOSTS"}
+    env = load("docker-compose-airflow.yaml")["services"]["airflow-worker"]["environment"]
+    assert read - optional <= set(env), sorted(read - optional - set(env))
+
+
+def test_storage_creates_the_bucket_layout():
+    services = load("docker-compose-storage.yaml")["services"]
+    script = services["minio-init"]["command"][0]
+    for prefix in ("incoming", "chunks", "runs", "quarantine"):
+        assert prefix in script
+    assert services["minio-init"]["depends_on"]["minio"] == {"condition": "service_healthy"}
+    assert "healthcheck" in services["minio"]
+
+
+def test_files_share_one_network():
+    for name in [p.name for p in COMPOSE_FILES]:
+        networks = load(name).get("networks") or {}
+        if networks:
+            assert networks.get("helical", {}).get("name") == "${HELICAL_NETWORK:-helical}", name

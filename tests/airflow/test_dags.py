@@ -1,0 +1,122 @@
+"""The DAG files: import cleanly without DB or network, have the promised shape, validate their forms."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DAGS, REPO
+
+PARSE_PROBE = r"""
+import json, os, socket, sys, time
+calls = []
+def refuse(*args, **kwargs):
+    calls.append(repr(args[1:] if len(args) > 1 else args))
+    raise OSError("network access at parse time")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+from airflow.dag_processing.dagbag import DagBag
+start = time.perf_counter()
+bag = DagBag(sys.argv[1])
+print(json.dumps({"errors": {k: str(v)[-500:] for k, v in bag.import_errors.items()},
+                  "dags": sorted(bag.dag_ids), "network": calls,
+                  "seconds": time.perf_counter() - start}))
+"""
+
+
+def test_dags_parse_without_db_or_network(tmp_path):
+    """Parse in a fresh interpreter where every socket call fails, the DB URL points nowhere, and no
+    connection or Variable exists: any parse-time lookup would show up as an import error."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AIRFLOW_HOME": str(tmp_path),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://nobody:x@192.0.2.1:1/none",
+           "PYTHONPATH": str(DAGS)}
+    out = subprocess.run([sys.executable, "-c", PARSE_PROBE, str(DAGS)], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["errors"] == {}
+    assert result["dags"] == ["helical_finetune", "helical_ingest"]
+    assert result["network"] == []
+    assert result["seconds"] < 10
+
+
+@pytest.mark.parametrize("dag_id", ["helical_finetune", "helical_ingest"])
+def test_dag_conventions(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert Path(dag.fileloc).stem == dag_id
+    assert dag.is_paused_upon_creation is False
+    assert dag.doc_md and dag.doc_md.strip().startswith("###")
+    assert "helical" in dag.tags
+
+
+def test_finetune_shape(dagbag):
+    dag = dagbag.dags["helical_finetune"]
+    queues = {"cpu", "gpu"}
+    expected = {"check_input", "route", "publish_summary"} | {
+        f"on_{q}.{step}" for q in queues for step in ("chunk", "finetune", "predict")}
+    assert set(dag.task_ids) == expected
+    for queue in queues:
+        chunk, finetune, predict = (dag.get_task(f"on_{queue}.{s}") for s in ("chunk", "finetune", "predict"))
+        assert {t.queue for t in (chunk, finetune, predict)} == {queue}
+        assert chunk.downstream_task_ids == {finetune.task_id}
+        assert finetune.downstream_task_ids == {predict.task_id}
+        assert predict.downstream_task_ids == {"publish_summary"}
+        assert dag.get_task("route").downstream_task_ids >= {chunk.task_id}
+        assert chunk.mount_tmp_dir is False and chunk.auto_remove == "never"
+    assert dag.get_task("publish_summary").trigger_rule == "none_failed_min_one_success"
+
+
+def test_ingest_shape(dagbag):
+    dag = dagbag.dags["helical_ingest"]
+    sensor = dag.get_task("wait_for_uploads")
+    assert sensor.deferrable is True
+    assert sensor.poke_interval <= 5  # uploads must be picked up within 15 s
+    assert dag.max_active_runs == 1
+    trigger = dag.get_task("trigger_finetune")
+    assert trigger.partial_kwargs["trigger_dag_id"] == "helical_finetune"
+    assert trigger.partial_kwargs["skip_when_already_exists"] is True
+
+
+def test_finetune_params_match_runner_flags(dagbag):
+    params = dagbag.dags["helical_finetune"].params
+    names = set(params.keys())
+    assert {"data", "label_column", "model", "profile", "epochs", "precision", "batch_size", "lr",
+            "cells_per_chunk"} <= names
+    cli = (REPO / "helical_runner" / "cli.py").read_text()
+    for name in names - {"etag"}:
+        assert f"--{name.replace('_', '-')}" in cli, f"param {name} has no runner flag of that name"
+
+
+GOOD = {"data": "s3://helical/incoming/a.h5ad", "label_column": "cell_type", "model": "gf-12L-38M-i4096",
+        "profile": "cpu-small", "epochs": 2, "precision": "fp16", "batch_size": 8, "lr": 1e-4,
+        "cells_per_chunk": 1000, "etag": None}
+
+
+@pytest.mark.parametrize("name,value", [
+    ("data", "http://example.com/a.h5ad"), ("data", "s3://helical/incoming/a.csv"), ("data", "/etc/passwd.h5ad"),
+    ("data", "s3://helical/"), ("label_column", ""), ("model", "bert-base; rm -rf /"),
+    ("profile", "gpu-1000gb"), ("epochs", 0), ("epochs", "two"), ("precision", "fp8"), ("batch_size", -1),
+    ("lr", 0), ("lr", 5), ("cells_per_chunk", 0),
+])
+def test_params_reject_bad_values(dagbag, name, value):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    params = dagbag.dags["helical_finetune"].params
+    with pytest.raises(ParamValidationError):
+        params.get_param(name).resolve(value)
+
+
+def test_params_accept_good_values_and_defaults(dagbag):
+    params = dagbag.dags["helical_finetune"].params
+    for name, value in GOOD.items():
+        assert params.get_param(name).resolve(value) == value
+    for name in ("epochs", "precision", "batch_size", "lr", "cells_per_chunk", "etag"):
+        assert params.get_param(name).resolve(None) is None
+    assert params.get_param("data").resolve("/data/datasets/atlas.h5ad")
+    assert params.get_param("profile").value == "cpu-small"  # the default of config/profiles.yaml

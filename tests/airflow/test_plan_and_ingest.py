@@ -1,0 +1,118 @@
+"""Input checks, summaries and the upload ledger against an in-process S3 (moto)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from helical_lib import s3
+from helical_lib.ingest import NewObjectsTrigger, find_new, mark_seen
+from helical_lib.plan import make_plan, summarise
+from helical_lib.settings import Settings
+
+SETTINGS = Settings.from_env({"HELICAL_DATA_DIR": "/nonexistent"})
+PARAMS = {"data": "s3://helical/incoming/atlas.h5ad", "label_column": "cell_type", "model": "gf-12L-38M-i4096",
+          "profile": "cpu-small", "epochs": 2, "precision": None, "batch_size": None, "lr": None,
+          "cells_per_chunk": None, "etag": None}
+# Airflow's default [scheduler] allowed_run_id_pattern
+RUN_ID_PATTERN = r"^[A-Za-z0-9_.~:+-]+$"
+
+
+def test_plan_for_an_uploaded_object(moto_s3):
+    etag = moto_s3.put_object(Bucket="helical", Key="incoming/atlas.h5ad", Body=b"x" * 100)["ETag"].strip('"')
+    plan = make_plan(PARAMS, "manual__2026-11-23T10:00:00+00:00", SETTINGS)
+    assert plan["etag"] == etag and plan["size"] == 100
+    assert plan["run_id"] == "manual__2026-11-23T10-00-00-00-00"
+    assert plan["run"] == f"s3://helical/runs/{plan['run_id']}"
+    assert plan["chunks"] == f"s3://helical/chunks/atlas-{etag[:12]}"
+    assert plan["queue"] == "cpu" and plan["profile"] == "cpu-small" and plan["epochs"] == 2
+
+
+def test_plan_fails_fast_on_missing_or_changed_input(moto_s3):
+    with pytest.raises(AirflowFailException, match="not found"):
+        make_plan(PARAMS, "r1", SETTINGS)
+    moto_s3.put_object(Bucket="helical", Key="incoming/atlas.h5ad", Body=b"new content")
+    with pytest.raises(AirflowFailException, match="changed since it was uploaded"):
+        make_plan({**PARAMS, "etag": '"0123"'}, "r1", SETTINGS)
+
+
+def test_plan_refuses_inputs_over_the_profile_cap(moto_s3, tmp_path, monkeypatch):
+    from conftest import REPO
+
+    text = (REPO / "config" / "profiles.yaml").read_text().replace("max_input_bytes: 4g", "max_input_bytes: 10")
+    (tmp_path / "profiles.yaml").write_text(text)
+    monkeypatch.setenv("HELICAL_PROFILES", str(tmp_path / "profiles.yaml"))
+    moto_s3.put_object(Bucket="helical", Key="incoming/atlas.h5ad", Body=b"x" * 11)
+    with pytest.raises(AirflowFailException, match="over profile cpu-small's cap"):
+        make_plan(PARAMS, "r1", SETTINGS)
+    with pytest.raises(AirflowFailException, match="unknown profile"):
+        make_plan({**PARAMS, "profile": "tpu"}, "r1", SETTINGS)
+
+
+def test_plan_for_a_local_file(tmp_path):
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "local.h5ad").write_bytes(b"y" * 5)
+    settings = Settings.from_env({"HELICAL_DATA_DIR": str(tmp_path)})
+    plan = make_plan({**PARAMS, "data": "/data/datasets/local.h5ad"}, "r1", settings)
+    assert plan["size"] == 5 and plan["chunks"].startswith("s3://helical/chunks/local-")
+    for bad in ("/data/missing.h5ad", "/data/../etc/x.h5ad", "/etc/x.h5ad"):
+        with pytest.raises(AirflowFailException):
+            make_plan({**PARAMS, "data": bad}, "r1", settings)
+
+
+def test_summary_collects_the_reports(moto_s3):
+    plan = {"run_id": "r1", "data": "s3://helical/incoming/a.h5ad", "etag": "e", "profile": "cpu-small",
+            "run": "s3://helical/runs/r1"}
+    moto_s3.put_object(Bucket="helical", Key="runs/r1/report.json", Body=json.dumps(
+        {"status": "succeeded", "accuracy": 0.9, "throughput": {"cells_per_second": 123.4}, "steps": 7}))
+    summary = summarise(plan, SETTINGS)
+    assert summary["accuracy"] == 0.9 and summary["cells_per_second"] == 123.4 and summary["steps"] == 7
+    assert summary["report_url"] == "s3://helical/runs/r1/report.json"
+    stored = json.loads(moto_s3.get_object(Bucket="helical", Key="runs/r1/summary.json")["Body"].read())
+    assert stored == summary
+
+
+def test_ledger_reports_each_upload_once(moto_s3):
+    moto_s3.put_object(Bucket="helical", Key="incoming/.keep", Body=b"")
+    moto_s3.put_object(Bucket="helical", Key="incoming/notes.txt", Body=b"not a dataset")
+    moto_s3.put_object(Bucket="helical", Key="incoming/a.h5ad", Body=b"a1")
+    moto_s3.put_object(Bucket="helical", Key="incoming/b.h5ad", Body=b"b1")
+    found = find_new(moto_s3, "helical")
+    assert [o["key"] for o in found] == ["incoming/a.h5ad", "incoming/b.h5ad"]
+    assert mark_seen(moto_s3, "helical", found) == 2
+    assert find_new(moto_s3, "helical") == []
+    assert mark_seen(moto_s3, "helical", found) == 0  # markers are created once (IfNoneMatch)
+    moto_s3.put_object(Bucket="helical", Key="incoming/a.h5ad", Body=b"a2")  # new content, same key
+    [again] = find_new(moto_s3, "helical")
+    assert again["key"] == "incoming/a.h5ad" and again["etag"] != found[0]["etag"]
+
+
+def test_ingest_run_ids_are_deterministic_and_valid():
+    run_id = s3.ingest_run_id("incoming/sub dir/Atlas v2.h5ad", '"d41d8cd98f00b204e9800998ecf8427e"')
+    assert run_id == "ingest__sub-dir-Atlas-v2.h5ad__d41d8cd98f00b204e9800998ecf8427e"
+    assert re.match(RUN_ID_PATTERN, run_id)
+    long = s3.ingest_run_id("incoming/" + "x" * 400 + ".h5ad", "etag")
+    assert len(long) <= 200 and re.match(RUN_ID_PATTERN, long)
+    assert long != s3.ingest_run_id("incoming/" + "x" * 401 + ".h5ad", "etag")
+
+
+def test_trigger_fires_on_a_new_upload(moto_s3, monkeypatch):
+    import asyncio
+
+    monkeypatch.setattr(s3, "client", lambda conn_id: moto_s3)
+    trigger = NewObjectsTrigger("helical_s3", "helical", poll_interval=0.05)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "helical_lib.ingest.NewObjectsTrigger" and kwargs["poll_interval"] == 0.05
+
+    async def scenario():
+        pending = asyncio.ensure_future(trigger.run().__anext__())
+        await asyncio.sleep(0.3)
+        assert not pending.done()  # nothing new yet: keeps polling
+        moto_s3.put_object(Bucket="helical", Key="incoming/c.h5ad", Body=b"c")
+        return await asyncio.wait_for(pending, 5)
+
+    event = asyncio.run(scenario())
+    assert [o["key"] for o in event.payload["objects"]] == ["incoming/c.h5ad"]

@@ -1,0 +1,203 @@
+"""Profile -> DockerOperator arguments, runner commands, and how RunnerOperator treats containers."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from airflow.providers.docker.exceptions import DockerContainerFailedException
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from helical_lib import profiles
+from helical_lib.runner import (RunnerOperator, _HardenedClient, container_kwargs, runner_command,
+                                runner_error)
+from helical_lib.settings import Settings
+
+SETTINGS = Settings.from_env({"HELICAL_DATA_DIR": "/srv/helical/data", "DOCKER_HOST": "tcp://proxy:2375",
+                              "HELICAL_RUNNER_NETWORK": "helical", "PUSHGATEWAY_URL": "http://pgw:9091"})
+S3_ENV = {"S3_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"}
+IDS = {"dag_id": "helical_finetune", "task_id": "on_cpu.chunk", "run_id": "manual__2026-11-23T10-00-00",
+       "try_number": 1}
+PLAN = {"data": "s3://helical/incoming/atlas.h5ad", "etag": "abc", "size": 10, "run_id": "run-1",
+        "profile": "cpu-small", "queue": "cpu", "chunks": "s3://helical/chunks/atlas-abc",
+        "run": "s3://helical/runs/run-1", "label_column": "cell_type", "model": "gf-12L-38M-i4096",
+        "epochs": None, "precision": None, "batch_size": None, "lr": None, "cells_per_chunk": None}
+
+
+def kwargs_for(profile_name: str, settings: Settings = SETTINGS) -> dict:
+    return container_kwargs(profiles.get(profile_name), settings, s3_env=S3_ENV, **IDS)
+
+
+def test_cpu_profile_maps_to_container_arguments():
+    kw = kwargs_for("cpu-small")
+    assert kw["image"] == "helical-runner:cpu"
+    assert kw["mem_limit"] == "8g"
+    assert kw["device_requests"] is None
+    assert [(m["Target"], m["Source"], m["Type"]) for m in kw["mounts"]] == [("/data", "/srv/helical/data", "bind")]
+    assert kw["docker_url"] == "tcp://proxy:2375"
+    assert kw["network_mode"] == "helical"
+    assert kw["mount_tmp_dir"] is False and kw["auto_remove"] == "never"
+    assert kw["user"] == "1000:1000"
+    assert kw["labels"] == {"app": "helical-runner", "dag_id": "helical_finetune", "task_id": "on_cpu.chunk",
+                            "run_id": IDS["run_id"], "profile": "cpu-small"}
+
+
+def test_environment_keeps_secrets_private():
+    kw = kwargs_for("cpu-small")
+    assert kw["environment"] == {
+        "HELICAL_RUN_ID": IDS["run_id"], "HELICAL_DAG_ID": "helical_finetune", "HELICAL_TASK_ID": "on_cpu.chunk",
+        "HELICAL_SCRATCH": "/data/scratch", "CACHE_DIR_HELICAL_PREFIX": "/data/helical",
+        "S3_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "us-east-1",
+        "PUSHGATEWAY_URL": "http://pgw:9091"}
+    # private_environment is neither templated nor shown in the UI's rendered fields
+    assert kw["private_environment"] == {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"}
+
+
+@pytest.mark.parametrize("name,gpus,memory", [("gpu-16gb", 1, "32g"), ("gpu-4x16gb", 4, "128g")])
+def test_gpu_profiles_request_devices(name, gpus, memory):
+    kw = kwargs_for(name)
+    assert kw["image"] == "helical-runner:gpu"
+    assert kw["mem_limit"] == memory
+    [request] = kw["device_requests"]
+    assert request["Count"] == gpus and request["Capabilities"] == [["gpu"]]
+    assert kw["shm_size"] == 1024**3
+
+
+def test_container_names_are_unique_and_valid():
+    import re
+
+    names = {kwargs_for("cpu-small")["container_name"] for _ in range(50)}
+    assert len(names) == 50
+    for name in names:
+        assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", name) and len(name) < 128
+        assert name.startswith("helical-on_cpu.chunk-manual__2026-11-23T10-00-00-t1-")
+
+
+def test_missing_data_dir_fails_without_retry():
+    with pytest.raises(AirflowFailException, match="HELICAL_DATA_DIR"):
+        kwargs_for("cpu-small", Settings.from_env({}))
+
+
+def test_extra_hosts_and_endpoint_override():
+    settings = Settings.from_env({"HELICAL_DATA_DIR": "/d", "HELICAL_RUNNER_EXTRA_HOSTS": "minio:10.0.0.5"})
+    assert kwargs_for("cpu-small", settings)["extra_hosts"] == {"minio": "10.0.0.5"}
+
+
+def test_runner_commands_use_the_runner_flags():
+    assert runner_command("chunk", PLAN) == [
+        "chunk", "--input", "s3://helical/incoming/atlas.h5ad", "--output", "s3://helical/chunks/atlas-abc",
+        "--profile", "cpu-small", "--run-id", "run-1"]
+    assert runner_command("finetune", PLAN) == [
+        "finetune", "--data", "s3://helical/chunks/atlas-abc/manifest.json", "--label-column", "cell_type",
+        "--output", "s3://helical/runs/run-1", "--model", "gf-12L-38M-i4096", "--profile", "cpu-small",
+        "--run-id", "run-1"]
+    assert runner_command("predict", PLAN) == [
+        "predict", "--model", "s3://helical/runs/run-1/model", "--data",
+        "s3://helical/chunks/atlas-abc/manifest.json", "--output", "s3://helical/runs/run-1/predict",
+        "--profile", "cpu-small", "--run-id", "run-1"]
+    tuned = {**PLAN, "epochs": 3, "precision": "fp16", "batch_size": 32, "lr": 0.001, "cells_per_chunk": 500}
+    assert runner_command("chunk", tuned)[5:7] == ["--cells-per-chunk", "500"]
+    finetune = runner_command("finetune", tuned)
+    for flag, value in [("--epochs", "3"), ("--precision", "fp16"), ("--batch-size", "32"), ("--lr", "0.001")]:
+        assert finetune[finetune.index(flag) + 1] == value
+    with pytest.raises(ValueError):
+        runner_command("train", PLAN)
+
+
+def test_runner_error_finds_the_one_line_reason():
+    logs = [b"2026 INFO helical_runner: reading\n", "Traceback...\n",
+            b"helical-runner: error: s3://helical/incoming/bad.h5ad is not an .h5ad file (HDF5 signature missing)\n"]
+    assert runner_error(logs) == ("helical-runner: error: s3://helical/incoming/bad.h5ad is not an .h5ad file "
+                                  "(HDF5 signature missing)")
+    assert runner_error([]) == "" and runner_error(None) == ""
+
+
+def test_hardened_client_drops_capabilities():
+    calls = {}
+    fake = SimpleNamespace(create_host_config=lambda **kw: calls.update(kw) or kw, images=lambda **kw: ["x"])
+    client = _HardenedClient(fake)
+    client.create_host_config(mem_limit="8g")
+    assert calls == {"mem_limit": "8g", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
+                     "pids_limit": 4096}
+    assert client.images(name="x") == ["x"]
+
+
+class FakeCli:
+    def __init__(self, exit_code: int):
+        self.exit_code, self.removed, self.host_configs = exit_code, [], []
+
+    def inspect_container(self, container_id):
+        return {"State": {"ExitCode": self.exit_code}}
+
+    def remove_container(self, container_id, **kwargs):
+        self.removed.append(container_id)
+
+    def create_host_config(self, **kwargs):
+        self.host_configs.append(kwargs)
+        return kwargs
+
+
+@pytest.fixture
+def operator(monkeypatch, s3_conn):
+    monkeypatch.setenv("HELICAL_DATA_DIR", "/srv/data")
+    monkeypatch.setenv("HELICAL_RUNNER_NETWORK", "host")
+    op = RunnerOperator(task_id="chunk", step="chunk", image="placeholder", queue="cpu")
+    cli = FakeCli(0)
+    monkeypatch.setattr(DockerOperator, "cli", property(lambda self: cli))
+    ti = SimpleNamespace(xcom_pull=lambda task_ids: PLAN, try_number=2)
+    op.fake_cli, op.context = cli, {"ti": ti}
+    return op
+
+
+def test_operator_configures_from_plan_and_connection(operator, monkeypatch):
+    monkeypatch.setattr(RunnerOperator, "dag_id", property(lambda self: "helical_finetune"))
+    operator.configure(operator.context)
+    assert operator.image == "helical-runner:cpu" and operator.mem_limit == "8g"
+    assert operator.network_mode == "host"
+    assert operator.command[:3] == ["chunk", "--input", "s3://helical/incoming/atlas.h5ad"]
+    assert operator.environment["S3_ENDPOINT_URL"] == "http://s3.test:9000"
+    assert operator.environment["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert "AWS_SECRET_ACCESS_KEY" not in operator.environment
+    assert operator._private_environment == {"AWS_ACCESS_KEY_ID": "test-key",
+                                             "AWS_SECRET_ACCESS_KEY": "test-secret"}
+    assert operator.labels["run_id"] == "run-1" and "-t2-" in operator.container_name
+    operator.cli.create_host_config(mem_limit="8g")
+    assert operator.fake_cli.host_configs[-1]["cap_drop"] == ["ALL"]
+
+
+def test_operator_removes_container_only_after_success(operator, monkeypatch):
+    monkeypatch.setattr(RunnerOperator, "dag_id", property(lambda self: "helical_finetune"))
+
+    def succeed(self, context):
+        self.container = {"Id": "c1"}
+
+    monkeypatch.setattr(DockerOperator, "execute", succeed)
+    operator.execute(operator.context)
+    assert operator.fake_cli.removed == ["c1"]
+
+
+@pytest.mark.parametrize("code,exception", [(65, AirflowFailException), (69, RuntimeError), (70, RuntimeError)])
+def test_operator_failure_keeps_container_and_retries_unless_bad_input(operator, monkeypatch, code, exception):
+    monkeypatch.setattr(RunnerOperator, "dag_id", property(lambda self: "helical_finetune"))
+    operator.fake_cli.exit_code = code
+
+    def fail(self, context):
+        self.container = {"Id": "c2"}
+        raise DockerContainerFailedException("Docker container failed", logs=[
+            b"helical-runner: error: input is not an .h5ad file\n"])
+
+    monkeypatch.setattr(DockerOperator, "execute", fail)
+    with pytest.raises(exception) as info:
+        operator.execute(operator.context)
+    assert type(info.value) is exception
+    assert f"exit code {code}" in str(info.value)
+    assert "helical-runner: error: input is not an .h5ad file" in str(info.value)
+    assert operator.fake_cli.removed == []
+
+
+def test_every_profile_queue_has_a_branch(dagbag):
+    dag = dagbag.dags["helical_finetune"]
+    for name, profile in profiles.load_all()[1].items():
+        assert f"on_{profile['queue']}.chunk" in dag.task_ids, name

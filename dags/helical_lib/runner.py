@@ -7,7 +7,9 @@ from the profile the run asked for, so one DAG serves every profile.
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
 from typing import Any
 
 from airflow.providers.docker.exceptions import DockerContainerFailedException
@@ -156,21 +158,49 @@ class RunnerOperator(DockerOperator):
 
     def execute(self, context):
         self.configure(context)
+        settings = Settings.from_env()
+        if settings.runner_mode == "local":
+            return self._run_local(settings)
         try:
             super().execute(context)
         except DockerContainerFailedException as exc:
-            raise self._failure(exc) from None
+            code = None
+            try:
+                code = self.cli.inspect_container(self.container["Id"])["State"]["ExitCode"]
+            except Exception:  # noqa: BLE001 - the reason matters more than the code
+                pass
+            self.log.error("container %s kept for debugging (docker logs %s; docker rm %s)",
+                           self.container_name, self.container_name, self.container_name)
+            raise self._error(code, runner_error(exc.logs) or str(exc)) from None
         self.cli.remove_container(self.container["Id"])
 
-    def _failure(self, exc: DockerContainerFailedException) -> Exception:
-        code = None
-        try:
-            code = self.cli.inspect_container(self.container["Id"])["State"]["ExitCode"]
-        except Exception:  # noqa: BLE001 - the reason matters more than the code
-            pass
-        reason = runner_error(exc.logs) or str(exc)
-        self.log.error("container %s kept for debugging (docker logs %s; docker rm %s)",
-                       self.container_name, self.container_name, self.container_name)
+    def _run_local(self, settings: Settings) -> None:
+        """No Docker engine (the demo on a bare machine): the same CLI and environment as a subprocess,
+        with the container's /data paths pointing at the data folder itself."""
+        def host(value: str) -> str:
+            return settings.data_dir + value[len(DATA_MOUNT):] if value.startswith(f"{DATA_MOUNT}/") else value
+
+        env = {**os.environ, **{k: host(v) for k, v in self.environment.items()}, **self._private_environment}
+        command = [settings.runner_bin, *(host(arg) for arg in self.command)]
+        self.log.info("local mode (HELICAL_RUNNER_MODE=local): %s", " ".join(command))
+        self._process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True, errors="replace")
+        lines = []
+        for line in self._process.stdout:
+            self.log.info("%s", line.rstrip())
+            lines = [*lines[-50:], line]
+        code = self._process.wait()
+        if code != 0:
+            raise self._error(code, runner_error(lines) or f"helical-runner exited with {code}")
+
+    def on_kill(self) -> None:
+        process = getattr(self, "_process", None)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            return
+        super().on_kill()
+
+    def _error(self, code: int | None, reason: str) -> Exception:
         message = f"{self.step} failed (exit code {code}): {reason}"
         if code == EXIT_BAD_INPUT:
             return AirflowFailException(f"{message} [bad input: not retried]")

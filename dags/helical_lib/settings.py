@@ -23,6 +23,8 @@ class Settings:
     runner_s3_endpoint: str  # S3 endpoint as seen from runner containers; "" = the connection's
     pushgateway_url: str  # where runners push progress metrics; "" = no push
     extra_hosts: str  # "name:ip,name:ip" added to runner containers' /etc/hosts; "" = none
+    runner_mode: str  # docker (containers through the proxy) | local (the same CLI as a worker subprocess)
+    runner_bin: str  # the helical-runner executable for local mode
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None) -> "Settings":
@@ -33,8 +35,10 @@ class Settings:
             docker_url=env.get("DOCKER_HOST", "tcp://docker-socket-proxy:2375"),
             data_dir=env.get("HELICAL_DATA_DIR", ""),
             network=env.get("HELICAL_RUNNER_NETWORK", "helical"),
-            runner_user=env.get("HELICAL_RUNNER_USER", "1000:1000"),
+            runner_user=env.get("HELICAL_RUNNER_USER", "50000:0"),
             runner_s3_endpoint=env.get("HELICAL_RUNNER_S3_ENDPOINT", ""),
             pushgateway_url=env.get("PUSHGATEWAY_URL", ""),
             extra_hosts=env.get("HELICAL_RUNNER_EXTRA_HOSTS", ""),
+            runner_mode=env.get("HELICAL_RUNNER_MODE", "docker"),
+            runner_bin=env.get("HELICAL_RUNNER_BIN", "helical-runner"),
         )

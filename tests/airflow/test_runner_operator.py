@@ -39,7 +39,7 @@ def test_cpu_profile_maps_to_container_arguments():
     assert kw["docker_url"] == "tcp://proxy:2375"
     assert kw["network_mode"] == "helical"
     assert kw["mount_tmp_dir"] is False and kw["auto_remove"] == "never"
-    assert kw["user"] == "1000:1000"
+    assert kw["user"] == "50000:0"
     assert kw["labels"] == {"app": "helical-runner", "dag_id": "helical_finetune", "task_id": "on_cpu.chunk",
                             "run_id": IDS["run_id"], "profile": "cpu-small"}
 
@@ -201,3 +201,24 @@ def test_every_profile_queue_has_a_branch(dagbag):
     dag = dagbag.dags["helical_finetune"]
     for name, profile in profiles.load_all()[1].items():
         assert f"on_{profile['queue']}.chunk" in dag.task_ids, name
+
+
+@pytest.mark.parametrize("exit_code", [0, 65, 69])
+def test_local_mode_runs_the_same_cli_as_a_subprocess(operator, monkeypatch, tmp_path, exit_code):
+    """HELICAL_RUNNER_MODE=local (no Docker engine): same command and environment, /data -> data folder."""
+    monkeypatch.setattr(RunnerOperator, "dag_id", property(lambda self: "helical_finetune"))
+    fake = tmp_path / "helical-runner"
+    fake.write_text("#!/bin/sh\necho \"args: $*\"\necho \"scratch=$HELICAL_SCRATCH key=$AWS_SECRET_ACCESS_KEY\" "
+                    f"> {tmp_path}/seen\n[ {exit_code} = 0 ] || echo 'helical-runner: error: bad cells' >&2\n"
+                    f"exit {exit_code}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("HELICAL_RUNNER_MODE", "local")
+    monkeypatch.setenv("HELICAL_RUNNER_BIN", str(fake))
+    if exit_code == 0:
+        operator.execute(operator.context)
+    else:
+        with pytest.raises(AirflowFailException if exit_code == 65 else RuntimeError,
+                           match="helical-runner: error: bad cells"):
+            operator.execute(operator.context)
+    assert (tmp_path / "seen").read_text() == "scratch=/srv/data/scratch key=test-secret\n"
+    assert operator.fake_cli.removed == []  # no container involved

@@ -70,7 +70,8 @@ def parse_line(line: str) -> list[Event]:
                 key, value = pair.split("=", 1)
                 tags[escape(key)] = value
     events = []
-    for sample in rest.split(":"):
+    # several samples may share one name (`a:1|c:2|c`), unless DogStatsD tags (with their `:`) follow
+    for sample in ([rest] if "|#" in rest else rest.split(":")):
         parts = sample.split("|")
         if len(parts) < 2:
             continue

@@ -1,0 +1,198 @@
+"""A whole Airflow stack on this machine for the end-to-end tests, from the Airflow venv and Debian packages:
+Postgres 15 (private cluster), redis, moto's S3 server, and Airflow's api-server, scheduler, dag-processor,
+triggerer and a Celery worker for queue cpu. Every server gets a free high port and logs to the work dir.
+The Docker engine, socket proxy and runner image come from scripts/ (see scripts/suite-e2e.sh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last reason
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last error: {last!r})")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Stack:
+    work: Path  # logs, Airflow home, Postgres data (a fresh temp folder)
+    data_dir: Path  # the host data folder mounted at /data in runners
+    runner_mode: str  # docker | local
+    docker_url: str = ""
+    ports: dict = field(default_factory=dict)
+    procs: dict = field(default_factory=dict)
+    password: str = field(default_factory=lambda: secrets.token_hex(8))
+    env: dict = field(default_factory=dict)
+    _token: str = ""
+
+    # --- servers ---------------------------------------------------------------------------------------
+    def start(self) -> "Stack":
+        self.ports = {name: free_port() for name in ("postgres", "redis", "s3", "api", "worker_logs",
+                                                     "trigger_logs")}
+        self._start_postgres()
+        self._spawn("redis", ["redis-server", "--port", str(self.ports["redis"]), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"])
+        self._spawn("s3", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.ports["s3"])])
+        wait_for(lambda: port_open(self.ports["redis"]) and port_open(self.ports["s3"]), 30, "redis and moto")
+        self.env = self._airflow_env()
+        self._run(["airflow", "db", "migrate"], "db-migrate", timeout=600)
+        self._spawn("api-server", ["airflow", "api-server", "--port", str(self.ports["api"])], self.env)
+        self._spawn("scheduler", ["airflow", "scheduler"], self.env)
+        self._spawn("dag-processor", ["airflow", "dag-processor"], self.env)
+        self._spawn("triggerer", ["airflow", "triggerer"], self.env)
+        self._spawn("worker", ["airflow", "celery", "worker", "--queues", "cpu", "--concurrency", "2"], self.env)
+        wait_for(lambda: self.api("GET", "/api/v2/version").status_code == 200, 180, "the api-server")
+        return self
+
+    def _start_postgres(self) -> None:
+        pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+        pgdata = self.work / "pgdata"
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        pgdata.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(pgdata, "postgres", "postgres")
+            os.chmod(self.work, 0o755)
+        subprocess.run([*as_postgres, str(pg_bin / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "airflow",
+                        "--no-sync"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_postgres, str(pg_bin / "pg_ctl"), "-D", str(pgdata), "-w", "-l",
+                        str(pgdata / "server.log"), "-o",
+                        f"-p {self.ports['postgres']} -k {pgdata} -c listen_addresses=127.0.0.1 -c fsync=off",
+                        "start"], check=True, capture_output=True, timeout=120)
+        self._pg_stop = [*as_postgres, str(pg_bin / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "stop"]
+        subprocess.run([*as_postgres, str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.ports["postgres"]),
+                        "-U", "airflow", "airflow"], check=True, capture_output=True, timeout=60)
+
+    def _airflow_env(self) -> dict:
+        home = self.work / "airflow"
+        home.mkdir()
+        passwords = home / "passwords.json"
+        passwords.write_text(json.dumps({"admin": self.password}))
+        db = f"airflow@127.0.0.1:{self.ports['postgres']}/airflow"
+        api = f"http://127.0.0.1:{self.ports['api']}"
+        from cryptography.fernet import Fernet
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HELICAL_", "AWS_"))}
+        env.update({
+            "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",  # the DAGs' own flag must unpause them
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
+            "AIRFLOW__CORE__AUTH_MANAGER":
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{db}",
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.ports['redis']}/0",
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{db}",
+            "AIRFLOW__API__BASE_URL": api,
+            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "cpu",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.ports["worker_logs"]),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.ports["trigger_logs"]),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            # as in docker-compose-airflow.yaml: the DAG library must import in the triggerer too
+            "PYTHONPATH": str(REPO / "dags"),
+            "AIRFLOW_CONN_HELICAL_S3": json.dumps({
+                "conn_type": "aws", "login": "e2e-key", "password": "e2e-secret",
+                "extra": {"endpoint_url": f"http://127.0.0.1:{self.ports['s3']}", "region_name": "us-east-1"}}),
+            "HELICAL_DATA_DIR": str(self.data_dir),
+            # no bridge network on these machines: runners share the host's, where moto listens
+            "HELICAL_RUNNER_NETWORK": "host",
+            "HELICAL_RUNNER_MODE": self.runner_mode,
+            "HELICAL_RUNNER_BIN": str(REPO / ".venv-runner" / "bin" / "helical-runner"),
+            "DOCKER_HOST": self.docker_url,
+        })
+        return env
+
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
+        log = open(self.work / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ,
+                                            cwd=self.work, start_new_session=True)
+
+    def _run(self, argv: list[str], name: str, timeout: float) -> None:
+        with open(self.work / f"{name}.log", "wb") as log:
+            subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, check=True, timeout=timeout)
+
+    def stop(self) -> None:
+        for name, proc in reversed(list(self.procs.items())):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if getattr(self, "_pg_stop", None):
+            subprocess.run(self._pg_stop, capture_output=True, timeout=60)
+
+    def dead(self) -> dict[str, int]:
+        return {name: proc.returncode for name, proc in self.procs.items() if proc.poll() is not None}
+
+    # --- clients ----------------------------------------------------------------------------------------
+    def s3(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.ports['s3']}", region_name="us-east-1",
+                            aws_access_key_id="e2e-key", aws_secret_access_key="e2e-secret")
+
+    def token(self) -> str:
+        if not self._token:
+            response = httpx.post(f"http://127.0.0.1:{self.ports['api']}/auth/token",
+                                  json={"username": "admin", "password": self.password}, timeout=30)
+            response.raise_for_status()
+            self._token = response.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, **kwargs) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token()}"} if path.startswith("/api/v2/") and \
+            path != "/api/v2/version" else {}
+        return httpx.request(method, f"http://127.0.0.1:{self.ports['api']}{path}", headers=headers,
+                             timeout=30, **kwargs)
+
+    def get(self, path: str, **params) -> dict:
+        response = self.api("GET", path, params=params)
+        response.raise_for_status()
+        return response.json()

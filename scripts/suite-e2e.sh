@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# End to end: a real Airflow (Celery; Postgres, redis and moto's S3 on private ports) runs the DAGs, whose
+# runner steps go through the docker-socket-proxy (docker/socket-proxy/haproxy.cfg under Debian's haproxy)
+# to this machine's Docker engine and the runner image built from docker/Dockerfile.runner.
+#
+#   HELICAL_E2E_MODE=docker (default)  the full path above: starts the engine, builds the image if needed
+#   HELICAL_E2E_MODE=local             runner steps as local processes (no Docker), as `make demo` falls back to
+#
+# All its tests are slow: with -m "not slow" (make test-fast) the suite is skipped without starting anything.
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+case " $* " in *"not slow"*) log "e2e: every test is slow; skipped by the marker expression"; exit 0 ;; esac
+
+ensure_apt postgresql-15 redis-server haproxy
+ensure_venv airflow "$REPO_ROOT/requirements/airflow.lock"
+ensure_runner_env  # the tiny model and the synthetic cells are written with the runner's own code
+
+mode=${HELICAL_E2E_MODE:-docker}
+export HELICAL_E2E_MODE=$mode
+if [ "$mode" = docker ]; then
+    socket=$(bash scripts/docker-engine.sh)
+    bash scripts/build-runner-image.sh cpu >/dev/null
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    proxy_pid=$(bash scripts/socket-proxy.sh --daemon "$port" "$socket")
+    trap 'kill "$proxy_pid" 2>/dev/null || true' EXIT
+    export HELICAL_E2E_DOCKER_URL=tcp://127.0.0.1:$port HELICAL_E2E_ENGINE=unix://$socket
+    log "e2e: runner containers through the socket proxy on 127.0.0.1:$port (haproxy pid $proxy_pid)"
+else
+    log "e2e: runner steps as local processes (HELICAL_E2E_MODE=$mode)"
+fi
+run_pytest .venv-airflow/bin/python e2e tests/e2e "$@"

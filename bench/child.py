@@ -32,10 +32,11 @@ def cmd_model(args) -> dict:
     # Geneformer's published configs use 0.02 for both; write_tiny_geneformer turns attention dropout
     # off to keep the tests fast, so put it back: both sides must run the real network.
     config["hidden_dropout_prob"] = args.dropout
-    config["attention_probs_dropout_prob"] = args.dropout
+    config["attention_probs_dropout_prob"] = args.dropout if args.attention_dropout is None else args.attention_dropout
     config_path.write_text(json.dumps(config, indent=2))
     return {"model_dir": str(model_dir), "layers": args.layers, "hidden": args.hidden,
-            "intermediate": config["intermediate_size"], "dropout": args.dropout}
+            "intermediate": config["intermediate_size"], "hidden_dropout": config["hidden_dropout_prob"],
+            "attention_dropout": config["attention_probs_dropout_prob"]}
 
 
 def cmd_data(args) -> dict:
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.02)
+    p.add_argument("--attention-dropout", type=float, help="default: --dropout")
     p = sub.add_parser("data")
     p.add_argument("--output", required=True)
     p.add_argument("--cells", type=int, required=True)

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--reps", type=int, help="repetitions of each timed side, interleaved A,B,A,B "
                                                  "(default: the size's)")
+    parser.add_argument("--train-cells", type=int, help="cells for the throughput benchmark (the issue's "
+                                                        "reference point is 1600; default: the size's)")
     parser.add_argument("--results", default=str(REPO / "bench" / "results"), help="results folder")
     args = parser.parse_args(argv)
 
@@ -56,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    params = SIZES[args.size]
+    params = dict(SIZES[args.size])
+    if args.train_cells:
+        params["train_cells"] = args.train_cells
     stamp = time.strftime("%Y%m%d-%H%M%S")
     from pathlib import Path
 

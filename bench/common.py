@@ -36,6 +36,13 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def _count_lines(path: Path, text: str) -> int:
+    try:
+        return sum(1 for line in path.read_text(errors="replace").splitlines() if text in line)
+    except OSError:
+        return 0
+
+
 @dataclass
 class ChildResult:
     returncode: int
@@ -77,8 +84,13 @@ class Context:
         env.update(extra)
         return env
 
-    def run(self, name: str, argv: list[str], timeout: float = 3600, **env: str) -> ChildResult:
-        """Run argv in a child, wait for it with wait4 and return its peak RSS and JSON output."""
+    def run(self, name: str, argv: list[str], timeout: float = 3600, stop_after: tuple[str, int] | None = None,
+            **env: str) -> ChildResult:
+        """Run argv in a child, wait for it with wait4 and return its peak RSS and JSON output.
+
+        stop_after=(text, n): send SIGTERM once n lines of the child's stderr contain text (e.g. after a
+        few chunks of a long fine-tune); the returned peak RSS is the peak up to then.
+        """
         self._log_counter += 1
         logs = self.results / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -95,7 +107,10 @@ class Context:
                 if not killed and time.monotonic() - started > timeout:
                     proc.kill()  # only our own child
                     killed = True
-                time.sleep(0.05)
+                if stop_after and not killed and _count_lines(err_path, stop_after[0]) >= stop_after[1]:
+                    proc.terminate()  # only our own child
+                    killed = True
+                time.sleep(0.05 if not stop_after else 0.5)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
         seconds = time.monotonic() - started
         output = None
@@ -105,14 +120,18 @@ class Context:
                 output = json.loads(lines[-1])
             except json.JSONDecodeError:
                 output = None
-        return ChildResult(proc.returncode, seconds, usage.ru_maxrss * 1024, output, out_path, err_path)
+        result = ChildResult(proc.returncode, seconds, usage.ru_maxrss * 1024, output, out_path, err_path)
+        if stop_after and killed and proc.returncode == -15:
+            result.returncode = 0  # stopped on purpose
+        return result
 
     def child(self, name: str, *args: str, timeout: float = 3600, **env: str) -> ChildResult:
         return self.run(name, [PYTHON, "-m", "bench.child", *args], timeout=timeout, **env)
 
-    def runner(self, name: str, *args: str, timeout: float = 3600, **env: str) -> ChildResult:
+    def runner(self, name: str, *args: str, timeout: float = 3600, stop_after: tuple[str, int] | None = None,
+               **env: str) -> ChildResult:
         """The real CLI, as the container runs it."""
-        return self.run(name, [PYTHON, "-m", "helical_runner", *args], timeout=timeout, **env)
+        return self.run(name, [PYTHON, "-m", "helical_runner", *args], timeout=timeout, stop_after=stop_after, **env)
 
 
 @dataclass

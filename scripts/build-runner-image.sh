@@ -34,15 +34,23 @@ cd "$REPO_ROOT"
 build_hash=$( { printf '%s\n' "$TARGET" "$(docker image inspect -f '{{.Id}}' "$BASE")";
                 find "${CONTEXT[@]}" -type f ! -name '*.pyc' | LC_ALL=C sort | xargs sha256sum; } \
               | sha256sum | cut -c1-16)
-if [ "${HELICAL_FORCE_BUILD:-0}" != 1 ] && \
-   [ "$(docker image inspect -f '{{index .Config.Labels "io.helical-airflow.build-hash"}}' "$TAG" 2>/dev/null)" = "$build_hash" ]; then
+up_to_date() {
+    [ "${HELICAL_FORCE_BUILD:-0}" != 1 ] && \
+    [ "$(docker image inspect -f '{{index .Config.Labels "io.helical-airflow.build-hash"}}' "$TAG" 2>/dev/null)" = "$build_hash" ]
+}
+if up_to_date; then
     log "$TAG is up to date (build hash $build_hash)"
     echo "$TAG"; exit 0
 fi
 
-# One builder at a time: two concurrent 8 GB builds would fight over 2 cores and the wheelhouse.
+# One builder at a time: two concurrent 8 GB builds would fight over 2 cores and the wheelhouse; whoever
+# waited may find the image already built.
 exec 9>"$CACHE_ROOT/build-runner-image.lock"
 flock 9
+if up_to_date; then
+    log "$TAG was just built by another process (build hash $build_hash)"
+    echo "$TAG"; exit 0
+fi
 
 # --- the wheelhouse: every pinned wheel once per lock file (sdist-only pins are built into wheels here)
 wheelhouse=$CACHE_ROOT/wheelhouse-$(sha256sum "$LOCK" | cut -c1-12)
@@ -56,9 +64,8 @@ if [ ! -f "$wheelhouse/.complete" ]; then
 fi
 
 # --- serve it to the build (the build runs with --network host, so 127.0.0.1 is this host)
-if python3 -c 'import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0)' "$PORT"; then
-    :
-else
+port_busy() { python3 -c 'import socket, sys; sys.exit(socket.socket().connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)' "$1"; }
+if port_busy "$PORT"; then
     PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     log "port ${HELICAL_WHEELHOUSE_PORT:-38765} is busy: serving the wheelhouse on $PORT (Docker's layer cache misses once)"
 fi

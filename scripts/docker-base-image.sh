@@ -20,7 +20,9 @@ export DOCKER_HOST=unix://$SOCKET
 exec 9>"$CACHE_ROOT/docker-base-image.lock"
 flock 9
 
-if docker image inspect "$TAG" >/dev/null 2>&1; then
+# The image records the hash of the recipe (this script) it was made with: a changed recipe rebuilds it.
+RECIPE=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)
+if [ "$(docker image inspect -f '{{index .Config.Labels "io.helical-airflow.base-recipe"}}' "$TAG" 2>/dev/null)" = "$RECIPE" ]; then
     echo "$TAG"; exit 0
 fi
 
@@ -47,8 +49,10 @@ tar -C "$PY_PREFIX" --exclude='./lib/python3.12/site-packages/*' --exclude='./li
     | tar -C "$root$PY_PREFIX" -xf -
 cp -a "$PY_PREFIX"/lib/python3.12/site-packages/pip* "$root$PY_PREFIX/lib/python3.12/site-packages/"
 ln -sf "$PY_PREFIX/bin/python3.12" "$root/usr/local/bin/python3.12"
-# Non-root users of derived images must reach the interpreter (pyenv puts it under /root).
-d=$PY_PREFIX; while [ "$d" != / ]; do chmod o+rx "$root$d"; d=$(dirname "$d"); done
+# Non-root users of derived images must reach the interpreter (pyenv puts it under /root). Group too:
+# users in group 0 (uid 50000 in the runner image, like Airflow's) get the group bits, not the others'.
+d=$PY_PREFIX; while [ "$d" != / ]; do chmod go+rx "$root$d"; d=$(dirname "$d"); done
+chmod -R go+rX "$root$PY_PREFIX"
 # The host's extra CA certificates (a TLS-intercepting egress proxy here): without them pip inside a
 # build can't reach PyPI.
 if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
@@ -63,8 +67,11 @@ tar -C "$root" --numeric-owner -cf - . | docker import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["python3.12"]' \
     --change "LABEL org.opencontainers.image.description=\"Debian bookworm minbase + Python 3.12 (local stand-in for python:3.12-slim-bookworm)\"" \
+    --change "LABEL io.helical-airflow.base-recipe=$RECIPE" \
     - "$TAG" >/dev/null
-docker run --rm --network none "$TAG" python3.12 -c 'import ssl, sqlite3, ctypes, venv' \
+docker run --rm --network none --user 50000:0 "$TAG" python3.12 -c 'import ssl, sqlite3, ctypes, venv' \
     || { docker rmi "$TAG" >/dev/null; die "the new base image can't run Python 3.12"; }
+# the previous base, if any, is left untagged: drop it once nothing is built on it any more
+docker image prune -f --filter "label=io.helical-airflow.base-recipe" >/dev/null 2>&1 || true
 log "built $TAG in $((SECONDS - start))s ($(docker image inspect -f '{{.Size}}' "$TAG" | numfmt --to=iec))"
 echo "$TAG"

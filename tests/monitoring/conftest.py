@@ -106,8 +106,10 @@ def queries(board: dict) -> list[tuple[dict, dict]]:
 
 
 def grafana_escape(value: str) -> str:
-    """How Grafana formats a multi-value variable's value inside a Prometheus regex."""
-    return re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", value)
+    """How Grafana formats a multi-value variable's value for a Prometheus query (prometheusSpecialRegexEscape
+    in Grafana's Prometheus datasource): regex metacharacters get two backslashes, as a PromQL string needs."""
+    value = value.replace("\\", "\\" * 4)
+    return re.sub(r"([$^*{}\[\]'+?.()|])", lambda m: "\\\\" + m.group(1), value)
 
 
 def substitute(expr: str, dag: str = ".*", run: str = ".*", range_: str = "1h") -> str:
@@ -171,7 +173,9 @@ def work_dir():
 def pushgateway(work_dir):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}"], f"{url}/-/healthy",
+    # Debian's build persists to a machine-wide /var/lib/prometheus/pushgateway.data by default: keep ours private
+    proc = start(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}",
+                  f"--persistence.file={work_dir / 'pushgateway.data'}"], f"{url}/-/healthy",
                  work_dir / "pushgateway.log")
     yield url
     stop(proc)

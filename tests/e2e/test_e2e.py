@@ -17,12 +17,14 @@ pytestmark = pytest.mark.slow
 PICKUP_SECONDS = 15  # the promise: an upload starts its run within this long (a little slack below)
 
 
-def docker_ps(*filters: str) -> list[str]:
-    args = ["docker", "ps", "-a", "--format", "{{.Names}}"]
-    for f in filters:
-        args += ["--filter", f]
+def docker(*args: str) -> str:
+    """The docker CLI on the engine itself (not through the proxy, which refuses most of these calls)."""
     env = {**os.environ, "DOCKER_HOST": os.environ.get("HELICAL_E2E_ENGINE", "unix:///var/run/docker.sock")}
-    return subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout.split()
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, env=env).stdout
+
+
+def docker_ps(*filters: str) -> list[str]:
+    return docker("ps", "-a", "--format", "{{.Names}}", *(f"--filter={f}" for f in filters)).split()
 
 
 def test_dags_are_unpaused_and_parse(stack):
@@ -88,9 +90,17 @@ def test_upload_runs_finetune_end_to_end(stack, h5ad):
     if MODE == "docker":
         kept = docker_ps(f"label=run_id={bad_run}", "status=exited")
         assert len(kept) == 1, "the failed runner container is kept for debugging"
-        subprocess.run(["docker", "rm", *kept], capture_output=True, check=False,
-                       env={**os.environ, "DOCKER_HOST": os.environ.get("HELICAL_E2E_ENGINE",
-                                                                        "unix:///var/run/docker.sock")})
+        [container] = json.loads(docker("inspect", kept[0]))
+        assert container["State"]["ExitCode"] == 65
+        assert container["Config"]["User"] == "50000:0"
+        assert container["Config"]["Labels"]["dag_id"] == "helical_finetune"
+        assert container["Config"]["Labels"]["task_id"] == "on_cpu.chunk"
+        assert container["Config"]["Labels"]["profile"] == "cpu-small"
+        host = container["HostConfig"]
+        assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+        assert host["Memory"] == 8 * 1024**3 and host["NetworkMode"] == "host"
+        assert [(m["Target"], m["Source"]) for m in host["Mounts"]] == [("/data", str(stack.data_dir))]
+        docker("rm", *kept)
 
 
 def test_each_upload_ran_once(stack):

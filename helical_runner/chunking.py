@@ -82,7 +82,7 @@ def chunk(input_url: str, output_url: str, cells_per_chunk: int, scratch: Path,
             "obs_columns": list(dataset.obs_value_counts),
             "obs_value_counts": dataset.obs_value_counts,
             "genes": dataset.genes,
-            "ensembl_ids": [str(g) for g in var["ensembl_id"]],
+            "gene_ids": [str(g) for g in var["ensembl_id"]],
             "duration_seconds": round(time.monotonic() - started, 3),
             "peak_rss_bytes": peak_rss_bytes(),
         }
@@ -105,5 +105,5 @@ def _var_frame(dataset, part):
     import pandas as pd
 
     var = pd.DataFrame(index=pd.Index(dataset.genes, name=None))
-    var["ensembl_id"] = part.ensembl_ids
+    var["ensembl_id"] = part.gene_ids
     return var

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from helical_runner import storage
 from helical_runner.errors import InputError
-from helical_runner.h5ad_io import H5adRows, check_counts, ensembl_ids
+from helical_runner.h5ad_io import H5adRows, check_counts, gene_ids
 from helical_runner.profiles import parse_size
 from helical_runner.storage import Location
 
@@ -40,7 +40,7 @@ class Chunk:
     index: int
     X: sp.csr_matrix
     obs: pd.DataFrame
-    ensembl_ids: np.ndarray
+    gene_ids: np.ndarray
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Dataset:
     n_cells: int
     chunk_sizes: list[int]
     genes: list[str]  # as in var (index)
-    ensembl_ids: np.ndarray  # the genes as Ensembl ids (what the tokenizer looks up)
+    gene_ids: np.ndarray  # gene ids the tokenizer looks up (Ensembl ids, or symbols it maps)
     obs_value_counts: dict[str, dict[str, int]]
     _load: Callable[[int], Chunk] = field(repr=False)
     _close: Callable[[], None] = field(repr=False, default=lambda: None)
@@ -106,13 +106,13 @@ def _open_h5ad(loc: Location, info: storage.ObjectInfo, scratch: Path, cells_per
     if len(rows.var) == 0:
         rows.close()
         raise InputError(f"{loc} has zero genes")
-    ids = ensembl_ids(rows.var, str(loc))
+    ids = gene_ids(rows.var)
     starts = list(range(0, rows.n_obs, cells_per_chunk))
 
     def load(i: int) -> Chunk:
         part = rows.rows(starts[i], min(starts[i] + cells_per_chunk, rows.n_obs))
         check_counts(part.X, part.obs, str(loc))
-        return Chunk(index=i, X=part.X, obs=part.obs, ensembl_ids=ids)
+        return Chunk(index=i, X=part.X, obs=part.obs, gene_ids=ids)
 
     def close() -> None:
         rows.close()
@@ -121,7 +121,7 @@ def _open_h5ad(loc: Location, info: storage.ObjectInfo, scratch: Path, cells_per
 
     return Dataset(url=str(loc), etag=info.etag, size=info.size, n_cells=rows.n_obs,
                    chunk_sizes=[min(cells_per_chunk, rows.n_obs - s) for s in starts],
-                   genes=[str(g) for g in rows.var.index], ensembl_ids=ids, obs_value_counts=summarise_obs(rows.obs),
+                   genes=[str(g) for g in rows.var.index], gene_ids=ids, obs_value_counts=summarise_obs(rows.obs),
                    _load=load, _close=close)
 
 
@@ -134,7 +134,7 @@ def _open_manifest(loc: Location, info: storage.ObjectInfo, scratch: Path) -> Da
         raise InputError(f"{loc} is not a chunk manifest (format '{MANIFEST_FORMAT}')")
     base = Location(loc.url.rsplit("/", 1)[0])
     chunks = manifest["chunks"]
-    ids = np.asarray(manifest["ensembl_ids"])
+    ids = np.asarray(manifest["gene_ids"])
 
     def load(i: int) -> Chunk:
         chunk_loc = base.join(chunks[i]["key"])
@@ -142,10 +142,10 @@ def _open_manifest(loc: Location, info: storage.ObjectInfo, scratch: Path) -> Da
             local = storage.download(chunk_loc, Path(tmp) / "chunk.h5ad")
             with H5adRows(local, str(chunk_loc)) as rows:
                 part = rows.rows(0, rows.n_obs)
-        return Chunk(index=i, X=part.X, obs=part.obs, ensembl_ids=ids)
+        return Chunk(index=i, X=part.X, obs=part.obs, gene_ids=ids)
 
     return Dataset(url=str(loc), etag=info.etag, size=manifest["source"]["size"], n_cells=manifest["n_cells"],
-                   chunk_sizes=[c["n_cells"] for c in chunks], genes=manifest["genes"], ensembl_ids=ids,
+                   chunk_sizes=[c["n_cells"] for c in chunks], genes=manifest["genes"], gene_ids=ids,
                    obs_value_counts=manifest["obs_value_counts"], _load=load)
 
 

@@ -43,10 +43,13 @@ def label_classes(dataset: Dataset, column: str) -> list[str]:
 
 
 def check_vocabulary(dataset: Dataset, tokenizer: GeneformerTokenizer, model_name: str) -> int:
-    known = sum(1 for g in dataset.ensembl_ids if g in tokenizer.token_dict)
+    try:
+        known = tokenizer.known_genes(dataset.gene_ids)
+    except InputError as exc:
+        raise InputError(f"{dataset.url}: {exc}") from None
     if known == 0:
-        raise InputError(f"{dataset.url}: none of its {len(dataset.ensembl_ids)} genes is in {model_name}'s vocabulary "
-                         "(Geneformer needs human Ensembl gene ids, in var['ensembl_id'] or as var names)")
+        raise InputError(f"{dataset.url}: none of its {len(dataset.gene_ids)} genes is in {model_name}'s vocabulary "
+                         "(Geneformer needs human genes: Ensembl ids in var['ensembl_id'] or as var names, or symbols it can map)")
     return known
 
 
@@ -64,7 +67,7 @@ def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_colum
             keep &= (obs["filter_pass"] == 1).to_numpy()
         n_counts = obs["n_counts"].to_numpy()[keep] if "n_counts" in obs.columns else None
         labels = obs[label_column].astype(str).map(label_index)
-        tokens = tokenizer.tokenize(chunk.X[keep], chunk.ensembl_ids, obs.index[keep], n_counts)
+        tokens = tokenizer.tokenize(chunk.X[keep], chunk.gene_ids, obs.index[keep], n_counts)
         y = labels.to_numpy()[keep][tokens.kept]
         labelled = ~np.isnan(y.astype(float))
         ids = [t for t, ok in zip(tokens.input_ids, labelled) if ok]

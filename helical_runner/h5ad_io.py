@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import anndata
 import h5py
 import numpy as np
 import pandas as pd
@@ -100,28 +99,11 @@ def _reason(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
-def ensembl_ids(var: pd.DataFrame, name: str) -> np.ndarray:
-    """Ensembl gene ids of var: its `ensembl_id` column, an index of Ensembl ids, or symbols mapped by helical."""
-    if "ensembl_id" in var.columns:
-        ids = var["ensembl_id"].astype(str).to_numpy()
-    elif len(var) and np.mean([bool(ENSEMBL_ID.match(str(g))) for g in var.index[:1000]]) > 0.5:
-        ids = var.index.astype(str).to_numpy()
-    else:
-        ids = _map_symbols(var, name)
-    ids = np.array([g.split(".")[0] if ENSEMBL_ID.match(g) else g for g in ids])  # drop version suffixes
-    return ids
-
-
-def _map_symbols(var: pd.DataFrame, name: str) -> np.ndarray:
-    """Gene symbols to Ensembl ids with helical's bundled table (offline); unmapped symbols become ''."""
-    from helical.utils.mapping import ensure_ensembl_ids
-
-    probe = anndata.AnnData(var=var.copy())
-    try:
-        mapped = ensure_ensembl_ids(probe, "index")
-    except Exception as exc:  # noqa: BLE001 - helical raises ValueError/KeyError variants
-        raise InputError(f"{name}: gene symbols in var could not be mapped to Ensembl ids: {_reason(exc)}") from None
-    return mapped.var["ensembl_id"].astype(str).to_numpy()
+def gene_ids(var: pd.DataFrame) -> np.ndarray:
+    """Gene ids of var: its `ensembl_id` column if present, else var names (Ensembl ids or symbols;
+    the tokenizer maps symbols through the model's own mapping). Ensembl version suffixes are dropped."""
+    ids = var["ensembl_id"].astype(str).to_numpy() if "ensembl_id" in var.columns else var.index.astype(str).to_numpy()
+    return np.array([g.split(".")[0] if ENSEMBL_ID.match(g) else g for g in ids])
 
 
 def check_counts(X: sp.csr_matrix, obs: pd.DataFrame, name: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from helical_runner import model as model_io, storage
 from helical_runner.dataset import open_dataset, prefetched
+from helical_runner.finetune import check_vocabulary
 from helical_runner.metrics import RunMetrics
 from helical_runner.precision import resolve, select_device
 from helical_runner.profiles import Profile
@@ -56,17 +57,18 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
     tokenizer = GeneformerTokenizer(model_io.files_of_saved_model(model_dir, meta), meta.input_size)
     runner = Trainer(net, TrainConfig(), precision, tokenizer.pad_id, total_steps=1)
     dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes)
-    has_truth = meta.label_column in dataset.obs_value_counts
-    metrics.update(chunks_total=dataset.n_chunks, memory_limit_bytes=profile.memory_limit_bytes)
-    n_predicted = n_correct = n_dropped = 0
-
-    def prepare(i: int):
-        chunk = dataset.load(i)
-        tokens = tokenizer.tokenize(chunk.X, chunk.ensembl_ids, chunk.obs.index)
-        truth = chunk.obs[meta.label_column].astype(str).to_numpy()[tokens.kept] if has_truth else None
-        return tokens, truth
-
     try:
+        check_vocabulary(dataset, tokenizer, meta.base_model)
+        has_truth = meta.label_column in dataset.obs_value_counts
+        metrics.update(chunks_total=dataset.n_chunks, memory_limit_bytes=profile.memory_limit_bytes)
+        n_predicted = n_correct = n_dropped = 0
+
+        def prepare(i: int):
+            chunk = dataset.load(i)
+            tokens = tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index)
+            truth = chunk.obs[meta.label_column].astype(str).to_numpy()[tokens.kept] if has_truth else None
+            return tokens, truth
+
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
             table = Path(tmp) / PREDICTIONS_NAME
             with open(table, "w", newline="") as handle:

@@ -28,6 +28,11 @@ def gene_ids(n: int = VOCAB_SIZE - len(SPECIAL_TOKENS)) -> list[str]:
     return [f"ENSG{(i * 7919) % 10**9 + 10**5:011d}" for i in range(n)]
 
 
+def gene_symbols(genes: list[str]) -> dict[str, str]:
+    """Made-up gene symbols for the stand-in's mapping file (Geneformer's maps real symbols the same way)."""
+    return {f"GENE{i}": g for i, g in enumerate(genes)}
+
+
 def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, layers: int = 2,
                           hidden: int = 64, heads: int = 4, seed: int = 0) -> Path:
     """A random BertForMaskedLM with Geneformer's vocabulary where helical looks for `model_name`.
@@ -48,7 +53,7 @@ def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, l
     rng = np.random.default_rng(seed)
     medians = {g: float(m) for g, m in zip(genes, rng.lognormal(mean=0.5, sigma=0.6, size=len(genes)))}
     for name, content in (("token_dictionary.json", tokens), ("gene_median_dictionary.json", medians),
-                          ("ensembl_mapping_dict.json", {g: g for g in genes})):
+                          ("ensembl_mapping_dict.json", {**{g: g for g in genes}, **gene_symbols(genes)})):
         (version_dir / name).write_text(json.dumps(content))
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokens), hidden_size=hidden, num_hidden_layers=layers,

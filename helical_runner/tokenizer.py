@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from helical_runner.errors import InputError
+from helical_runner.h5ad_io import ENSEMBL_ID
 from helical_runner.model_files import ModelFiles, read_json
 
 TARGET_SUM = 10_000  # helical's normalisation target (counts per cell)
@@ -43,15 +44,25 @@ class GeneformerTokenizer:
         self.pad_id = self.token_dict["<pad>"]
         self.cls_id = self.token_dict.get("<cls>")
         self.eos_id = self.token_dict.get("<eos>")
+        # Symbols (not Ensembl ids) are looked up in the model's own mapping file, offline. Ensembl ids
+        # are used as they are, as helical does, so retired ids are not silently remapped.
+        mapping = read_json(files.ensembl_mapping)
+        self.symbol_map = {k.upper(): v for k, v in mapping.items() if v in self.token_dict}
         self._columns_cache: tuple[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
-    def vocabulary_columns(self, ensembl_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def known_genes(self, ids) -> int:
+        """How many of these gene ids the model's vocabulary knows (after symbol mapping)."""
+        return len(self.vocabulary_columns(ids)[0])
+
+    def vocabulary_columns(self, gene_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(column positions, their tokens, their median normalisers) of the genes in the vocabulary."""
-        key = tuple(ensembl_ids)
+        key = tuple(gene_ids)
         if self._columns_cache is not None and self._columns_cache[0] == key:
             return self._columns_cache[1]
-        positions = np.where([gene in self.token_dict for gene in key])[0]
-        in_vocab = [key[i] for i in positions]
+        resolved = [g if g in self.token_dict or ENSEMBL_ID.match(g) else self.symbol_map.get(g.upper(), "")
+                    for g in key]
+        positions = np.where([gene in self.token_dict for gene in resolved])[0]
+        in_vocab = [resolved[i] for i in positions]
         if len(set(in_vocab)) != len(in_vocab):
             duplicates = sorted({g for g in in_vocab if in_vocab.count(g) > 1})[:3]
             raise InputError(f"duplicate gene ids in var (e.g. {', '.join(duplicates)}): each gene must appear once")
@@ -63,9 +74,9 @@ class GeneformerTokenizer:
         self._columns_cache = (key, (positions, tokens, medians))
         return positions, tokens, medians
 
-    def tokenize(self, X: sp.csr_matrix, ensembl_ids, cell_ids, n_counts=None) -> TokenizedCells:
+    def tokenize(self, X: sp.csr_matrix, gene_ids, cell_ids, n_counts=None) -> TokenizedCells:
         """Rank-encode each cell: genes by descending count / cell total * 10,000 / gene median."""
-        positions, tokens, medians = self.vocabulary_columns(ensembl_ids)
+        positions, tokens, medians = self.vocabulary_columns(gene_ids)
         if n_counts is None:
             n_counts = X.sum(axis=1)  # over all genes, as helical does
         X_norm = (X[:, positions] / np.asarray(n_counts).reshape(-1, 1)) * TARGET_SUM / medians.reshape(1, -1)

@@ -1,0 +1,79 @@
+"""A fine-tune killed mid-stream resumes from its last checkpoint and ends exactly where an
+uninterrupted run ends: same steps, same cells, same losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BUCKET, run_cli, wait_for
+from helical_runner.synthetic import make_h5ad
+
+pytestmark = pytest.mark.slow
+
+
+def finetune_args(data: str, output: str) -> list[str]:
+    return ["finetune", "--data", data, "--label-column", "cell_type", "--output", output, "--precision", "fp32",
+            "--batch-size", "16", "--lr", "1e-3", "--epochs", "2", "--cells-per-chunk", "150"]
+
+
+def report(s3, prefix: str) -> dict:
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/report.json")["Body"].read())
+
+
+def test_killed_finetune_resumes_from_its_checkpoint(s3, tiny_model, tmp_path):
+    data = make_h5ad(tmp_path / "cells.h5ad", n_cells=900, n_genes=1000, n_types=3, genes_per_cell=120, seed=3)
+    s3.upload_file(str(data), BUCKET, "incoming/resume.h5ad")
+    source = f"s3://{BUCKET}/incoming/resume.h5ad"
+
+    straight = run_cli(*finetune_args(source, f"s3://{BUCKET}/runs/straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    child = subprocess.Popen([sys.executable, "-m", "helical_runner", *finetune_args(source, f"s3://{BUCKET}/runs/killed")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        wait_for(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/killed/checkpoint.pt").get("KeyCount", 0),
+                 timeout=300, interval=0.1)
+        child.send_signal(signal.SIGKILL)  # no chance to clean up, as with an OOM kill or a lost node
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/killed/report.json").get("KeyCount", 0) == 0
+
+    resumed = run_cli(*finetune_args(source, f"s3://{BUCKET}/runs/killed"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from checkpoint" in resumed.stderr
+
+    a, b = report(s3, "runs/straight"), report(s3, "runs/killed")
+    assert b["resumed_from"] is not None and b["resumed_from"]["step"] > 0
+    assert b["steps"] == a["steps"]
+    assert b["cells"] == a["cells"]  # every cell counted once per epoch, none twice
+    assert b["losses"] == pytest.approx(a["losses"], rel=1e-4)
+    assert b["accuracy"] == pytest.approx(a["accuracy"], abs=1e-6)
+
+
+def test_rerun_of_a_finished_finetune_does_nothing(s3, tiny_model, cells_h5ad):
+    s3.upload_file(str(cells_h5ad), BUCKET, "incoming/done.h5ad")
+    args = finetune_args(f"s3://{BUCKET}/incoming/done.h5ad", f"s3://{BUCKET}/runs/done")
+    assert run_cli(*args).returncode == 0
+    first = s3.head_object(Bucket=BUCKET, Key="runs/done/report.json")["LastModified"]
+    again = run_cli(*args)
+    assert again.returncode == 0 and "already holds a finished run" in again.stderr
+    assert s3.head_object(Bucket=BUCKET, Key="runs/done/report.json")["LastModified"] == first
+
+
+def test_checkpoint_of_other_settings_is_not_silently_reused(s3, tiny_model, cells_h5ad):
+    s3.upload_file(str(cells_h5ad), BUCKET, "incoming/other.h5ad")
+    args = finetune_args(f"s3://{BUCKET}/incoming/other.h5ad", f"s3://{BUCKET}/runs/other")
+    assert run_cli(*args).returncode == 0
+    s3.delete_object(Bucket=BUCKET, Key="runs/other/report.json")  # as if it had died after its last checkpoint
+    changed = run_cli(*[a if a != "1e-3" else "5e-4" for a in args])
+    assert changed.returncode == 65
+    assert "belongs to a run with other settings (config)" in changed.stderr.strip().splitlines()[-1]

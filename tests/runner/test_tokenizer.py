@@ -1,0 +1,90 @@
+"""Our chunk tokenizer gives helical's token sequences exactly, ties and truncation included."""
+
+from __future__ import annotations
+
+import json
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from helical_runner.model_files import ModelFiles
+from helical_runner.tokenizer import GeneformerTokenizer
+
+
+def _files(tmp_path, genes, medians, special=True, input_size=4096) -> ModelFiles:
+    tokens = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3} if special else {"<pad>": 0, "<mask>": 1}
+    tokens.update({g: i + len(tokens) for i, g in enumerate(genes)})
+    paths = {}
+    for name, content in (("token_dictionary.json", tokens), ("gene_median_dictionary.json", medians),
+                          ("ensembl_mapping_dict.json", {g: g for g in genes})):
+        paths[name] = tmp_path / name
+        paths[name].write_text(json.dumps(content))
+    return ModelFiles(name="test", version="v2" if special else "v1", input_size=input_size, special_token=special,
+                      model_dir=tmp_path, token_dictionary=paths["token_dictionary.json"],
+                      gene_median_dictionary=paths["gene_median_dictionary.json"],
+                      ensembl_mapping=paths["ensembl_mapping_dict.json"])
+
+
+def _helical_tokens(files: ModelFiles, adata: anndata.AnnData) -> list[np.ndarray]:
+    from helical.models.geneformer.geneformer_tokenizer import TranscriptomeTokenizer
+
+    tk = TranscriptomeTokenizer(model_input_size=files.input_size, special_token=files.special_token,
+                                gene_median_file=files.gene_median_dictionary, token_dictionary_file=files.token_dictionary,
+                                gene_mapping_file=files.ensembl_mapping)
+    cells, _ = tk.tokenize_anndata(adata.copy())
+    dataset = tk.create_dataset(cells, None)
+    return [np.asarray(row["input_ids"]) for row in dataset]
+
+
+def _adata(n_cells=300, n_genes=400, seed=0, with_unknown=True):
+    rng = np.random.default_rng(seed)
+    genes = [f"ENSG{i:011d}" for i in range(n_genes)]
+    # small integer counts on a shared median make many exact ties in the ranking
+    X = sp.random(n_cells, n_genes, density=0.3, format="csr", random_state=seed, dtype=np.float32)
+    X.data = rng.integers(1, 4, size=X.nnz).astype(np.float32)
+    var_ids = genes + (["ENSG99999999999"] if with_unknown else [])  # a gene outside the vocabulary
+    if with_unknown:
+        X = sp.hstack([X, sp.csr_matrix(np.ones((n_cells, 1), dtype=np.float32))], format="csr")
+    adata = anndata.AnnData(X=X, obs=pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
+                            var=pd.DataFrame(index=var_ids))
+    adata.var["ensembl_id"] = adata.var_names
+    return adata, genes
+
+
+@pytest.mark.parametrize("special, input_size", [(True, 4096), (True, 40), (False, 2048), (False, 25)])
+def test_tokens_match_helical_exactly(tmp_path, special, input_size):
+    adata, genes = _adata()
+    medians = {g: (1.0 if i % 2 else 2.5) for i, g in enumerate(genes)}  # two median values: ties galore
+    files = _files(tmp_path, genes, medians, special, input_size)
+    ours = GeneformerTokenizer(files).tokenize(adata.X, adata.var["ensembl_id"], adata.obs_names)
+    theirs = _helical_tokens(files, adata)
+    assert ours.dropped_empty == 0 and len(ours.input_ids) == len(theirs) == adata.n_obs
+    for mine, helical in zip(ours.input_ids, theirs):
+        assert np.array_equal(mine, helical)
+    assert max(ours.lengths) == min(input_size, max(len(t) for t in theirs))
+
+
+def test_cells_without_vocabulary_genes_are_dropped_and_counted(tmp_path):
+    adata, genes = _adata(n_cells=5)
+    X = adata.X.tolil()
+    X[2, :-1] = 0  # cell 2 expresses only the unknown gene
+    X = X.tocsr()
+    X.eliminate_zeros()
+    files = _files(tmp_path, genes, {g: 1.0 for g in genes})
+    ours = GeneformerTokenizer(files).tokenize(X, adata.var["ensembl_id"], adata.obs_names)
+    assert ours.dropped_empty == 1
+    assert list(ours.cell_ids) == ["c0", "c1", "c3", "c4"]
+
+
+def test_duplicate_gene_ids_are_rejected(tmp_path):
+    from helical_runner.errors import InputError
+
+    adata, genes = _adata(n_cells=3, with_unknown=False)
+    ids = list(adata.var["ensembl_id"])
+    ids[5] = ids[4]
+    files = _files(tmp_path, genes, {g: 1.0 for g in genes})
+    with pytest.raises(InputError, match="duplicate gene ids"):
+        GeneformerTokenizer(files).tokenize(adata.X, ids, adata.obs_names)

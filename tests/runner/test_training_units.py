@@ -1,0 +1,112 @@
+"""Units of the training loop: config merging, batching, precision, the GradScaler, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helical_runner.batching import is_validation, make_batches, padding_efficiency
+from helical_runner.errors import InputError
+from helical_runner.precision import resolve, select_device
+from helical_runner.training import TrainConfig, TrainState, linear_warmup_decay, merge_config
+
+
+def test_merge_config_keeps_unset_values_and_rejects_bad_ones():
+    base = TrainConfig(epochs=2, lr=1e-4)
+    merged = merge_config(base, epochs=None, lr=3e-4, batch_size=4)
+    assert (merged.epochs, merged.lr, merged.batch_size) == (2, 3e-4, 4)
+    with pytest.raises(InputError, match="unknown training setting"):
+        merge_config(base, learning_rate=1.0)
+    with pytest.raises(InputError, match="epochs must be at least 1"):
+        merge_config(base, epochs=0)
+
+
+def test_batches_cover_every_cell_once_in_random_order():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(100, 2048, size=1001)
+    for bucketed in (True, False):
+        batches = make_batches(lengths, 12, np.random.default_rng(1), bucketed)
+        seen = np.concatenate(batches)
+        assert sorted(seen.tolist()) == list(range(1001))
+        assert all(len(b) <= 12 for b in batches)
+    bucketed = make_batches(lengths, 12, np.random.default_rng(1), True)
+    # batches are shuffled: their length order is not monotone
+    maxima = [lengths[b].max() for b in bucketed]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+
+
+def test_length_bucketing_cuts_padding():
+    lengths = np.random.default_rng(0).integers(200, 4096, size=2000)
+    plain = padding_efficiency(lengths, make_batches(lengths, 12, np.random.default_rng(0), bucketed=False))
+    bucketed = padding_efficiency(lengths, make_batches(lengths, 12, np.random.default_rng(0), bucketed=True))
+    assert bucketed >= 0.9 > plain
+
+
+def test_validation_split_is_stable_and_near_its_fraction():
+    ids = [f"cell-{i}" for i in range(5000)]
+    first, second = is_validation(ids, 0.1), is_validation(list(reversed(ids)), 0.1)
+    assert np.array_equal(first, second[::-1])
+    assert 0.08 < first.mean() < 0.12
+
+
+def test_warmup_then_linear_decay():
+    factor = linear_warmup_decay(100, 0.1)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.5) and factor(100) == 0.0 and factor(150) == 0.0
+
+
+def test_device_selection_refuses_cuda_without_a_gpu():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            select_device("cuda")
+    with pytest.raises(InputError, match="is not cpu, cuda"):
+        select_device("tpu")
+
+
+@pytest.mark.parametrize("name, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)])
+def test_autocast_runs_matmuls_in_the_requested_precision_on_cpu(name, dtype):
+    precision = resolve(name, torch.device("cpu"))
+    layer = torch.nn.Linear(8, 8)
+    with precision.autocast():
+        out = layer(torch.randn(2, 8))
+    assert out.dtype == dtype
+    assert layer.weight.dtype == torch.float32  # master weights stay fp32: no model.half()
+    assert precision.grad_scaler().is_enabled() == (name == "fp16")
+
+
+def test_grad_scaler_skips_a_step_with_overflowed_gradients_and_backs_off():
+    precision = resolve("fp16", torch.device("cpu"))
+    layer = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scaler = precision.grad_scaler()
+    before = layer.weight.detach().clone()
+    scale = scaler.get_scale()
+    loss = layer(torch.ones(1, 4)).sum() * float("inf")  # an fp16 overflow
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.equal(layer.weight, before)  # the poisoned step was skipped
+    assert scaler.get_scale() == scale * 0.5  # and the scale backed off
+    optimizer.zero_grad()
+    scaler.scale(layer(torch.ones(1, 4)).sum()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert not torch.equal(layer.weight, before)  # a finite step goes through
+
+
+def test_checkpoint_state_round_trip_without_pickle(tmp_path):
+    from helical_runner.checkpoint import CheckpointStore, state_from_dict, state_to_dict
+    from helical_runner.storage import Location
+
+    state = TrainState(epoch=1, chunk_pos=2, step=40, cells_seen=480, history=[{"loss": 0.5, "step": 40}],
+                       val_ids=[np.array([2, 5, 9, 3]), np.array([2, 7, 3])], val_labels=[1, 0])
+    store = CheckpointStore(Location(str(tmp_path / "out")), tmp_path / "scratch")
+    store.save({"state": state_to_dict(state), "torch_rng": torch.get_rng_state()})
+    loaded = state_from_dict(store.load()["state"])  # torch.load(weights_only=True) inside
+    assert (loaded.epoch, loaded.chunk_pos, loaded.step, loaded.cells_seen) == (1, 2, 40, 480)
+    assert [v.tolist() for v in loaded.val_ids] == [[2, 5, 9, 3], [2, 7, 3]]
+    assert loaded.history == state.history
+    assert not list((tmp_path / "out").glob("*.partial")) and not list((tmp_path / "scratch").glob("*.tmp"))

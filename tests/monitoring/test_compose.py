@@ -89,3 +89,25 @@ def test_nothing_debian_docker_compose_1_29_rejects():
         assert "start_interval" not in service.get("healthcheck", {}), name
         for dep in (service.get("depends_on") or {}).values():
             assert "required" not in dep, name
+
+
+AIRFLOW_STATSD = {  # what monitoring/statsd/mapping.yml needs from every Airflow process (docs/monitoring.md)
+    "AIRFLOW__METRICS__STATSD_ON": r"(?i)true",
+    "AIRFLOW__METRICS__STATSD_HOST": r"\$\{STATSD_HOST:-statsd-exporter\}|statsd-exporter",
+    "AIRFLOW__METRICS__STATSD_PORT": r"\$\{STATSD_PORT:-9125\}|9125",
+    "AIRFLOW__METRICS__STATSD_PREFIX": r"airflow",
+    "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": r"(?i)true",
+}
+
+
+@pytest.mark.parametrize("component", ["api-server", "scheduler", "dag-processor", "triggerer", "celery worker"])
+def test_every_airflow_component_sends_tagged_statsd_to_the_exporter(component):
+    """Read-only check of docker-compose-airflow.yaml: task metrics come from the Celery workers, so they need
+    the settings as much as the scheduler; without the InfluxDB tags ti.finish etc. arrive without dag_id."""
+    airflow = yaml.safe_load((REPO / "docker-compose-airflow.yaml").read_text())
+    services = [s for s in airflow["services"].values() if str(s.get("command", "")).startswith(component)]
+    assert services, f"no {component} service in docker-compose-airflow.yaml"
+    for service in services:
+        env = service.get("environment") or {}
+        wrong = {k: env.get(k) for k, pattern in AIRFLOW_STATSD.items() if not re.fullmatch(pattern, str(env.get(k)))}
+        assert not wrong, f"{component}: StatsD settings missing or different: {wrong}"

@@ -89,6 +89,12 @@ tar -c --exclude=__pycache__ --exclude='*.pyc' "${CONTEXT[@]}" \
         --label "io.helical-airflow.build-hash=$build_hash" \
         - >"$CACHE_ROOT/build-runner-$TARGET.log" 2>&1 \
     || { tail -n 30 "$CACHE_ROOT/build-runner-$TARGET.log" >&2; die "docker build failed; see $CACHE_ROOT/build-runner-$TARGET.log"; }
+# Smoke test as the image's own (non-root) user; a broken image must not count as up to date next time.
+if ! docker run --rm --network none "$TAG" --help >/dev/null 2>"$CACHE_ROOT/build-runner-$TARGET.smoke"; then
+    cat "$CACHE_ROOT/build-runner-$TARGET.smoke" >&2
+    docker rmi "$TAG" >/dev/null 2>&1 || true
+    die "the new $TAG can't run helical-runner --help (untagged it)"
+fi
 # Intermediate images of earlier builds of this tag are left dangling: drop them (the layer cache of the
 # new image stays).
 docker image prune -f --filter "label=io.helical-airflow.build-hash" >/dev/null 2>&1 || true

@@ -1,0 +1,71 @@
+"""The runner image built from docker/Dockerfile.runner: it runs `helical-runner` as a non-root user with
+the data folder mounted at /data, prints the model's metadata by default, and fails a bad call with the
+runner's exit code and one error line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import MODEL
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def run(image: str, *args: str, data=None, entrypoint: str | None = None, timeout: int = 300):
+    cmd = ["docker", "run", "--rm", "--network", "none"]
+    if data is not None:
+        cmd += ["-v", f"{data}:/data"]
+    if entrypoint:
+        cmd += ["--entrypoint", entrypoint]
+    return subprocess.run([*cmd, image, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_image_builds_from_the_dockerfile(docker_client, runner_image):
+    config = docker_client.images.get(runner_image).attrs["Config"]
+    assert config["Entrypoint"] == ["helical-runner"] and config["Cmd"] == ["info"]
+    assert config["User"] == "50000:0"
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["CACHE_DIR_HELICAL_PREFIX"] == "/data/helical"
+    assert env["HELICAL_SCRATCH"] == "/data/scratch"
+    assert env["HELICAL_PROFILES"] == "/opt/helical/profiles.yaml"
+    assert config["Labels"]["org.opencontainers.image.title"] == "helical-runner"
+    assert config["Labels"]["io.helical-airflow.build-hash"]
+
+
+def test_rebuild_without_changes_is_skipped(runner_image, docker_socket):
+    import os
+    from conftest import REPO
+
+    out = subprocess.run(["bash", str(REPO / "scripts/build-runner-image.sh"), "cpu"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "DOCKER_HOST": f"unix://{docker_socket}"})
+    assert out.returncode == 0, out.stderr
+    assert "up to date" in out.stderr
+
+
+def test_default_command_prints_the_model_as_a_non_root_user(runner_image, data_dir):
+    result = run(runner_image, data=data_dir)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["model"] == MODEL
+    assert info["layers"] == 2 and info["hidden_size"] == 64 and info["vocabulary_size"] == 20_275
+    assert info["model_dir"].startswith("/data/helical/")
+    assert info["device"] == "cpu" and info["cuda_available"] is False
+    assert info["versions"]["helical"] == "3.1.4"
+
+    who = run(runner_image, "-c", "import os; print(os.getuid(), os.getgid(), os.environ['HOME'])",
+              entrypoint="python")
+    assert who.returncode == 0, who.stderr
+    uid, gid, home = who.stdout.split()
+    assert (uid, gid, home) == ("50000", "0", "/home/runner")
+
+
+def test_bad_input_exits_65_with_one_error_line(runner_image, data_dir):
+    result = run(runner_image, "chunk", "--input", "/data/missing.h5ad", "--output", "/data/out", data=data_dir)
+    assert result.returncode == 65, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("helical-runner: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "missing.h5ad" in errors[0]
+    assert "Traceback" not in result.stderr

@@ -82,6 +82,12 @@ def test_container_create_refuses_escalation(socket_proxy, host_config):
     assert status(socket_proxy, "POST", "/containers/create", body) == 403
 
 
+def test_container_create_too_large_to_inspect_is_refused(socket_proxy):
+    padding = "a" * 70_000  # past what the proxy buffers: the escalation behind it would go unseen
+    body = f'{{"Image": "helical-runner:cpu", "Env": ["PAD={padding}"], "HostConfig": {{"Privileged": true}}}}'
+    assert status(socket_proxy, "POST", "/containers/create", body.encode()) == 403
+
+
 def test_sdk_sees_refusals_as_403(socket_proxy):
     import docker
 

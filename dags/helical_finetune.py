@@ -12,7 +12,8 @@ docker-socket-proxy on a Celery queue chosen by the resource profile (`config/pr
 
 and **publishes** a summary (report URL, accuracy, cells/s) to `runs/<run_id>/summary.json`.
 Containers that fail are kept for debugging (`docker ps -a --filter label=app=helical-runner`); a bad
-input (runner exit code 65) fails at once instead of being retried.
+input (runner exit code 65) fails at once instead of being retried, and a copy of it goes to
+`quarantine/<run_id>/` with the runner's reason.
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ with DAG(
         print(json.dumps(summary, indent=1))
         return summary
 
+    @task(trigger_rule=TriggerRule.ONE_FAILED)
+    def quarantine_bad_input(ti=None) -> str | None:
+        """If a step failed on a bad input, copy it and the reason to quarantine/<run_id>/."""
+        from helical_lib.plan import quarantine
+
+        plan = ti.xcom_pull(task_ids=PLAN_TASK)  # none when check_input itself failed: nothing to keep
+        return quarantine(plan) if plan else None
+
     plan = check_input()
     branches = []
     for queue in profiles.queues():
@@ -103,3 +112,4 @@ with DAG(
             steps[0] >> steps[1] >> steps[2]
         branches.append(group)
     route(plan) >> branches >> publish_summary(plan)
+    branches >> quarantine_bad_input()

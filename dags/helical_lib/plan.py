@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -98,3 +98,26 @@ def summarise(plan: dict, settings: Settings | None = None, client=None) -> dict
     client.put_object(Bucket=bucket, Key=key, Body=json.dumps(summary, indent=1).encode(),
                       ContentType="application/json")
     return summary
+
+
+def quarantine(plan: dict, settings: Settings | None = None, client=None) -> str | None:
+    """After a failed step: if a runner said the input is bad (exit code 65 in an error.json), put a copy of
+    the upload and the reason under quarantine/<run_id>/. The upload itself stays where it is (its ledger
+    marker keeps it from being retried); a transient failure quarantines nothing."""
+    settings = settings or Settings.from_env()
+    client = client or s3.client(settings.s3_conn_id)
+    error = None
+    for prefix in (plan["chunks"], plan["run"], f"{plan['run']}/predict"):
+        found = _read_json(client, f"{prefix}/error.json")
+        if found and found.get("exit_code") == 65:
+            error = {**found, "error_url": f"{prefix}/error.json"}
+            break
+    if error is None or not plan["data"].startswith("s3://"):
+        return None
+    bucket, key = s3.parse_url(plan["data"])
+    target = f"{s3.QUARANTINE}{plan['run_id']}/"
+    client.copy_object(Bucket=settings.bucket, Key=target + PurePosixPath(key).name,
+                       CopySource={"Bucket": bucket, "Key": key})
+    client.put_object(Bucket=settings.bucket, Key=target + "error.json", ContentType="application/json",
+                      Body=json.dumps({"source": plan["data"], "etag": plan["etag"], **error}, indent=1).encode())
+    return f"s3://{settings.bucket}/{target}"

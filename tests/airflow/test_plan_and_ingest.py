@@ -116,3 +116,32 @@ def test_trigger_fires_on_a_new_upload(moto_s3, monkeypatch):
 
     event = asyncio.run(scenario())
     assert [o["key"] for o in event.payload["objects"]] == ["incoming/c.h5ad"]
+
+
+PLAN = {"run_id": "r2", "data": "s3://helical/incoming/bad.h5ad", "etag": "e2", "profile": "cpu-small",
+        "chunks": "s3://helical/chunks/bad-e2", "run": "s3://helical/runs/r2"}
+
+
+def test_bad_input_is_copied_to_quarantine_with_the_reason(moto_s3):
+    from helical_lib.plan import quarantine
+
+    moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"garbage")
+    moto_s3.put_object(Bucket="helical", Key="chunks/bad-e2/error.json", Body=json.dumps(
+        {"status": "failed", "command": "chunk", "error": "not a readable .h5ad", "exit_code": 65}))
+    assert quarantine(PLAN, SETTINGS) == "s3://helical/quarantine/r2/"
+    assert moto_s3.get_object(Bucket="helical", Key="quarantine/r2/bad.h5ad")["Body"].read() == b"garbage"
+    note = json.loads(moto_s3.get_object(Bucket="helical", Key="quarantine/r2/error.json")["Body"].read())
+    assert note["error"] == "not a readable .h5ad" and note["source"] == PLAN["data"]
+    assert note["error_url"] == "s3://helical/chunks/bad-e2/error.json"
+    assert moto_s3.head_object(Bucket="helical", Key="incoming/bad.h5ad")  # the upload stays
+
+
+def test_transient_failures_quarantine_nothing(moto_s3):
+    from helical_lib.plan import quarantine
+
+    moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"fine")
+    assert quarantine(PLAN, SETTINGS) is None
+    moto_s3.put_object(Bucket="helical", Key="runs/r2/error.json", Body=json.dumps(
+        {"status": "failed", "command": "finetune", "error": "S3 unreachable", "exit_code": 69}))
+    assert quarantine(PLAN, SETTINGS) is None
+    assert "Contents" not in moto_s3.list_objects_v2(Bucket="helical", Prefix="quarantine/")

@@ -87,6 +87,12 @@ def test_upload_runs_finetune_end_to_end(stack, h5ad):
     log = json.dumps(stack.get(f"{chunk}/logs/1", full_content="true"))
     assert "helical-runner: error:" in log and "e2e-corrupt.h5ad" in log
     assert client.head_object(Bucket="helical", Key="incoming/e2e-corrupt.h5ad")["ETag"] == bad["ETag"]
+    assert stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{bad_run}/taskInstances/quarantine_bad_input")[
+        "state"] == "success"
+    quarantined = client.get_object(Bucket="helical", Key=f"quarantine/{bad_run}/error.json")["Body"].read()
+    assert json.loads(quarantined)["exit_code"] == 65
+    assert client.head_object(Bucket="helical", Key=f"quarantine/{bad_run}/e2e-corrupt.h5ad")["ETag"] == bad["ETag"]
+    assert "Contents" not in client.list_objects_v2(Bucket="helical", Prefix=f"quarantine/{good_run}/")
     if MODE == "docker":
         kept = docker_ps(f"label=run_id={bad_run}", "status=exited")
         assert len(kept) == 1, "the failed runner container is kept for debugging"

@@ -87,8 +87,7 @@ def run_info(args) -> dict:
     return model_info(args.model, _profile(args))
 
 
-def run_command(args, scratch, metrics, output) -> dict:
-    profile = _profile(args)
+def run_command(args, profile, scratch, metrics) -> dict:
     metrics.update(memory_limit_bytes=profile.memory_limit_bytes)
     if args.command == "chunk":
         from helical_runner.chunking import chunk
@@ -146,7 +145,7 @@ def _configure_logging(verbose: bool) -> None:
 def _run(args) -> int:
     from helical_runner import storage
     from helical_runner.metrics import RunMetrics
-    from helical_runner.report import ERROR_NAME, write_json
+    from helical_runner.report import ERROR_NAME
     from helical_runner.runs import Scratch, run_id_for
 
     try:
@@ -154,27 +153,23 @@ def _run(args) -> int:
     except InputError as exc:
         return _fail(exc)
     run_id = run_id_for(output, args.run_id)
-    info = {"profile": args.profile or "", "precision": getattr(args, "precision", "") or "",
+    try:
+        profile = _profile(args)
+    except InputError as exc:
+        return _record_failure(output, args.command, run_id, exc)
+    info = {"profile": profile.name, "precision": profile.precision, "device": profile.device,
             "model": getattr(args, "model", "") or "", "dag_id": os.environ.get("HELICAL_DAG_ID", ""),
             "task_id": os.environ.get("HELICAL_TASK_ID", "")}
     metrics = RunMetrics(args.command, run_id, info).start()
     scratch = Scratch.create(run_id)
     try:
-        result = run_command(args, scratch, metrics, output)
+        result = run_command(args, profile, scratch, metrics)
     except BaseException as exc:  # noqa: BLE001 - every failure gets its one line and an error report
         metrics.finish("failed")
-        error = exc if isinstance(exc, RunnerError) else None
-        message = str(error) if error else f"internal error: {type(exc).__name__}: {exc}"
-        try:
-            write_json(output, ERROR_NAME, {"status": "failed", "command": args.command, "run_id": run_id,
-                                            "error": message, "exit_code": _code(exc)})
-        except Exception:  # noqa: BLE001 - the output may be what is unreachable
-            pass
-        if isinstance(exc, KeyboardInterrupt):
-            return _fail(RunnerError("interrupted"))
-        if error is None:
-            traceback.print_exc()
-        return _fail(exc)
+        if not isinstance(exc, (RunnerError, KeyboardInterrupt)):
+            traceback.print_exc()  # a bug: the trace goes to the log, the one-line summary still comes last
+        return _record_failure(output, args.command, run_id,
+                               RunnerError("interrupted") if isinstance(exc, KeyboardInterrupt) else exc)
     finally:
         scratch.cleanup()
     metrics.finish("succeeded")
@@ -186,13 +181,29 @@ def _run(args) -> int:
     return 0
 
 
+def _record_failure(output, command: str, run_id: str, exc: BaseException) -> int:
+    """error.json under the output prefix (best effort: S3 may be what failed), then the one line."""
+    from helical_runner.report import ERROR_NAME, write_json
+
+    try:
+        write_json(output, ERROR_NAME, {"status": "failed", "command": command, "run_id": run_id,
+                                        "error": _message(exc), "exit_code": _code(exc)})
+    except Exception:  # noqa: BLE001
+        pass
+    return _fail(exc)
+
+
 def _code(exc: BaseException) -> int:
     return exc.exit_code if isinstance(exc, RunnerError) else 70
 
 
-def _fail(exc: BaseException) -> int:
+def _message(exc: BaseException) -> str:
     message = str(exc) if isinstance(exc, RunnerError) else f"internal error: {type(exc).__name__}: {exc}"
-    print(f"helical-runner: error: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
+    return (message.splitlines() or [type(exc).__name__])[0]
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"helical-runner: error: {_message(exc)}", file=sys.stderr)
     return _code(exc)
 
 

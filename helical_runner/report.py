@@ -45,14 +45,16 @@ def plot_training_curves(history: list[dict], val_history: list[dict], path: Pat
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     steps = [h["step"] for h in history if h["loss"] is not None]
-    ax_loss.plot(steps, [h["loss"] for h in history if h["loss"] is not None], marker=".", label="train (chunk mean)")
-    if val_history:
-        ax_loss.plot([v["step"] for v in val_history], [v["val_loss"] for v in val_history], marker="o",
-                     label="validation")
-        ax_acc.plot([v["step"] for v in val_history], [v["val_accuracy"] for v in val_history], marker="o",
-                    label="validation")
-    ax_acc.plot(steps, [h["train_accuracy"] for h in history if h["loss"] is not None], marker=".",
+    train, validation = "tab:blue", "tab:orange"  # the same colour for the same split in both panels
+    ax_loss.plot(steps, [h["loss"] for h in history if h["loss"] is not None], marker=".", color=train,
+                 label="train (chunk mean)")
+    ax_acc.plot(steps, [h["train_accuracy"] for h in history if h["loss"] is not None], marker=".", color=train,
                 label="train (chunk)")
+    if val_history:
+        val_steps = [v["step"] for v in val_history]
+        ax_loss.plot(val_steps, [v["val_loss"] for v in val_history], marker="o", color=validation, label="validation")
+        ax_acc.plot(val_steps, [v["val_accuracy"] for v in val_history], marker="o", color=validation,
+                    label="validation")
     ax_loss.set(xlabel="step", ylabel="cross-entropy", title="Loss")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):

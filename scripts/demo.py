@@ -51,8 +51,12 @@ def main() -> None:
     write_tiny_geneformer(workdir / "helical")
     data = make_h5ad(workdir / "cells.h5ad", n_cells=args.cells, n_genes=2000, n_types=4, genes_per_cell=200)
 
-    from moto.server import ThreadedMotoServer
+    import logging
+
     import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

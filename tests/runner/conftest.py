@@ -38,14 +38,36 @@ def tiny_model() -> Path:
     return write_tiny_geneformer(_CACHE_PREFIX, MODEL)
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """moto's S3 server on 127.0.0.1: real HTTP, real boto3 client, as MinIO would be."""
-    from moto.server import ThreadedMotoServer
+class S3Server:
+    """moto's S3 server on a fixed port; stop() and start() again keep its data (moto keeps state in
+    process memory), which is what an outage test needs."""
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    def __init__(self, port: int):
+        self.port = port
+        self.server = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server_control() -> S3Server:
+    server = S3Server(free_port())
     server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_server_control):
+    """moto's S3 server on 127.0.0.1: real HTTP, real boto3 client, as MinIO would be."""
+    port = s3_server_control.port
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update({"S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                        "AWS_DEFAULT_REGION": "us-east-1", "S3_RETRY_SECONDS": "20"})
@@ -54,7 +76,6 @@ def s3_server():
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     client.create_bucket(Bucket=BUCKET)
     yield endpoint
-    server.stop()
 
 
 @pytest.fixture

@@ -17,11 +17,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pushgateway():
+def pushgateway(tmp_path_factory):
     binary = shutil.which("prometheus-pushgateway")
     assert binary, "prometheus-pushgateway is installed by scripts/suite-runner.sh"
     port = free_port()
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+    # Debian's default persistence file is machine-wide: a private one keeps earlier runs' groups out
+    state = tmp_path_factory.mktemp("pushgateway") / "metrics.data"
+    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={state}"],
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: _get(url + "/-/ready") is not None, timeout=20)
@@ -58,8 +61,14 @@ def test_finetune_pushes_progress_and_final_status(pushgateway, s3, tiny_model, 
                               f"s3://{BUCKET}/runs/metrics-run", "--precision", "fp32", "--cells-per-chunk", "300",
                               "--batch-size", "16", "--epochs", "2", "--lr", "2e-3"],
                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    live = wait_for(lambda: (s := samples(pushgateway, "metrics-run")).get("helical_runner_status:running") == 1
-                    and s.get("helical_runner_cells_processed", 0) > 0 and s, timeout=300, interval=0.5)
+    def pushed_while_running():
+        found = samples(pushgateway, "metrics-run")
+        if found.get("helical_runner_status:running") == 1 and found.get("helical_runner_cells_processed", 0) > 0:
+            return found
+        assert child.poll() is None, f"runner exited early ({child.returncode}): {child.stderr.read()[-2000:]}"
+        return None
+
+    live = wait_for(pushed_while_running, timeout=600, interval=0.5)
     assert live["helical_runner_chunks_total"] == 6  # 3 chunks x 2 epochs
     assert child.wait(timeout=600) == 0, child.stderr.read()
     final = samples(pushgateway, "metrics-run")

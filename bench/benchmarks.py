@@ -25,9 +25,9 @@ SIZES = {
         "memory_cells": (50_000, 200_000), "memory_genes_per_cell": 2_000, "memory_finetune_chunks": 2,
         # the reference point is 1,600 cells; on a shared, loaded 2-core machine one runner pass
         # over them takes over an hour, so the default is 96 (8 steps of 12); --train-cells 1600 for that
-        "train_cells": 96, "train_genes_per_cell": 800, "reps": 1,
+        "train_cells": 96, "train_genes_per_cell": 800, "reps": 2,
         "padding_cells": 20_000,
-        "stream_cells": 240, "stream_chunk": 60, "stream_reps": 2,
+        "stream_cells": 240, "stream_chunk": 60, "stream_reps": 3,
     },
 }
 

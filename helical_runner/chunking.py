@@ -19,19 +19,14 @@ from helical_runner import storage
 from helical_runner.dataset import MANIFEST_FORMAT, MANIFEST_NAME, open_dataset
 from helical_runner.errors import InputError
 from helical_runner.resources import peak_rss_bytes
+from helical_runner.runs import read_json_if_present
 from helical_runner.storage import Location
 
 log = logging.getLogger(__name__)
 
 
 def existing_manifest(output: Location) -> dict | None:
-    manifest_loc = output.join(MANIFEST_NAME)
-    if not storage.exists(manifest_loc):
-        return None
-    try:
-        return json.loads(storage.get_bytes(manifest_loc))
-    except json.JSONDecodeError:
-        return None
+    return read_json_if_present(output.join(MANIFEST_NAME))
 
 
 def chunk(input_url: str, output_url: str, cells_per_chunk: int, scratch: Path,

@@ -36,14 +36,18 @@ class Scratch:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def previous_report(output: Location) -> dict | None:
-    loc = output.join(REPORT_NAME)
+def read_json_if_present(loc: Location) -> dict | None:
+    """An earlier run's JSON output (report, manifest), or None when absent or unreadable."""
     if not storage.exists(loc):
         return None
     try:
         return json.loads(storage.get_bytes(loc))
     except json.JSONDecodeError:
         return None
+
+
+def previous_report(output: Location) -> dict | None:
+    return read_json_if_present(output.join(REPORT_NAME))
 
 
 def versions() -> dict:

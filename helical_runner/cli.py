@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--val-fraction", type=float, help="share of cells held out for validation (default 0.1)")
     finetune.add_argument("--seed", type=int, help="random seed (default 0)")
     finetune.add_argument("--no-length-bucketing", action="store_true", help="batch cells in random order only")
+    finetune.add_argument("--nproc", type=int, help="data-parallel processes (default: the profile's gpus when > 1; "
+                                                    "on CPU, gloo processes)")
     _common_run_flags(finetune)
 
     predict = sub.add_parser("predict", help="annotate cells with a fine-tuned model")
@@ -127,6 +129,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         except RunnerError as exc:
             return _fail(exc)
+    from helical_runner.distributed import in_rank, launch
+
+    if not in_rank():
+        try:
+            world = _data_parallel_world(args)
+        except InputError as exc:
+            return _fail(exc)
+        if world > 1:
+            log.info("starting %d data-parallel processes", world)
+            return launch(sys.argv[1:] if argv is None else argv, world)
     return _run(args)
 
 
@@ -140,6 +152,16 @@ def _configure_logging(verbose: bool) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def _data_parallel_world(args) -> int:
+    if args.command != "finetune":
+        return 1
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise InputError(f"--nproc must be at least 1, got {args.nproc}")
+        return args.nproc
+    return max(1, _profile(args).gpus)
 
 
 def _run(args) -> int:
@@ -160,7 +182,12 @@ def _run(args) -> int:
     info = {"profile": profile.name, "precision": profile.precision, "device": profile.device,
             "model": getattr(args, "model", "") or "", "dag_id": os.environ.get("HELICAL_DAG_ID", ""),
             "task_id": os.environ.get("HELICAL_TASK_ID", "")}
-    metrics = RunMetrics(args.command, run_id, info).start()
+    from helical_runner.distributed import DistContext
+
+    main_rank = DistContext.from_env().is_main
+    if not main_rank:
+        log.setLevel(logging.WARNING)  # rank 0 tells the story
+    metrics = RunMetrics(args.command, run_id, info, gateway=None if main_rank else "").start()
     scratch = Scratch.create(run_id)
     try:
         result = run_command(args, profile, scratch, metrics)
@@ -168,11 +195,13 @@ def _run(args) -> int:
         metrics.finish("failed")
         if not isinstance(exc, (RunnerError, KeyboardInterrupt)):
             traceback.print_exc()  # a bug: the trace goes to the log, the one-line summary still comes last
-        return _record_failure(output, args.command, run_id,
-                               RunnerError("interrupted") if isinstance(exc, KeyboardInterrupt) else exc)
+        failure = RunnerError("interrupted") if isinstance(exc, KeyboardInterrupt) else exc
+        return _record_failure(output, args.command, run_id, failure) if main_rank else _fail(failure)
     finally:
         scratch.cleanup()
     metrics.finish("succeeded")
+    if not main_rank:
+        return 0
     try:  # a stale error report from an earlier failed attempt would contradict this success
         storage.delete(output.join(ERROR_NAME))
     except RunnerError:

@@ -18,6 +18,7 @@ import torch
 from helical_runner import checkpoint, model as model_io, storage
 from helical_runner.batching import is_validation
 from helical_runner.dataset import Dataset, open_dataset, prefetched
+from helical_runner.distributed import DistContext
 from helical_runner.errors import InputError
 from helical_runner.metrics import RunMetrics
 from helical_runner.model_files import ModelFiles, locate
@@ -99,9 +100,15 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         log.info("%s already holds a finished run (report.json): nothing to do", output)
         return previous
 
+    dist = DistContext.from_env()
     device = select_device(profile.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     precision = resolve(profile.precision, device)
-    files = locate(model_name)
+    dist.init(device)
+    files = locate(model_name) if dist.is_main else None
+    dist.barrier()  # rank 0 fetches missing model files once; the others then find them in the cache
+    files = files or locate(model_name, fetch_missing=False)
     dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes)
     try:
         classes = label_classes(dataset, label_column)
@@ -111,16 +118,21 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
                  dataset.n_cells, dataset.n_chunks, genes_known, len(classes), label_column)
 
         torch.manual_seed(config.seed)
-        net = model_io.GeneformerClassifier(model_io.load_encoder(files.model_dir), len(classes),
-                                            files.special_token)
+        encoder = model_io.load_encoder(files.model_dir)
+        # the head's dropout follows the model's own (Geneformer's 0.02, which is also helical's head default)
+        net = model_io.GeneformerClassifier(encoder, len(classes), files.special_token,
+                                            dropout=encoder.config.hidden_dropout_prob)
         net.freeze_layers(config.freeze_layers)
         net.to(device)
-        trainer = Trainer(net, config, precision, tokenizer.pad_id, estimate_total_steps(dataset.chunk_sizes, config))
+        trainer = Trainer(net, config, precision, tokenizer.pad_id, estimate_total_steps(dataset.chunk_sizes, config),
+                          dist)
         store = checkpoint.CheckpointStore(output, scratch)
         fingerprint = _fingerprint(dataset, files, classes, label_column, config, profile, precision.name)
         state = _resume(store, trainer, fingerprint)
 
         def save_checkpoint(current: TrainState) -> None:
+            if not dist.is_main:
+                return
             store.save({"fingerprint": fingerprint, "trainer": trainer.state_dict(),
                         "state": checkpoint.state_to_dict(current), "torch_rng": torch.get_rng_state()})
 
@@ -129,10 +141,16 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         prepare = chunk_preparer(dataset, tokenizer, label_column, {c: i for i, c in enumerate(classes)},
                                  config.val_fraction)
         state = fit(trainer, dataset.n_chunks, prepare, state, save_checkpoint, metrics.update, prefetched)
-        return _publish(output, trainer, state, dataset, files, classes, label_column, config, profile,
+        if not dist.is_main:
+            dist.barrier()  # wait for rank 0 to publish, so no rank exits while another may still need it
+            return {"status": "succeeded", "steps": state.step, "accuracy": None, "rank": dist.rank}
+        report = _publish(output, trainer, state, dataset, files, classes, label_column, config, profile,
                         precision.name, run_id, started, data_url)
+        dist.barrier()
+        return report
     finally:
         dataset.close()
+        dist.shutdown()
 
 
 def _resume(store: checkpoint.CheckpointStore, trainer: Trainer, fingerprint: dict) -> TrainState:
@@ -164,9 +182,9 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
     meta = model_io.ClassifierMeta(labels=classes, label_column=label_column, base_model=files.name,
                                    model_version=files.version,
                                    input_size=min(profile.max_input_size, files.input_size),
-                                   special_token=files.special_token)
+                                   special_token=files.special_token, dropout=trainer.core.dropout.p)
     with tempfile.TemporaryDirectory() as tmp:
-        model_io.save(trainer.model, meta, files, Path(tmp))
+        model_io.save(trainer.core, meta, files, Path(tmp))
         for path in sorted(Path(tmp).iterdir()):
             storage.upload(path, output.join("model", path.name))
     pictures = publish_plots(output, state.history, state.val_history, matrix, classes)
@@ -203,6 +221,7 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": allocated,
                         "cuda_reserved_bytes": reserved},
         "resumed_from": state.resumed_from,
+        "data_parallel_processes": trainer.dist.world,
         "outputs": {"model": str(output.join("model")), "checkpoint": str(output.join(checkpoint.CHECKPOINT_NAME)),
                     "pictures": [str(output.join(p)) for p in pictures]},
         "versions": versions(),

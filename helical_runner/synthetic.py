@@ -34,7 +34,7 @@ def gene_symbols(genes: list[str]) -> dict[str, str]:
 
 
 def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, layers: int = 2,
-                          hidden: int = 64, heads: int = 4, seed: int = 0) -> Path:
+                          hidden: int = 64, heads: int = 4, seed: int = 0, dropout: float = 0.02) -> Path:
     """A random BertForMaskedLM with Geneformer's vocabulary where helical looks for `model_name`.
 
     `cache_prefix` plays the role of $CACHE_DIR_HELICAL_PREFIX. Returns the model folder.
@@ -61,7 +61,7 @@ def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, l
                         max_position_embeddings=max(facts["input_size"], 2048), pad_token_id=0,
                         # Geneformer's own dropout is 0.02; attention dropout stays off in the stand-in
                         # because on CPU it forces SDPA's slow math path and would dominate test time.
-                        hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.0)
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=0.0)
     BertForMaskedLM(config).save_pretrained(model_dir)
     (model_dir / "training_args.bin").write_bytes(b"")  # helical lists it; nothing reads it
     return model_dir

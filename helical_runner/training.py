@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from helical_runner.batching import collate, make_batches, padding_efficiency
+from torch.nn.parallel import DistributedDataParallel
+
+from helical_runner.distributed import DistContext
 from helical_runner.errors import InputError
 from helical_runner.precision import Precision
 
@@ -106,8 +109,13 @@ class Trainer:
     """Optimizer, scheduler and scaler around a model, with one step and one evaluation."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, precision: Precision, pad_id: int,
-                 total_steps: int):
+                 total_steps: int, dist: DistContext | None = None):
+        self.dist = dist or DistContext()
+        self.core = model  # the bare model: state dicts and inference never see the DDP wrapper
         self.model = model
+        if self.dist.enabled:
+            device_ids = [precision.device.index] if precision.device.type == "cuda" else None
+            self.model = DistributedDataParallel(model, device_ids=device_ids)
         self.config = config
         self.precision = precision
         self.pad_id = pad_id
@@ -123,44 +131,54 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def step(self, input_ids: list[np.ndarray], labels: np.ndarray) -> tuple[float, int]:
-        """One optimisation step; returns (loss, correct predictions)."""
+        """One optimisation step on a global batch; returns (mean loss, correct predictions) over it.
+
+        With N ranks each takes cells rank, rank+N, ... and weights its mean loss by its share, so DDP's
+        gradient average equals the gradient of the whole batch's mean loss."""
+        rank, world = self.dist.rank, self.dist.world
+        mine = list(range(rank, len(input_ids), world)) or [0]  # a rank with no cell still joins the all-reduce
+        weight = (len(range(rank, len(input_ids), world)) / len(input_ids)) * world
         device = self.precision.device
-        ids, mask, lengths = collate(input_ids, self.pad_id, device)
-        target = torch.as_tensor(labels, dtype=torch.long, device=device)
+        ids, mask, lengths = collate([input_ids[i] for i in mine], self.pad_id, device)
+        target = torch.as_tensor(np.asarray(labels)[mine], dtype=torch.long, device=device)
         self.model.train()
         with self.precision.autocast():
             logits = self.model(ids, mask, lengths)
-        loss = F.cross_entropy(logits.float(), target)
+        per_cell = F.cross_entropy(logits.float(), target, reduction="none")
+        loss = per_cell.mean() * weight
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.core.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)  # skipped by the scaler when gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return float(loss.detach()), int((logits.argmax(dim=1) == target).sum())
+        counted = weight > 0
+        loss_sum, hits = self.dist.all_sum([float(per_cell.detach().sum()) if counted else 0.0,
+                                            float((logits.argmax(dim=1) == target).sum()) if counted else 0.0])
+        return loss_sum / len(input_ids), int(hits)
 
     @torch.no_grad()
     def predict(self, input_ids: list[np.ndarray], batch_size: int) -> np.ndarray:
         """Class probabilities [cells, classes], batched by length to limit padding."""
-        self.model.eval()
+        self.core.eval()
         lengths = np.array([len(x) for x in input_ids])
         order = np.argsort(lengths, kind="stable")
-        probs = np.zeros((len(input_ids), self.model.classifier.out_features), dtype=np.float32)
+        probs = np.zeros((len(input_ids), self.core.classifier.out_features), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             ids, mask, lens = collate([input_ids[i] for i in batch], self.pad_id, self.precision.device)
             with self.precision.autocast():
-                logits = self.model(ids, mask, lens)
+                logits = self.core(ids, mask, lens)
             probs[batch] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         return probs
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        self.core.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -100,6 +100,9 @@ def run_command(args, profile, scratch, metrics) -> dict:
         from helical_runner.finetune import finetune
         from helical_runner.training import TrainConfig, merge_config
 
+        if args.nproc is not None and args.nproc < 1:
+            raise InputError(f"--nproc must be at least 1, got {args.nproc}")
+
         config = merge_config(TrainConfig(), epochs=args.epochs, batch_size=profile.batch_size, lr=args.lr,
                               freeze_layers=args.freeze_layers, val_fraction=args.val_fraction, seed=args.seed,
                               length_bucketing=False if args.no_length_bucketing else None)
@@ -134,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     if not in_rank():
         try:
             world = _data_parallel_world(args)
-        except InputError as exc:
-            return _fail(exc)
+        except InputError:
+            world = 1  # _run reports the bad flag or profile, with its error.json
         if world > 1:
             log.info("starting %d data-parallel processes", world)
             return launch(sys.argv[1:] if argv is None else argv, world)
@@ -158,8 +161,6 @@ def _data_parallel_world(args) -> int:
     if args.command != "finetune":
         return 1
     if args.nproc is not None:
-        if args.nproc < 1:
-            raise InputError(f"--nproc must be at least 1, got {args.nproc}")
         return args.nproc
     return max(1, _profile(args).gpus)
 

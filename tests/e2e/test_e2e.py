@@ -39,6 +39,15 @@ def test_dags_are_unpaused_and_parse(stack):
     assert stack.get("/api/v2/importErrors")["total_entries"] == 0
 
 
+def test_trigger_form_is_validated_by_the_server(stack):
+    """The API (like the UI's form) refuses a run whose conf breaks a Param's schema: no run is created."""
+    for conf in ({"data": "http://example.com/x.h5ad"}, {"epochs": 0}, {"profile": "tpu-pod"}):
+        response = stack.api("POST", "/api/v2/dags/helical_finetune/dagRuns",
+                             json={"logical_date": None, "conf": conf})
+        assert response.status_code == 400, (conf, response.status_code, response.text)
+    assert stack.get("/api/v2/dags/helical_finetune/dagRuns")["total_entries"] == 0
+
+
 def test_upload_runs_finetune_end_to_end(stack, h5ad):
     client = stack.s3()
     # the ingest DAG's sensor must be waiting (deferred) before the upload, so the pickup time is fair

@@ -1,8 +1,11 @@
 # The two commands a new machine needs (see README): `make demo` and `make test`.
 # Everything they need is installed by scripts/ on first use and cached outside the clone.
-.PHONY: demo test test-fast bench venvs clean-demo
+.PHONY: demo demo-runner test test-fast bench venvs clean-demo
 
-demo:  ## run the main job on the embedded default (local S3 stand-in, tiny model, synthetic cells)
+demo:  ## the main job through Airflow on the embedded default (local S3 stand-in, tiny model, synthetic cells)
+	bash scripts/airflow-demo.sh
+
+demo-runner:  ## the same job with the runner CLI alone (no Airflow): chunk -> finetune -> predict
 	bash scripts/demo.sh
 
 test:  ## the whole test suite, as CI runs it

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
 import time
 import traceback
 from dataclasses import asdict
+from pathlib import Path
 
 from bench.benchmarks import BENCHMARKS, SIZES
 from bench.common import REPO, Context, Row, log, markdown_table
 
 
 def machine() -> dict:
-    import os
-
     cpu = "unknown"
     try:
         for line in open("/proc/cpuinfo"):
@@ -45,10 +45,11 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full",
-                        help="full: the issues' sizes (200k cells, 1,600 training cells); small: a quick check")
+                        help="full: the issues' memory sizes (50k and 200k cells), 96 training cells; "
+                             "small: a quick check of the scripts")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--reps", type=int, help="repetitions of each timed side, interleaved A,B,A,B "
-                                                 "(default: the size's)")
+                                                 "(default: the size's: 2 for training, 3 for streaming)")
     parser.add_argument("--train-cells", type=int, help="cells for the throughput benchmark (the issue's "
                                                         "reference point is 1600; default: the size's)")
     parser.add_argument("--results", default=str(REPO / "bench" / "results"), help="results folder")
@@ -62,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_cells:
         params["train_cells"] = args.train_cells
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    from pathlib import Path
-
     root = Path(args.results)
     results = root / f"{stamp}-{args.size}"
     results.mkdir(parents=True, exist_ok=True)
-    ctx = Context(size=args.size, params=params, results=results, reps=args.reps or params["reps"])
+    if args.reps:
+        params["reps"] = params["stream_reps"] = args.reps
+    ctx = Context(size=args.size, params=params, results=results, reps=params["reps"])
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     log(f"benchmarks {', '.join(names)} at size '{args.size}' ({ctx.reps} rep(s)); results in {results}")
 

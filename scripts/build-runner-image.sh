@@ -5,7 +5,9 @@
 #   scripts/build-runner-image.sh [cpu|gpu]        (default cpu -> helical-runner:cpu)
 #
 # - FROM the local base image (scripts/docker-base-image.sh) instead of python:3.12-slim-bookworm; the gpu
-#   target here uses the same base (the CUDA libraries come with PyPI's torch wheels anyway).
+#   target here uses the same base (the CUDA libraries come with PyPI's torch wheels anyway). Both base
+#   args are passed because the legacy builder builds every stage before the target (gpu builds cpu too,
+#   from its layer cache).
 # - pip in the build installs from a wheelhouse outside the clone, keyed by the lock file
 #   ($CACHE_ROOT/wheelhouse-<hash>, filled once with `pip wheel --no-deps -r requirements/runner.lock`),
 #   served on 127.0.0.1 with `--no-index`: a rebuild downloads nothing.
@@ -32,7 +34,7 @@ BASE=$(bash "$REPO_ROOT/scripts/docker-base-image.sh")
 
 cd "$REPO_ROOT"
 build_hash=$( { printf '%s\n' "$TARGET" "$(docker image inspect -f '{{.Id}}' "$BASE")";
-                find "${CONTEXT[@]}" -type f ! -name '*.pyc' | LC_ALL=C sort | xargs sha256sum; } \
+                find "${CONTEXT[@]}" scripts/build-runner-image.sh -type f ! -name '*.pyc' | LC_ALL=C sort | xargs sha256sum; } \
               | sha256sum | cut -c1-16)
 up_to_date() {
     [ "${HELICAL_FORCE_BUILD:-0}" != 1 ] && \
@@ -79,11 +81,10 @@ done
 
 log "building $TAG (target $TARGET, base $BASE, build hash $build_hash)"
 start=$SECONDS
-base_arg=BASE_IMAGE; [ "$TARGET" = gpu ] && base_arg=GPU_BASE_IMAGE
 tar -c --exclude=__pycache__ --exclude='*.pyc' "${CONTEXT[@]}" \
     | DOCKER_BUILDKIT=0 docker build --network host --target "$TARGET" -t "$TAG" \
         -f docker/Dockerfile.runner \
-        --build-arg "$base_arg=$BASE" \
+        --build-arg "BASE_IMAGE=$BASE" --build-arg "GPU_BASE_IMAGE=$BASE" \
         --build-arg "PIP_FIND_LINKS=http://127.0.0.1:$PORT/" \
         --build-arg "PIP_EXTRA_ARGS=--no-index" \
         --label "io.helical-airflow.build-hash=$build_hash" \

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--freeze-layers", type=int, help="first N encoder layers kept fixed (default 0)")
     finetune.add_argument("--val-fraction", type=float, help="share of cells held out for validation (default 0.1)")
     finetune.add_argument("--seed", type=int, help="random seed (default 0)")
+    finetune.add_argument("--attention-dropout", type=float,
+                          help="dropout on attention probabilities (default 0: keeps SDPA on its fused kernels; "
+                               "-1 keeps the model's own rate)")
     finetune.add_argument("--no-length-bucketing", action="store_true", help="batch cells in random order only")
     finetune.add_argument("--nproc", type=int, help="data-parallel processes (default: the profile's gpus when > 1; "
                                                     "on CPU, gloo processes)")
@@ -98,6 +101,8 @@ def run_command(args, profile, scratch, metrics) -> dict:
                      progress=metrics.update)
     if args.command == "finetune":
         from helical_runner.finetune import finetune
+        from dataclasses import replace
+
         from helical_runner.training import TrainConfig, merge_config
 
         if args.nproc is not None and args.nproc < 1:
@@ -106,6 +111,8 @@ def run_command(args, profile, scratch, metrics) -> dict:
         config = merge_config(TrainConfig(), epochs=args.epochs, batch_size=profile.batch_size, lr=args.lr,
                               freeze_layers=args.freeze_layers, val_fraction=args.val_fraction, seed=args.seed,
                               length_bucketing=False if args.no_length_bucketing else None)
+        if args.attention_dropout is not None:  # -1: the model's own rate; merge_config treats None as unset
+            config = replace(config, attention_dropout=None if args.attention_dropout < 0 else args.attention_dropout)
         return finetune(args.data, args.label_column, args.output, args.model, profile, config,
                         metrics.run_id, scratch.path, metrics)
     from helical_runner.predict import predict

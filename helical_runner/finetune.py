@@ -123,6 +123,8 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         net = model_io.GeneformerClassifier(encoder, len(classes), files.special_token,
                                             dropout=encoder.config.hidden_dropout_prob)
         net.freeze_layers(config.freeze_layers)
+        if config.attention_dropout is not None:
+            net.set_attention_dropout(config.attention_dropout)
         net.to(device)
         trainer = Trainer(net, config, precision, tokenizer.pad_id, estimate_total_steps(dataset.chunk_sizes, config),
                           dist)

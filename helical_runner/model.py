@@ -76,6 +76,11 @@ class GeneformerClassifier(nn.Module):
         summed = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(dim=1)
         return summed / mask.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)
 
+    def set_attention_dropout(self, rate: float) -> None:
+        """Dropout on attention probabilities (transformers' SDPA path reads each layer's `dropout.p`)."""
+        for layer in self.encoder.encoder.layer:
+            layer.attention.self.dropout.p = rate
+
     def freeze_layers(self, n: int) -> None:
         """Keep the first n encoder layers fixed (helical's `freeze_layers`)."""
         for layer in self.encoder.encoder.layer[:n]:

@@ -40,6 +40,10 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of cells held out (stable hash of the cell id)
     max_val_cells: int = 2000  # held-out cells kept in memory for evaluation
     length_bucketing: bool = True  # batch cells of similar length together
+    # Dropout on attention probabilities while training; None keeps the model's own (Geneformer: 0.02).
+    # Any non-zero rate sends SDPA to its unfused math path on CPU, which materialises every
+    # [batch, heads, seq, seq] score matrix: half the speed and 1.9x the memory for a 0.02 regulariser.
+    attention_dropout: float | None = 0.0
     seed: int = 0  # chunk order, batch order, head init, dropout
 
 
@@ -55,7 +59,9 @@ def merge_config(base: TrainConfig, **overrides) -> TrainConfig:
               (merged.lr > 0, "learning rate must be positive"),
               (0 <= merged.val_fraction < 1, "validation fraction must be in [0, 1)"),
               (0 <= merged.warmup_fraction < 1, "warmup fraction must be in [0, 1)"),
-              (merged.freeze_layers >= 0, "freeze layers must be 0 or more")]
+              (merged.freeze_layers >= 0, "freeze layers must be 0 or more"),
+              (merged.attention_dropout is None or 0 <= merged.attention_dropout < 1,
+               "attention dropout must be in [0, 1)")]
     for ok, message in checks:
         if not ok:
             raise InputError(f"{message} (got {asdict(merged)})")

@@ -110,3 +110,14 @@ def test_checkpoint_state_round_trip_without_pickle(tmp_path):
     assert [v.tolist() for v in loaded.val_ids] == [[2, 5, 9, 3], [2, 7, 3]]
     assert loaded.history == state.history
     assert not list((tmp_path / "out").glob("*.partial")) and not list((tmp_path / "scratch").glob("*.tmp"))
+
+
+def test_attention_dropout_is_off_by_default_and_settable(tiny_model):
+    from helical_runner import model as model_io
+
+    net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True)
+    net.set_attention_dropout(0.1)
+    assert all(layer.attention.self.dropout.p == 0.1 for layer in net.encoder.encoder.layer)
+    assert TrainConfig().attention_dropout == 0.0
+    with pytest.raises(InputError, match="attention dropout"):
+        merge_config(TrainConfig(), attention_dropout=1.5)

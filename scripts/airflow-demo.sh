@@ -6,7 +6,7 @@
 #
 # Runner steps run in containers (runner image, through the socket proxy) when a Docker engine answers,
 # otherwise as local processes of the runner venv; the script says which. Force one with
-# HELICAL_DEMO_MODE=docker|local. HELICAL_DEMO_CELLS (default 600) sets the data size.
+# HELICAL_DEMO_MODE=docker|local. HELICAL_DEMO_CELLS (default 2000: enough for the runner's default one epoch at lr 1e-4 to learn the tiny model's cell types) sets the data size.
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
@@ -45,7 +45,7 @@ sys.path[:0] = [str(repo / "tests" / "e2e"), str(repo / "dags")]
 from stack import Stack, wait_for  # noqa: E402
 from helical_lib import s3 as layout  # noqa: E402
 
-mode, cells = os.environ["HELICAL_DEMO_MODE"], os.environ.get("HELICAL_DEMO_CELLS", "600")
+mode, cells = os.environ["HELICAL_DEMO_MODE"], os.environ.get("HELICAL_DEMO_CELLS", "2000")
 data = repo / "data" / "demo"
 (data / "scratch").mkdir(parents=True, exist_ok=True)
 runner_py = str(repo / ".venv-runner" / "bin" / "python")
@@ -57,7 +57,7 @@ if not (data / "helical").exists():
 h5ad = data / f"cells-{cells}.h5ad"
 if not h5ad.exists():
     say(f"writing {cells} synthetic cells to {h5ad.relative_to(repo)}")
-    subprocess.run([runner_py, "-m", "helical_runner.synthetic", "data", "--output", str(h5ad), "--cells", cells],
+    subprocess.run([runner_py, "-m", "helical_runner.synthetic", "data", "--output", str(h5ad), "--cells", cells, "--genes-per-cell", "150"],
                    check=True, capture_output=True)
 for path in [data, *data.rglob("*")]:  # the runner image's user (50000) writes scratch and the cache
     path.chmod(0o777 if path.is_dir() else 0o666)

@@ -77,7 +77,7 @@ def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_colum
         return PreparedChunk(
             index=i,
             train_ids=[t for t, v in zip(ids, val) if not v], train_lengths=lengths[~val], train_labels=y[~val],
-            val_ids=[t for t, v in zip(ids, val) if v], val_lengths=lengths[val], val_labels=y[val],
+            val_ids=[t for t, v in zip(ids, val) if v], val_labels=y[val],
             dropped=int(len(obs) - len(y)),
         )
 

@@ -41,10 +41,6 @@ def _geneformer_config(name: str):
         raise InputError(f"unknown model '{name}'; Geneformer models: {', '.join(known)}") from None
 
 
-def available_models() -> list[str]:
-    from helical.models.geneformer.geneformer_config import GeneformerConfig
-
-    return sorted(GeneformerConfig().model_map)
 
 
 def locate(name: str, fetch_missing: bool = True) -> ModelFiles:

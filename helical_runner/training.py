@@ -77,7 +77,6 @@ class PreparedChunk:
     train_lengths: np.ndarray
     train_labels: np.ndarray
     val_ids: list[np.ndarray]
-    val_lengths: np.ndarray
     val_labels: np.ndarray
     dropped: int  # cells without tokens or without a label
 
@@ -125,7 +124,6 @@ class Trainer:
         self.config = config
         self.precision = precision
         self.pad_id = pad_id
-        self.total_steps = total_steps
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -41,8 +41,6 @@ def _geneformer_config(name: str):
         raise InputError(f"unknown model '{name}'; Geneformer models: {', '.join(known)}") from None
 
 
-
-
 def locate(name: str, fetch_missing: bool = True) -> ModelFiles:
     """The model's files, downloading any that are missing through helical's downloader."""
     config = _geneformer_config(name)

@@ -12,8 +12,9 @@ docker-socket-proxy on a Celery queue chosen by the resource profile (`config/pr
 
 and **publishes** a summary (report URL, accuracy, cells/s) to `runs/<run_id>/summary.json`.
 Containers that fail are kept for debugging (`docker ps -a --filter label=app=helical-runner`); a bad
-input (runner exit code 65) fails at once instead of being retried, and a copy of it goes to
-`quarantine/<run_id>/` with the runner's reason.
+input (runner exit code 65, or an upload over the profile's size cap or deleted before its run) fails at
+once instead of being retried, and the upload is moved to `quarantine/<name>` with the one-line reason in
+`quarantine/<name>.error.json`.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ with DAG(
     @task(task_id=PLAN_TASK, retries=3)
     def check_input(params: dict | None = None, run_id: str | None = None) -> dict:
         """Check the input exists and fits the profile; return the run's plan (URLs, ids, settings)."""
-        from helical_lib.plan import make_plan
+        from helical_lib.plan import checked_plan
 
-        return make_plan(params, run_id)
+        return checked_plan(params, run_id)
 
     @task.branch
     def route(plan: dict) -> str:
@@ -96,11 +97,11 @@ with DAG(
         return summary
 
     @task(trigger_rule=TriggerRule.ONE_FAILED)
-    def quarantine_bad_input(ti=None) -> str | None:
-        """If a step failed on a bad input, copy it and the reason to quarantine/<run_id>/."""
+    def quarantine_bad_input(ti=None) -> dict | None:
+        """If a runner step failed on a bad input, move the upload to quarantine/ beside its reason."""
         from helical_lib.plan import quarantine
 
-        plan = ti.xcom_pull(task_ids=PLAN_TASK)  # none when check_input itself failed: nothing to keep
+        plan = ti.xcom_pull(task_ids=PLAN_TASK)  # none when check_input failed: it quarantined already
         return quarantine(plan) if plan else None
 
     plan = check_input()

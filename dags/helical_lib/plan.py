@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from helical_lib import profiles, s3
+from helical_lib.quarantine import move_to_quarantine
 from helical_lib.settings import Settings
 
 DATA_MOUNT = "/data"
+EXIT_BAD_INPUT = 65  # the runner's exit code (and error.json's) for an input that is wrong
+
+
+class BadInput(AirflowFailException):
+    """The input itself is wrong (over the size cap, gone): fail without retries and quarantine it."""
+
+
+def checked_plan(params: dict, airflow_run_id: str, settings: Settings | None = None, client=None) -> dict:
+    """make_plan, and on a bad upload its quarantine (the reason beside it) before the task fails."""
+    settings = settings or Settings.from_env()
+    try:
+        return make_plan(params, airflow_run_id, settings, client)
+    except BadInput as exc:
+        if params.get("etag"):  # an upload helical_ingest saw; a mistyped URL from the form has nothing to keep
+            note = move_to_quarantine(client or s3.client(settings.s3_conn_id), settings.bucket, params["data"],
+                                      params["etag"], {"error": str(exc), "exit_code": EXIT_BAD_INPUT,
+                                                       "command": "check_input", "run_id": airflow_run_id})
+            raise BadInput(f"{exc} (quarantined: {note['object'] or 'nothing left to move'})") from None
+        raise
 
 
 def make_plan(params: dict, airflow_run_id: str, settings: Settings | None = None, client=None) -> dict:
@@ -31,7 +51,7 @@ def make_plan(params: dict, airflow_run_id: str, settings: Settings | None = Non
                                    f"{s3.clean_etag(params['etag'])}); its new version gets its own run")
     cap = profiles.parse_size(profile["max_input_bytes"])
     if size > cap:
-        raise AirflowFailException(f"{data} is {size} bytes, over profile {profile['name']}'s cap "
+        raise BadInput(f"{data} is {size} bytes, over profile {profile['name']}'s cap "
                                    f"max_input_bytes={profile['max_input_bytes']}: pick a larger profile")
     run_id = s3.safe_id(airflow_run_id, limit=200)
     bucket = settings.bucket
@@ -53,7 +73,7 @@ def _head_s3(url: str, settings: Settings, client) -> tuple[str, int]:
         head = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket", "403"):
-            raise AirflowFailException(f"input {url} not found") from None
+            raise BadInput(f"input {url} not found (deleted after it was uploaded?)") from None
         raise
     return s3.clean_etag(head.get("ETag")), int(head["ContentLength"])
 
@@ -66,7 +86,7 @@ def _stat_local(path: str, settings: Settings) -> tuple[str, int]:
     try:
         stat = local.stat()
     except OSError:
-        raise AirflowFailException(f"input {path} not found (looked in {local})") from None
+        raise BadInput(f"input {path} not found (looked in {local})") from None
     return hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16], stat.st_size
 
 
@@ -100,24 +120,16 @@ def summarise(plan: dict, settings: Settings | None = None, client=None) -> dict
     return summary
 
 
-def quarantine(plan: dict, settings: Settings | None = None, client=None) -> str | None:
-    """After a failed step: if a runner said the input is bad (exit code 65 in an error.json), put a copy of
-    the upload and the reason under quarantine/<run_id>/. The upload itself stays where it is (its ledger
-    marker keeps it from being retried); a transient failure quarantines nothing."""
+def quarantine(plan: dict, settings: Settings | None = None, client=None) -> dict | None:
+    """After a failed step: if a runner said the input is bad (exit code 65 in an error.json), move the
+    upload to quarantine/ with the runner's reason (helical_lib.quarantine); a transient failure
+    quarantines nothing."""
     settings = settings or Settings.from_env()
     client = client or s3.client(settings.s3_conn_id)
-    error = None
     for prefix in (plan["chunks"], plan["run"], f"{plan['run']}/predict"):
         found = _read_json(client, f"{prefix}/error.json")
-        if found and found.get("exit_code") == 65:
-            error = {**found, "error_url": f"{prefix}/error.json"}
-            break
-    if error is None or not plan["data"].startswith("s3://"):
-        return None
-    bucket, key = s3.parse_url(plan["data"])
-    target = f"{s3.QUARANTINE}{plan['run_id']}/"
-    client.copy_object(Bucket=settings.bucket, Key=target + PurePosixPath(key).name,
-                       CopySource={"Bucket": bucket, "Key": key})
-    client.put_object(Bucket=settings.bucket, Key=target + "error.json", ContentType="application/json",
-                      Body=json.dumps({"source": plan["data"], "etag": plan["etag"], **error}, indent=1).encode())
-    return f"s3://{settings.bucket}/{target}"
+        if found and found.get("exit_code") == EXIT_BAD_INPUT:
+            reason = {k: found.get(k) for k in ("error", "exit_code", "command")}
+            return move_to_quarantine(client, settings.bucket, plan["data"], plan["etag"],
+                                      {**reason, "run_id": plan["run_id"], "error_url": f"{prefix}/error.json"})
+    return None

@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from helical_lib import s3
 from helical_lib.ingest import NewObjectsTrigger, find_new, mark_seen
-from helical_lib.plan import make_plan, summarise
+from helical_lib.plan import make_plan, quarantine, summarise
 from helical_lib.settings import Settings
 
 SETTINGS = Settings.from_env({"HELICAL_DATA_DIR": "/nonexistent"})
@@ -122,18 +122,82 @@ PLAN = {"run_id": "r2", "data": "s3://helical/incoming/bad.h5ad", "etag": "e2", 
         "chunks": "s3://helical/chunks/bad-e2", "run": "s3://helical/runs/r2"}
 
 
-def test_bad_input_is_copied_to_quarantine_with_the_reason(moto_s3):
-    from helical_lib.plan import quarantine
+def runner_said(client, key: str, exit_code: int = 65, error: str = "s3://helical/incoming/bad.h5ad is not a "
+                "readable .h5ad (HDF5) file") -> None:
+    client.put_object(Bucket="helical", Key=key, Body=json.dumps(
+        {"status": "failed", "command": "chunk", "error": error, "exit_code": exit_code}))
 
-    moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"garbage")
-    moto_s3.put_object(Bucket="helical", Key="chunks/bad-e2/error.json", Body=json.dumps(
-        {"status": "failed", "command": "chunk", "error": "not a readable .h5ad", "exit_code": 65}))
-    assert quarantine(PLAN, SETTINGS) == "s3://helical/quarantine/r2/"
-    assert moto_s3.get_object(Bucket="helical", Key="quarantine/r2/bad.h5ad")["Body"].read() == b"garbage"
-    note = json.loads(moto_s3.get_object(Bucket="helical", Key="quarantine/r2/error.json")["Body"].read())
-    assert note["error"] == "not a readable .h5ad" and note["source"] == PLAN["data"]
-    assert note["error_url"] == "s3://helical/chunks/bad-e2/error.json"
-    assert moto_s3.head_object(Bucket="helical", Key="incoming/bad.h5ad")  # the upload stays
+
+def note_of(client, key: str) -> dict:
+    return json.loads(client.get_object(Bucket="helical", Key=f"{key}.error.json")["Body"].read())
+
+
+def test_bad_upload_is_moved_to_quarantine_beside_its_reason(moto_s3):
+    etag = moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"garbage")["ETag"].strip('"')
+    runner_said(moto_s3, "chunks/bad-e2/error.json")
+    note = quarantine({**PLAN, "etag": etag}, SETTINGS)
+    assert note["object"] == "s3://helical/quarantine/bad.h5ad" and note["moved"]
+    moved = moto_s3.get_object(Bucket="helical", Key="quarantine/bad.h5ad")
+    assert moved["Body"].read() == b"garbage"  # byte for byte
+    assert "Contents" not in moto_s3.list_objects_v2(Bucket="helical", Prefix="incoming/")  # moved, not copied
+    written = note_of(moto_s3, "quarantine/bad.h5ad")
+    assert written["error"] == "s3://helical/incoming/bad.h5ad is not a readable .h5ad (HDF5) file"
+    assert written["source"] == PLAN["data"] and written["etag"] == etag and written["run_id"] == "r2"
+    assert written["error_url"] == "s3://helical/chunks/bad-e2/error.json" and written["command"] == "chunk"
+    assert "\n" not in written["error"]
+    # a retried task finds the move done and changes nothing
+    assert quarantine({**PLAN, "etag": etag}, SETTINGS)["object"] == "s3://helical/quarantine/bad.h5ad"
+    assert moto_s3.get_object(Bucket="helical", Key="quarantine/bad.h5ad")["Body"].read() == b"garbage"
+
+
+def test_a_second_bad_upload_of_the_same_name_never_overwrites_the_first(moto_s3):
+    first = moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"first")["ETag"].strip('"')
+    runner_said(moto_s3, "chunks/bad-e2/error.json")
+    quarantine({**PLAN, "etag": first}, SETTINGS)
+    second = moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"second")["ETag"].strip('"')
+    note = quarantine({**PLAN, "etag": second, "run_id": "r3"}, SETTINGS)
+    assert note["object"] == f"s3://helical/quarantine/bad.{second[:12]}.h5ad"
+    assert moto_s3.get_object(Bucket="helical", Key="quarantine/bad.h5ad")["Body"].read() == b"first"
+    assert moto_s3.get_object(Bucket="helical", Key=f"quarantine/bad.{second[:12]}.h5ad")["Body"].read() == b"second"
+    assert note_of(moto_s3, "quarantine/bad.h5ad")["etag"] == first
+
+
+def test_a_newer_upload_under_the_same_key_is_left_alone(moto_s3):
+    """The run judged one version; if the key now holds another, that one has its own run: keep it."""
+    old = moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"old")["ETag"].strip('"')
+    moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"new, maybe fine")
+    runner_said(moto_s3, "chunks/bad-e2/error.json")
+    note = quarantine({**PLAN, "etag": old}, SETTINGS)
+    assert note["moved"] is False and note["object"] is None
+    assert moto_s3.get_object(Bucket="helical", Key="incoming/bad.h5ad")["Body"].read() == b"new, maybe fine"
+    assert note_of(moto_s3, "quarantine/bad.h5ad")["etag"] == old
+    assert [o["Key"] for o in moto_s3.list_objects_v2(Bucket="helical", Prefix="quarantine/")["Contents"]] == [
+        "quarantine/bad.h5ad.error.json"]
+
+
+def test_uploads_too_large_or_deleted_before_their_run_are_quarantined_by_check_input(moto_s3, tmp_path,
+                                                                                       monkeypatch):
+    from conftest import REPO
+    from helical_lib.plan import BadInput, checked_plan
+
+    text = (REPO / "config" / "profiles.yaml").read_text().replace("max_input_bytes: 4g", "max_input_bytes: 10")
+    (tmp_path / "profiles.yaml").write_text(text)
+    monkeypatch.setenv("HELICAL_PROFILES", str(tmp_path / "profiles.yaml"))
+    etag = moto_s3.put_object(Bucket="helical", Key="incoming/big.h5ad", Body=b"x" * 11)["ETag"].strip('"')
+    with pytest.raises(BadInput, match="over profile cpu-small's cap .*quarantined: s3://helical/quarantine/big.h5ad"):
+        checked_plan({**PARAMS, "data": "s3://helical/incoming/big.h5ad", "etag": etag}, "ingest__big", SETTINGS)
+    assert moto_s3.get_object(Bucket="helical", Key="quarantine/big.h5ad")["Body"].read() == b"x" * 11
+    assert "over profile cpu-small's cap" in note_of(moto_s3, "quarantine/big.h5ad")["error"]
+
+    with pytest.raises(BadInput, match="not found .*nothing left to move"):
+        checked_plan({**PARAMS, "data": "s3://helical/incoming/gone.h5ad", "etag": "abc"}, "ingest__gone", SETTINGS)
+    note = note_of(moto_s3, "quarantine/gone.h5ad")
+    assert "not found" in note["error"] and note["moved"] is False and note["command"] == "check_input"
+
+    # a URL mistyped in the trigger form is no upload: it fails with the reason, nothing is written
+    with pytest.raises(BadInput, match="not found"):
+        checked_plan({**PARAMS, "data": "s3://helical/incoming/typo.h5ad"}, "manual__1", SETTINGS)
+    assert "Contents" not in moto_s3.list_objects_v2(Bucket="helical", Prefix="quarantine/typo")
 
 
 def test_transient_failures_quarantine_nothing(moto_s3):
@@ -141,7 +205,7 @@ def test_transient_failures_quarantine_nothing(moto_s3):
 
     moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"fine")
     assert quarantine(PLAN, SETTINGS) is None
-    moto_s3.put_object(Bucket="helical", Key="runs/r2/error.json", Body=json.dumps(
-        {"status": "failed", "command": "finetune", "error": "S3 unreachable", "exit_code": 69}))
+    runner_said(moto_s3, "runs/r2/error.json", exit_code=69, error="S3 unreachable")
     assert quarantine(PLAN, SETTINGS) is None
     assert "Contents" not in moto_s3.list_objects_v2(Bucket="helical", Prefix="quarantine/")
+    assert moto_s3.get_object(Bucket="helical", Key="incoming/bad.h5ad")["Body"].read() == b"fine"

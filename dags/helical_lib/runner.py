@@ -21,7 +21,8 @@ from helical_lib import profiles
 from helical_lib.s3 import connection_env, safe_id
 from helical_lib.settings import Settings
 
-DATA_MOUNT = "/data"  # where the host data folder appears inside runners
+DATA_MOUNT = "/data"  # where the host data folder appears inside runners: read-only, inputs can't be harmed
+WRITABLE_DIRS = ("scratch", "helical")  # ...but for the runner's scratch space and helical's model cache
 EXIT_BAD_INPUT = 65  # sysexits EX_DATAERR: the input is wrong, a retry cannot help
 PLAN_TASK = "check_input"  # the task whose XCom is the run's plan
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -57,7 +58,9 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
         "mem_limit": profile["memory_limit"],
         "device_requests": device_requests,
         "shm_size": profiles.parse_size("1g") if device_requests else None,  # DataLoader workers on GPUs
-        "mounts": [Mount(target=DATA_MOUNT, source=settings.data_dir, type="bind")],
+        "mounts": [Mount(target=DATA_MOUNT, source=settings.data_dir, type="bind", read_only=True),
+                   *(Mount(target=f"{DATA_MOUNT}/{name}", source=f"{settings.data_dir.rstrip('/')}/{name}",
+                           type="bind") for name in WRITABLE_DIRS)],
         "environment": environment,
         "private_environment": {k: v for k, v in s3_env.items() if k in SECRET_ENV},
         "labels": {"app": "helical-runner", "dag_id": dag_id, "task_id": task_id, "run_id": run_id,

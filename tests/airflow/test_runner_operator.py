@@ -35,7 +35,10 @@ def test_cpu_profile_maps_to_container_arguments():
     assert kw["image"] == "helical-runner:cpu"
     assert kw["mem_limit"] == "8g"
     assert kw["device_requests"] is None
-    assert [(m["Target"], m["Source"], m["Type"]) for m in kw["mounts"]] == [("/data", "/srv/helical/data", "bind")]
+    # inputs in the data folder are read-only; only scratch space and the model cache are writable
+    assert [(m["Target"], m["Source"], m["Type"], m["ReadOnly"]) for m in kw["mounts"]] == [
+        ("/data", "/srv/helical/data", "bind", True), ("/data/scratch", "/srv/helical/data/scratch", "bind", False),
+        ("/data/helical", "/srv/helical/data/helical", "bind", False)]
     assert kw["docker_url"] == "tcp://proxy:2375"
     assert kw["network_mode"] == "helical"
     assert kw["mount_tmp_dir"] is False and kw["auto_remove"] == "never"

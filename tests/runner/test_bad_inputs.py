@@ -4,65 +4,24 @@ object, nothing in the output prefix but error.json, and the input left exactly 
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
-import anndata
 import numpy as np
-import pandas as pd
 import pytest
-import scipy.sparse as sp
 
+import bad_inputs
+from bad_inputs import counts, h5ad_bytes
 from conftest import BUCKET, free_port
 from helical_runner.cli import main
-from helical_runner.synthetic import gene_ids, make_h5ad
-
-
-def h5ad_bytes(X, genes=None, obs=None, var=None) -> bytes:
-    n_cells, n_genes = X.shape
-    genes = genes if genes is not None else gene_ids()[:n_genes]
-    obs = obs if obs is not None else pd.DataFrame(
-        {"cell_type": pd.Categorical(["B cell", "T cell"] * (n_cells // 2) + ["B cell"] * (n_cells % 2))},
-        index=[f"c{i}" for i in range(n_cells)])
-    adata = anndata.AnnData(X=sp.csr_matrix(X), obs=obs, var=var if var is not None else pd.DataFrame(index=genes))
-    with tempfile.TemporaryDirectory() as tmp:
-        adata.write_h5ad(Path(tmp) / "x.h5ad")
-        return (Path(tmp) / "x.h5ad").read_bytes()
-
-
-def counts(n_cells=40, n_genes=50, seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).poisson(1.0, size=(n_cells, n_genes)).astype(np.float32)
-
-
-def with_value(value) -> np.ndarray:
-    X = counts()
-    X[3, 7] = value
-    return X
 
 
 @pytest.fixture(scope="module")
 def valid_bytes(tmp_path_factory) -> bytes:
-    return make_h5ad(tmp_path_factory.mktemp("valid") / "ok.h5ad", n_cells=60, n_genes=300, n_types=2).read_bytes()
+    return bad_inputs.valid_bytes(tmp_path_factory.mktemp("valid"))
 
 
 CASES = {
-    "not-hdf5": (lambda ok: b"cell,gene,count\nc1,CD4,3\n", [], "is not a readable .h5ad (HDF5) file"),
-    "truncated": (lambda ok: ok[: len(ok) // 2], [], "truncated"),
-    "zero-cells": (lambda ok: h5ad_bytes(np.zeros((0, 50), dtype=np.float32)), [], "has zero cells"),
-    "zero-genes": (lambda ok: h5ad_bytes(np.zeros((10, 0), dtype=np.float32), genes=[]), [], "has zero genes"),
-    "non-integer": (lambda ok: h5ad_bytes(with_value(0.37)), [], "non-integer values such as 0.37 (cell 'c3')"),
-    "negative": (lambda ok: h5ad_bytes(with_value(-2)), [], "negative counts (cell 'c3')"),
-    "nan": (lambda ok: h5ad_bytes(with_value(np.nan)), [], "NaN or infinite values (cell 'c3')"),
-    "mouse-genes": (lambda ok: h5ad_bytes(counts(), genes=[f"ENSMUSG{i:011d}" for i in range(50)]), [],
-                    "none of its 50 genes is in gf-12L-38M-i4096's vocabulary"),
-    "unmapped-symbols": (lambda ok: h5ad_bytes(counts(), genes=[f"NOTAGENE{i}" for i in range(50)]), [],
-                         "none of its 50 genes is in"),
-    "duplicate-genes": (lambda ok: h5ad_bytes(counts(), genes=gene_ids()[:49] + gene_ids()[:1]), [],
-                        "duplicate gene ids in var (e.g. ENSG"),
-    "missing-label": (lambda ok: ok, ["--label-column", "celltype"], "no obs column 'celltype' usable as labels"),
-    "single-class": (lambda ok: h5ad_bytes(counts(), obs=pd.DataFrame({"cell_type": ["B cell"] * 40},
-                                                                      index=[f"c{i}" for i in range(40)])), [],
-                     "has 1 class(es) (B cell); a classifier needs at least 2"),
+    **{name: (make, [], expected) for name, (make, expected) in bad_inputs.BAD_FILES.items()},
+    "missing-label-flag": (lambda ok: ok, ["--label-column", "celltype"], "no obs column 'celltype' usable as labels"),
     "unknown-model": (lambda ok: ok, ["--model", "gf-99L"], "unknown model 'gf-99L'; Geneformer models:"),
     "unknown-profile": (lambda ok: ok, ["--profile", "gpu-1000gb"], "unknown profile 'gpu-1000gb'"),
     "missing-object": (None, [], "does not exist"),

@@ -1,8 +1,9 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # Refuse to start the stack while a secret in .env is empty or still the template's <placeholder>.
 # Usage: check-secrets.sh NAME...   (each NAME an environment variable, named as in .env-template)
 # Prints one line per secret to set, with how to make one, and exits 1; prints nothing and exits 0 when
-# every secret is set. airflow-init runs it first, so no Airflow service starts with a placeholder.
+# every secret is set. Plain POSIX sh, so it runs in any image of the stack: airflow-init runs it before
+# Airflow, storage-secrets before MinIO, monitoring-secrets before Grafana.
 set -u
 
 how_to_make() {
@@ -20,10 +21,14 @@ how_to_make() {
 
 missing=0
 for name in "$@"; do
-    value=${!name-}
+    case "$name" in *[!A-Za-z0-9_]*|"") echo "error: '$name' is not a variable name" >&2; exit 2 ;; esac
+    eval "value=\${$name-}"  # indirect lookup; the name was checked above
     case "$value" in
-        ""|"<"*">")
-            echo "error: set $name in .env (it is $([ -z "$value" ] && echo empty || echo "still the placeholder $value")); make one with: $(how_to_make "$name")" >&2
+        "")
+            echo "error: set $name in .env (it is empty); make one with: $(how_to_make "$name")" >&2
+            missing=1 ;;
+        "<"*">")
+            echo "error: set $name in .env (it is still the placeholder $value); make one with: $(how_to_make "$name")" >&2
             missing=1 ;;
     esac
 done

@@ -55,6 +55,11 @@ class Dataset:
     obs_value_counts: dict[str, dict[str, int]]
     _load: Callable[[int], Chunk] = field(repr=False)
     _close: Callable[[], None] = field(repr=False, default=lambda: None)
+    source: str = ""  # the user's .h5ad when url is its chunk manifest: what error messages name
+
+    @property
+    def name(self) -> str:
+        return self.source or self.url
 
     @property
     def n_chunks(self) -> int:
@@ -63,7 +68,7 @@ class Dataset:
     def label_counts(self, column: str) -> dict[str, int]:
         if column not in self.obs_value_counts:
             available = ", ".join(sorted(self.obs_value_counts)) or "none"
-            raise InputError(f"{self.url}: no obs column '{column}' usable as labels (categorical obs columns: {available})")
+            raise InputError(f"{self.name}: no obs column '{column}' usable as labels (categorical obs columns: {available})")
         return self.obs_value_counts[column]
 
     def load(self, index: int) -> Chunk:
@@ -146,7 +151,8 @@ def _open_manifest(loc: Location, info: storage.ObjectInfo, scratch: Path) -> Da
 
     return Dataset(url=str(loc), etag=info.etag, size=manifest["source"]["size"], n_cells=manifest["n_cells"],
                    chunk_sizes=[c["n_cells"] for c in chunks], genes=manifest["genes"], gene_ids=ids,
-                   obs_value_counts=manifest["obs_value_counts"], _load=load)
+                   obs_value_counts=manifest["obs_value_counts"], _load=load,
+                   source=str(manifest["source"].get("url") or ""))
 
 
 def prefetched(loaders: Sequence[Callable[[], T]], depth: int = 1) -> Iterator[T]:

@@ -38,7 +38,7 @@ def label_classes(dataset: Dataset, column: str) -> list[str]:
     counts = dataset.label_counts(column)
     classes = sorted(label for label in counts if label not in ("nan", "None", ""))
     if len(classes) < 2:
-        raise InputError(f"{dataset.url}: label column '{column}' has {len(classes)} class(es) "
+        raise InputError(f"{dataset.name}: label column '{column}' has {len(classes)} class(es) "
                          f"({', '.join(classes) or 'none'}); a classifier needs at least 2")
     return classes
 
@@ -47,9 +47,9 @@ def check_vocabulary(dataset: Dataset, tokenizer: GeneformerTokenizer, model_nam
     try:
         known = tokenizer.known_genes(dataset.gene_ids)
     except InputError as exc:
-        raise InputError(f"{dataset.url}: {exc}") from None
+        raise InputError(f"{dataset.name}: {exc}") from None
     if known == 0:
-        raise InputError(f"{dataset.url}: none of its {len(dataset.gene_ids)} genes is in {model_name}'s vocabulary "
+        raise InputError(f"{dataset.name}: none of its {len(dataset.gene_ids)} genes is in {model_name}'s vocabulary "
                          "(Geneformer needs human genes: Ensembl ids in var['ensembl_id'] or as var names, or symbols it can map)")
     return known
 
@@ -61,7 +61,7 @@ def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_colum
     def prepare(i: int) -> PreparedChunk:
         chunk = dataset.load(i)
         if label_column not in chunk.obs.columns:
-            raise InputError(f"{dataset.url}: chunk {i} has no obs column '{label_column}'")
+            raise InputError(f"{dataset.name}: chunk {i} has no obs column '{label_column}'")
         obs = chunk.obs
         keep = np.ones(len(obs), dtype=bool)
         if "filter_pass" in obs.columns:  # helical's QC convention: only cells with filter_pass == 1

@@ -98,3 +98,14 @@ def test_gene_symbols_are_mapped_through_the_models_own_mapping(s3, tiny_model, 
                                    "cell_type", "--output", f"s3://{BUCKET}/runs/symbols", "--precision", "fp32"])
     assert code == 0, lines[-3:]
     assert any("300 genes in the vocabulary" in line for line in lines)
+
+
+def test_errors_found_after_chunking_name_the_upload_not_the_manifest(s3, tiny_model, valid_bytes, capfd):
+    s3.put_object(Bucket=BUCKET, Key="incoming/labelled.h5ad", Body=valid_bytes)
+    code, _ = run_main(capfd, ["chunk", "--input", f"s3://{BUCKET}/incoming/labelled.h5ad",
+                               "--output", f"s3://{BUCKET}/chunks/labelled", "--cells-per-chunk", "20"])
+    assert code == 0
+    code, lines = run_main(capfd, ["finetune", "--data", f"s3://{BUCKET}/chunks/labelled/manifest.json",
+                                   "--label-column", "celltype", "--output", f"s3://{BUCKET}/runs/labelled"])
+    assert code == 65
+    assert lines[-1].startswith(f"helical-runner: error: s3://{BUCKET}/incoming/labelled.h5ad: no obs column 'celltype'")

@@ -4,6 +4,7 @@ socket proxy at HELICAL_E2E_DOCKER_URL, with the runner image) or local (the run
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ sys.path.insert(0, str(REPO / "dags"))
 
 RUNNER_PY = REPO / ".venv-runner" / "bin" / "python"
 MODE = os.environ.get("HELICAL_E2E_MODE", "docker")
+INPUT_CAP_BYTES = 16 * 1024**2  # cpu-small's max_input_bytes in these tests, so an oversized upload is cheap
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,11 @@ def data_dir(work_dir):
 def stack(work_dir, data_dir):
     if MODE == "docker" and not os.environ.get("HELICAL_E2E_DOCKER_URL"):
         pytest.skip("HELICAL_E2E_DOCKER_URL is not set: run through scripts/suite-e2e.sh")
-    stack = Stack(work=work_dir, data_dir=data_dir, runner_mode=MODE,
+    profiles = work_dir / "profiles.yaml"  # the repo's, with a small input cap for cpu-small
+    profiles.write_text((REPO / "config" / "profiles.yaml").read_text().replace(
+        "max_input_bytes: 4g", f"max_input_bytes: {INPUT_CAP_BYTES // 1024**2}m"))
+    stack = Stack(work=work_dir, data_dir=data_dir, runner_mode=MODE, race_ingest=True,
+                  extra_env={"HELICAL_PROFILES": str(profiles)},
                   docker_url=os.environ.get("HELICAL_E2E_DOCKER_URL", ""))
     try:
         stack.start()
@@ -70,6 +76,26 @@ def h5ad(work_dir) -> Path:
     subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "data", "--output", str(path), "--cells",
                     "600"], check=True, capture_output=True, timeout=300)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_h5ad(work_dir) -> Path:
+    """240 cells: quick to fine-tune, and six chunks of 40 for the resume test."""
+    path = work_dir / "small.h5ad"
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "data", "--output", str(path), "--cells",
+                    "240", "--seed", "7"], check=True, capture_output=True, timeout=300)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bad_files(work_dir) -> dict[str, tuple[Path, str]]:
+    """name -> (an .h5ad wrong in one way, words its reason must contain): tests/runner/bad_inputs.py, run
+    with the runner's venv (anndata is not in Airflow's)."""
+    folder = work_dir / "bad"
+    subprocess.run([str(RUNNER_PY), str(REPO / "tests" / "runner" / "bad_inputs.py"), str(folder)], check=True,
+                   capture_output=True, timeout=300)
+    reasons = json.loads((folder / "reasons.json").read_text())
+    return {name: (folder / f"{name}.h5ad", reason) for name, reason in reasons.items()}
 
 
 def wait_for_run(stack: Stack, dag_id: str, run_id: str, timeout: float, states=("success", "failed")) -> dict:

@@ -55,6 +55,8 @@ class Stack:
     data_dir: Path  # the host data folder mounted at /data in runners
     runner_mode: str  # docker | local
     docker_url: str = ""
+    race_ingest: bool = False  # add a second ingest DAG on the same prefix (tests: two sensors racing)
+    extra_env: dict = field(default_factory=dict)  # on top of the Airflow processes' environment
     ports: dict = field(default_factory=dict)
     procs: dict = field(default_factory=dict)
     password: str = field(default_factory=lambda: secrets.token_hex(8))
@@ -111,7 +113,7 @@ class Stack:
         env.update({
             "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self._dags_folder()),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
@@ -143,8 +145,25 @@ class Stack:
             "HELICAL_RUNNER_MODE": self.runner_mode,
             "HELICAL_RUNNER_BIN": str(REPO / ".venv-runner" / "bin" / "helical-runner"),
             "DOCKER_HOST": self.docker_url,
+            **self.extra_env,
         })
         return env
+
+    def _dags_folder(self) -> Path:
+        """The repo's dags/, or with race_ingest a private folder of links to it plus helical_ingest_twin.py:
+        the ingest DAG's own code under a second dag_id (it is named after its file), watching incoming/ too."""
+        if not self.race_ingest:
+            return REPO / "dags"
+        folder = self.work / "dags"
+        folder.mkdir()
+        for entry in (REPO / "dags").iterdir():
+            if entry.name != "__pycache__":
+                (folder / entry.name).symlink_to(entry)
+        twin = REPO / "dags" / "helical_ingest.py"
+        (folder / "helical_ingest_twin.py").write_text(
+            "# airflow DAG: a second ingest sensor racing helical_ingest (end-to-end tests only)\n"
+            f"exec(compile(open({str(twin)!r}).read(), __file__, 'exec'))\n")
+        return folder
 
     def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
         log = open(self.work / f"{name}.log", "wb")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 
@@ -15,6 +16,8 @@ from helical_lib import s3 as layout
 pytestmark = pytest.mark.slow
 
 PICKUP_SECONDS = 15  # the promise: an upload starts its run within this long (a little slack below)
+SESSION_STARTED = time.time()  # containers created before this belong to earlier test sessions
+INGEST_DAGS = ("helical_ingest", "helical_ingest_twin")  # the twin races the real one (tests/e2e/stack.py)
 
 
 def docker(*args: str) -> str:
@@ -24,7 +27,15 @@ def docker(*args: str) -> str:
 
 
 def docker_ps(*filters: str) -> list[str]:
-    return docker("ps", "-a", "--format", "{{.Names}}", *(f"--filter={f}" for f in filters)).split()
+    """Names of this session's containers matching the filters (the engine may keep older sessions')."""
+    rows = docker("ps", "-a", "--format", "{{.Names}}\t{{.CreatedAt}}", *(f"--filter={f}" for f in filters))
+    found = []
+    for row in rows.splitlines():
+        name, created = row.split("\t")
+        when = datetime.strptime(created[:25], "%Y-%m-%d %H:%M:%S %z")  # the engine's local time + offset
+        if when.timestamp() >= SESSION_STARTED - 1:
+            found.append(name)
+    return found
 
 
 def test_dags_are_unpaused_and_parse(stack):
@@ -48,62 +59,111 @@ def test_trigger_form_is_validated_by_the_server(stack):
     assert stack.get("/api/v2/dags/helical_finetune/dagRuns")["total_entries"] == 0
 
 
-def test_upload_runs_finetune_end_to_end(stack, h5ad):
-    client = stack.s3()
-    # the ingest DAG's sensor must be waiting (deferred) before the upload, so the pickup time is fair
+def ingest_sensors_deferred(stack) -> bool:
+    """Both ingest DAGs (helical_ingest and the racing twin) have a sensor waiting in the triggerer."""
+    waiting = set()
+    for dag_id in INGEST_DAGS:
+        for run in stack.get(f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]:
+            tis = stack.get(f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
+            if any(ti["state"] == "deferred" for ti in tis):
+                waiting.add(dag_id)
+    return waiting == set(INGEST_DAGS)
+
+
+def failed_step(stack, run_id: str) -> dict:
+    tis = stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances")["task_instances"]
+    [failed] = [ti for ti in tis if ti["state"] == "failed"]
+    return failed
+
+
+def task_log(stack, run_id: str, task_id: str, try_number: int) -> str:
+    return json.dumps(stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
+                                f"{try_number}", full_content="true"))
+
+
+def put(client, key: str, body: bytes) -> str:
+    return layout.clean_etag(client.put_object(Bucket="helical", Key=key, Body=body)["ETag"])
+
+
+def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
+    """A good upload is fine-tuned; then every kind of bad upload, one too large and one deleted right after
+    it was seen arrive with another good one: each bad one fails once with its one-line reason in the task
+    log and is moved to quarantine/ beside <name>.error.json, and the good one is processed regardless."""
+    from conftest import INPUT_CAP_BYTES
     from stack import wait_for
 
-    wait_for(lambda: any(ti["state"] == "deferred" for run in stack.get(
-        "/api/v2/dags/helical_ingest/dagRuns")["dag_runs"] for ti in stack.get(
-        f"/api/v2/dags/helical_ingest/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]),
-        240, "the ingest sensor to defer", interval=2)
+    client = stack.s3()
+    # the sensors must be waiting (deferred) before the upload, so the pickup time is fair
+    wait_for(lambda: ingest_sensors_deferred(stack), 240, "both ingest sensors to defer", interval=2)
 
-    good = client.put_object(Bucket="helical", Key="incoming/e2e-cells.h5ad", Body=h5ad.read_bytes())
+    good = put(client, "incoming/e2e-cells.h5ad", h5ad.read_bytes())
     uploaded = time.monotonic()
-    bad = client.put_object(Bucket="helical", Key="incoming/e2e-corrupt.h5ad", Body=b"not an HDF5 file\n" * 64)
-    good_run = layout.ingest_run_id("incoming/e2e-cells.h5ad", good["ETag"])
-    bad_run = layout.ingest_run_id("incoming/e2e-corrupt.h5ad", bad["ETag"])
-
+    good_run = layout.ingest_run_id("incoming/e2e-cells.h5ad", good)
     wait_for_run(stack, "helical_finetune", good_run, 60, states=("queued", "running", "success", "failed"))
     pickup = time.monotonic() - uploaded
     print(f"\nupload -> helical_finetune run created: {pickup:.1f} s")
     assert pickup <= PICKUP_SECONDS + 5
 
-    run = wait_for_run(stack, "helical_finetune", good_run, 1200)
-    tis = {ti["task_id"]: ti for ti in stack.get(
-        f"/api/v2/dags/helical_finetune/dagRuns/{good_run}/taskInstances")["task_instances"]}
-    assert run["state"] == "success", {k: v["state"] for k, v in tis.items()}
-    assert run["conf"]["data"] == "s3://helical/incoming/e2e-cells.h5ad"
-    assert tis["on_cpu.finetune"]["state"] == "success" and tis["on_gpu.finetune"]["state"] == "skipped"
+    bad = {f"{name}.h5ad": (put(client, f"incoming/{name}.h5ad", path.read_bytes()), reason)
+           for name, (path, reason) in bad_files.items()}
+    bad["too-large.h5ad"] = (put(client, "incoming/too-large.h5ad", os.urandom(INPUT_CAP_BYTES + 1)),
+                             "over profile cpu-small's cap")
+    late_good = put(client, "incoming/e2e-late.h5ad", small_h5ad.read_bytes())
+    vanishing = put(client, "incoming/vanishing.h5ad", small_h5ad.read_bytes())  # same bytes, own key and run
+    vanishing_run = layout.ingest_run_id("incoming/vanishing.h5ad", vanishing)
+    wait_for_run(stack, "helical_finetune", vanishing_run, 120, states=("queued", "running", "success", "failed"))
+    client.delete_object(Bucket="helical", Key="incoming/vanishing.h5ad")  # seen, then gone before its run reads it
 
-    prefix = f"runs/{good_run}/"
-    keys = {o["Key"] for o in client.list_objects_v2(Bucket="helical", Prefix=prefix)["Contents"]}
-    assert {prefix + "report.json", prefix + "predict/predictions.csv", prefix + "predict/report.json",
-            prefix + "summary.json"} <= keys
-    report = json.loads(client.get_object(Bucket="helical", Key=prefix + "report.json")["Body"].read())
-    assert report["status"] == "succeeded" and report["throughput"]["cells_per_second"] > 0
-    summary = json.loads(client.get_object(Bucket="helical", Key=prefix + "summary.json")["Body"].read())
-    assert summary["accuracy"] == report["accuracy"]
-    if MODE == "docker":
-        assert docker_ps(f"label=run_id={good_run}") == [], "runner containers left behind after success"
+    for name, etag in (("e2e-cells.h5ad", good), ("e2e-late.h5ad", late_good)):
+        run_id = layout.ingest_run_id(f"incoming/{name}", etag)
+        run = wait_for_run(stack, "helical_finetune", run_id, 1500)
+        tis = {ti["task_id"]: ti for ti in stack.get(
+            f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances")["task_instances"]}
+        assert run["state"] == "success", (name, {k: v["state"] for k, v in tis.items()})
+        assert run["conf"]["data"] == f"s3://helical/incoming/{name}"
+        assert tis["on_cpu.finetune"]["state"] == "success" and tis["on_gpu.finetune"]["state"] == "skipped"
+        assert tis["quarantine_bad_input"]["state"] == "skipped"
+        prefix = f"runs/{run_id}/"
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="helical", Prefix=prefix)["Contents"]}
+        assert {prefix + "report.json", prefix + "predict/predictions.csv", prefix + "predict/report.json",
+                prefix + "summary.json"} <= keys
+        report = json.loads(client.get_object(Bucket="helical", Key=prefix + "report.json")["Body"].read())
+        assert report["status"] == "succeeded" and report["throughput"]["cells_per_second"] > 0
+        summary = json.loads(client.get_object(Bucket="helical", Key=prefix + "summary.json")["Body"].read())
+        assert summary["accuracy"] == report["accuracy"]
+        assert client.head_object(Bucket="helical", Key=f"incoming/{name}")["ETag"].strip('"') == etag
+        if MODE == "docker":
+            assert docker_ps(f"label=run_id={run_id}") == [], "runner containers left behind after success"
 
-    # the corrupt upload: one failed run, the runner's reason in the task log, no retry, object untouched
-    run = wait_for_run(stack, "helical_finetune", bad_run, 600)
+    outcomes = {}
+    for name, (etag, reason) in bad.items():
+        run_id = layout.ingest_run_id(f"incoming/{name}", etag)
+        run = wait_for_run(stack, "helical_finetune", run_id, 900)
+        step = failed_step(stack, run_id)
+        outcomes[name] = step["task_id"]
+        assert run["state"] == "failed" and step["try_number"] == 1, (name, step)  # bad input: never retried
+        log = task_log(stack, run_id, step["task_id"], 1)
+        assert reason in log and f"s3://helical/incoming/{name}" in log, (name, step["task_id"])
+        note = json.loads(client.get_object(Bucket="helical", Key=f"quarantine/{name}.error.json")["Body"].read())
+        assert reason in note["error"] and "\n" not in note["error"] and note["etag"] == etag, (name, note)
+        assert note["moved"] and note["object"] == f"s3://helical/quarantine/{name}"
+        moved = client.head_object(Bucket="helical", Key=f"quarantine/{name}")
+        assert moved["Metadata"]["helical-source-etag"] == etag and moved["ContentLength"] == (
+            INPUT_CAP_BYTES + 1 if name == "too-large.h5ad" else bad_files[name.removesuffix(".h5ad")][0].stat().st_size)
+        assert "Contents" not in client.list_objects_v2(Bucket="helical", Prefix=f"incoming/{name}")
+    print("\nbad uploads failed at:", json.dumps(outcomes, indent=1))
+    assert outcomes["too-large.h5ad"] == "check_input" and outcomes["not-hdf5.h5ad"] == "on_cpu.chunk"
+
+    run = wait_for_run(stack, "helical_finetune", vanishing_run, 900)
     assert run["state"] == "failed"
-    chunk = f"/api/v2/dags/helical_finetune/dagRuns/{bad_run}/taskInstances/on_cpu.chunk"
-    ti = stack.get(chunk)
-    assert ti["state"] == "failed" and ti["try_number"] == 1, ti
-    log = json.dumps(stack.get(f"{chunk}/logs/1", full_content="true"))
-    assert "helical-runner: error:" in log and "e2e-corrupt.h5ad" in log
-    assert client.head_object(Bucket="helical", Key="incoming/e2e-corrupt.h5ad")["ETag"] == bad["ETag"]
-    assert stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{bad_run}/taskInstances/quarantine_bad_input")[
-        "state"] == "success"
-    quarantined = client.get_object(Bucket="helical", Key=f"quarantine/{bad_run}/error.json")["Body"].read()
-    assert json.loads(quarantined)["exit_code"] == 65
-    assert client.head_object(Bucket="helical", Key=f"quarantine/{bad_run}/e2e-corrupt.h5ad")["ETag"] == bad["ETag"]
-    assert "Contents" not in client.list_objects_v2(Bucket="helical", Prefix=f"quarantine/{good_run}/")
+    note = json.loads(client.get_object(Bucket="helical", Key="quarantine/vanishing.h5ad.error.json")["Body"].read())
+    assert note["moved"] is False and ("not found" in note["error"] or "does not exist" in note["error"]), note
+    step = failed_step(stack, vanishing_run)
+    assert step["try_number"] == 1 and "vanishing.h5ad" in task_log(stack, vanishing_run, step["task_id"], 1)
+
     if MODE == "docker":
-        kept = docker_ps(f"label=run_id={bad_run}", "status=exited")
+        not_hdf5 = layout.ingest_run_id("incoming/not-hdf5.h5ad", bad["not-hdf5.h5ad"][0])
+        kept = docker_ps(f"label=run_id={not_hdf5}", "status=exited")
         assert len(kept) == 1, "the failed runner container is kept for debugging"
         [container] = json.loads(docker("inspect", kept[0]))
         assert container["State"]["ExitCode"] == 65
@@ -114,13 +174,94 @@ def test_upload_runs_finetune_end_to_end(stack, h5ad):
         host = container["HostConfig"]
         assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
         assert host["Memory"] == 8 * 1024**3 and host["NetworkMode"] == "host"
-        assert [(m["Target"], m["Source"]) for m in host["Mounts"]] == [("/data", str(stack.data_dir))]
-        docker("rm", *kept)
+        data = str(stack.data_dir)
+        assert [(m["Target"], m["Source"], m.get("ReadOnly", False)) for m in host["Mounts"]] == [
+            ("/data", data, True), ("/data/scratch", f"{data}/scratch", False),
+            ("/data/helical", f"{data}/helical", False)]
+        leftovers = docker_ps("label=app=helical-runner", "status=exited")
+        docker("rm", *leftovers)
 
 
-def test_each_upload_ran_once(stack):
-    runs = stack.get("/api/v2/dags/helical_finetune/dagRuns")["dag_runs"]
-    assert sorted(r["dag_run_id"].split("__")[1] for r in runs) == ["e2e-cells.h5ad", "e2e-corrupt.h5ad"]
+def test_each_upload_ran_once_though_two_sensors_raced(stack, bad_files):
+    """Two ingest DAGs watch incoming/ (the twin is test-only): both saw the uploads, yet every upload has
+    exactly one helical_finetune run and one ledger marker; the losing triggers were skipped."""
+    runs = stack.get("/api/v2/dags/helical_finetune/dagRuns", limit=100)["dag_runs"]
+    names = sorted(r["dag_run_id"].split("__")[1] for r in runs if r["dag_run_id"].startswith("ingest__"))
+    uploads = sorted(["e2e-cells.h5ad", "e2e-late.h5ad", "too-large.h5ad", "vanishing.h5ad",
+                      *(f"{name}.h5ad" for name in bad_files)])
+    assert names == uploads
     client = stack.s3()
-    ledger = {o["Key"] for o in client.list_objects_v2(Bucket="helical", Prefix="ledger/")["Contents"]}
-    assert len(ledger) == 2
+    ledger = [o["Key"] for o in client.list_objects_v2(Bucket="helical", Prefix="ledger/")["Contents"]]
+    assert len(ledger) == len(uploads)
+
+    triggers = {dag_id: [] for dag_id in INGEST_DAGS}
+    for dag_id in INGEST_DAGS:
+        for run in stack.get(f"/api/v2/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]:
+            tis = stack.get(f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances",
+                            limit=100)["task_instances"]
+            triggers[dag_id] += [ti["state"] for ti in tis if ti["task_id"] == "trigger_finetune"]
+    print("\ntrigger_finetune states:", json.dumps(triggers))
+    assert all(triggers.values()), "both sensors handed uploads on"
+    states = [state for found in triggers.values() for state in found]
+    assert states.count("success") == len(uploads) and "failed" not in states
+    assert states.count("skipped") >= 1, "no upload was raced: the test proved nothing"
+
+
+@pytest.mark.skipif(MODE != "docker", reason="kills a runner container: needs HELICAL_E2E_MODE=docker")
+def test_killed_finetune_resumes_from_its_checkpoint_on_retry(stack, small_h5ad):
+    """SIGKILL the finetune container once its first checkpoint is written: Airflow's retry starts a new
+    container that resumes from that checkpoint, and the report counts every training cell once per epoch."""
+    from stack import wait_for
+
+    client = stack.s3()
+    client.put_object(Bucket="helical", Key="datasets/resume.h5ad", Body=small_h5ad.read_bytes())
+    response = stack.api("POST", "/api/v2/dags/helical_finetune/dagRuns", json={
+        "dag_run_id": "e2e-resume", "logical_date": None,
+        "conf": {"data": "s3://helical/datasets/resume.h5ad", "cells_per_chunk": 40, "epochs": 2}})
+    assert response.status_code == 200, response.text
+    ti_path = "/api/v2/dags/helical_finetune/dagRuns/e2e-resume/taskInstances/on_cpu.finetune"
+
+    def checkpoint_written():
+        found = client.list_objects_v2(Bucket="helical", Prefix="runs/e2e-resume/checkpoint.pt").get("Contents")
+        return found and docker_ps("label=run_id=e2e-resume", "label=task_id=on_cpu.finetune", "status=running")
+
+    [container] = wait_for(checkpoint_written, 900, "the first checkpoint of the finetune step", interval=0.5)
+    docker("kill", "--signal=KILL", container)
+    killed_at = time.monotonic()
+
+    run = wait_for_run(stack, "helical_finetune", "e2e-resume", 1200)
+    ti = stack.get(ti_path)
+    assert run["state"] == "success" and ti["try_number"] == 2, (run["state"], ti)
+    print(f"\nkilled -> run finished: {time.monotonic() - killed_at:.0f} s")
+    assert "exit code 137" in task_log(stack, "e2e-resume", "on_cpu.finetune", 1)
+    assert "resuming from checkpoint" in task_log(stack, "e2e-resume", "on_cpu.finetune", 2)
+
+    report = json.loads(client.get_object(Bucket="helical", Key="runs/e2e-resume/report.json")["Body"].read())
+    cells = report["cells"]
+    assert report["resumed_from"] and report["resumed_from"]["step"] > 0, report["resumed_from"]  # not from scratch
+    trainable = cells["total"] - cells["validation"] - cells["dropped"]
+    assert cells["trained_per_epoch"] == trainable and cells["trained_total"] == 2 * trainable, cells
+    [killed] = docker_ps("label=run_id=e2e-resume", "status=exited")  # the killed attempt, kept for debugging
+    docker("rm", killed)
+
+
+def test_same_bytes_are_not_rerun_but_a_new_version_is(stack, h5ad):
+    """Re-uploading a processed file changes nothing; new bytes under a quarantined name get their own run,
+    and their own quarantine name (the first bad file there is never overwritten)."""
+    client = stack.s3()
+    before = stack.get("/api/v2/dags/helical_finetune/dagRuns", limit=100)["total_entries"]
+    put(client, "incoming/e2e-cells.h5ad", h5ad.read_bytes())  # the same bytes as the first test's upload
+    first_bad = client.get_object(Bucket="helical", Key="quarantine/not-hdf5.h5ad")["Body"].read()
+    etag = put(client, "incoming/not-hdf5.h5ad", b"still,not,hdf5\n")
+    run_id = layout.ingest_run_id("incoming/not-hdf5.h5ad", etag)
+    run = wait_for_run(stack, "helical_finetune", run_id, 600)
+    assert run["state"] == "failed"
+    time.sleep(10)  # two more sensor polls: the re-upload of e2e-cells.h5ad would have started a run by now
+    assert stack.get("/api/v2/dags/helical_finetune/dagRuns", limit=100)["total_entries"] == before + 1
+    renamed = f"quarantine/not-hdf5.{etag[:12]}.h5ad"
+    assert client.get_object(Bucket="helical", Key=renamed)["Body"].read() == b"still,not,hdf5\n"
+    assert client.get_object(Bucket="helical", Key="quarantine/not-hdf5.h5ad")["Body"].read() == first_bad
+    note = json.loads(client.get_object(Bucket="helical", Key=f"{renamed}.error.json")["Body"].read())
+    assert note["etag"] == etag and "is not a readable .h5ad" in note["error"]
+    if MODE == "docker":
+        docker("rm", *docker_ps(f"label=run_id={run_id}", "status=exited"))

@@ -1,5 +1,6 @@
 """Bad .h5ad uploads, one per way a lab's file can be wrong: the runner tests feed them to the CLI, the
-end-to-end tests upload them to incoming/ (`python tests/runner/bad_inputs.py OUTDIR` writes them all).
+end-to-end tests upload them to incoming/ (`python tests/runner/bad_inputs.py OUTDIR` writes them all, and
+reasons.json: name -> the words its reason must contain).
 
 Each entry: name -> (bytes from a valid file's bytes, the words the one-line reason must contain).
 Gene ids are the tiny test model's (helical_runner.synthetic), so only the intended fault is wrong.
@@ -7,6 +8,7 @@ Gene ids are the tiny test model's (helical_runner.synthetic), so only the inten
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -78,6 +80,7 @@ def main(out: Path) -> None:
     (out / "ok.h5ad").unlink()
     for name, (make, _) in BAD_FILES.items():
         (out / f"{name}.h5ad").write_bytes(make(ok))
+    (out / "reasons.json").write_text(json.dumps({name: reason for name, (_, reason) in BAD_FILES.items()}))
 
 
 if __name__ == "__main__":

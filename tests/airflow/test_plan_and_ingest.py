@@ -209,3 +209,15 @@ def test_transient_failures_quarantine_nothing(moto_s3):
     assert quarantine(PLAN, SETTINGS) is None
     assert "Contents" not in moto_s3.list_objects_v2(Bucket="helical", Prefix="quarantine/")
     assert moto_s3.get_object(Bucket="helical", Key="incoming/bad.h5ad")["Body"].read() == b"fine"
+
+
+def test_a_bad_file_in_the_data_folder_gets_its_reason_but_stays_where_it_is(moto_s3, tmp_path):
+    local = tmp_path / "datasets" / "lab.h5ad"
+    local.parent.mkdir()
+    local.write_bytes(b"not hdf5")
+    runner_said(moto_s3, "chunks/lab-e3/error.json", error="/data/datasets/lab.h5ad is not a readable .h5ad")
+    plan = {**PLAN, "data": "/data/datasets/lab.h5ad", "etag": "e3", "chunks": "s3://helical/chunks/lab-e3"}
+    note = quarantine(plan, Settings.from_env({"HELICAL_DATA_DIR": str(tmp_path)}))
+    assert note["moved"] is False and note["object"] is None
+    assert note_of(moto_s3, "quarantine/lab.h5ad")["error"] == "/data/datasets/lab.h5ad is not a readable .h5ad"
+    assert local.read_bytes() == b"not hdf5"

@@ -121,3 +121,25 @@ def test_attention_dropout_is_off_by_default_and_settable(tiny_model):
     assert TrainConfig().attention_dropout == 0.0
     with pytest.raises(InputError, match="attention dropout"):
         merge_config(TrainConfig(), attention_dropout=1.5)
+
+
+def test_key_padding_mask_gives_the_same_logits_as_transformers_own_mask(tiny_model):
+    from helical_runner import model as model_io
+    from helical_runner.batching import collate
+
+    torch.manual_seed(0)
+    net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True).eval()
+    rng = np.random.default_rng(0)
+    for lengths in ([40, 33, 27], [30, 30, 30]):  # padded, and no padding (mask None)
+        ids, mask, lens = collate([rng.integers(4, 100, size=n) for n in lengths], 0, torch.device("cpu"))
+        short = model_io.key_padding_mask(mask)
+        if min(lengths) == max(lengths):
+            assert short is None
+        else:
+            assert short.shape == (3, 1, 1, max(lengths)) and short.dtype == torch.bool
+        with torch.no_grad():
+            ours = net(ids, mask, lens)
+            # transformers expands the 2D mask itself: the reference
+            hidden = net.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            reference = net.classifier(net.pool(hidden, lens))
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)

@@ -125,7 +125,10 @@ class Trainer:
         self.precision = precision
         self.pad_id = pad_id
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        # fused: one kernel over all tensors instead of ~10 ops per tensor: ~6 ms vs ~45 ms a step here
+        # (CPU, 10M parameters), the same update to float rounding. CPU and CUDA both have the kernel.
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                           fused=precision.device.type in ("cpu", "cuda"))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_warmup_decay(total_steps, config.warmup_fraction))
         self.scaler = precision.grad_scaler()

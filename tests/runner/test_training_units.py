@@ -143,3 +143,32 @@ def test_key_padding_mask_gives_the_same_logits_as_transformers_own_mask(tiny_mo
             hidden = net.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             reference = net.classifier(net.pool(hidden, lens))
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_adamw_steps_as_the_per_tensor_one(tiny_model):
+    from helical_runner import model as model_io
+    from helical_runner.precision import Precision
+    from helical_runner.training import Trainer
+
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        nets.append(model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True, dropout=0.0))
+    cfg = TrainConfig(lr=1e-3, warmup_fraction=0.0)
+    fused = Trainer(nets[0], cfg, Precision("fp32", torch.device("cpu")), pad_id=0, total_steps=10)
+    plain = Trainer(nets[1], cfg, Precision("fp32", torch.device("cpu")), pad_id=0, total_steps=10)
+    plain.optimizer = torch.optim.AdamW(plain.optimizer.param_groups[0]["params"], lr=1e-3, weight_decay=0.01,
+                                        fused=False)
+    plain.scheduler = torch.optim.lr_scheduler.LambdaLR(plain.optimizer, fused.scheduler.lr_lambdas[0])
+    assert fused.optimizer.defaults["fused"]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        ids = [rng.integers(4, 100, size=n) for n in (30, 25, 20)]
+        labels = rng.integers(0, 3, size=3)
+        for net in nets:  # the hidden dropout of the tiny model is random: switch it off for a comparison
+            for module in net.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        assert fused.step(ids, labels)[0] == pytest.approx(plain.step(ids, labels)[0], rel=1e-5)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -6,13 +6,15 @@ query returns data for that run, as Grafana would send it (run variable set to t
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 import pytest
 
-from conftest import _CACHE_PREFIX, MODEL, grafana_escape, load_dashboards, queries, substitute
+from conftest import _CACHE_PREFIX, MODEL, grafana_escape, load_dashboards, queries, substitute, wait_for
 
 RUN_ID = "manual__2026-11-23T10:00:00+00:00"  # an Airflow-style id: regex metacharacters included
 DAG_ID, TASK_ID = "helical_finetune", "on_cpu.finetune"
@@ -42,10 +44,22 @@ def runner_run(prometheus, pushgateway, tmp_path_factory):
                     "--output", str(work / "run"), "--run-id", RUN_ID, "--epochs", "2", "--batch-size", "16",
                     "--lr", "2e-3", "--precision", "fp32", "--profile", "cpu-small", env=env)
     assert tuned.returncode == 0, tuned.stderr
-    # Prometheus has the final push (status succeeded) once it scraped after the run ended
+    # Prometheus has the final push (status succeeded) once it scraped after the run ended, and the recording
+    # rules reflect it once every rule group has been evaluated after that scrape
     prometheus.wait_series(f'helical_runner_status{{run_id="{RUN_ID}",command="finetune",status="succeeded"}} == 1')
+    scraped = datetime.now(timezone.utc)
+    def evaluated_since_scrape() -> bool:
+        groups = prometheus.api("rules")["data"]["groups"]
+        return bool(groups) and all(rfc3339(group["lastEvaluation"]) > scraped for group in groups)
+
+    wait_for(evaluated_since_scrape, what="a rule evaluation after the final push")
     prometheus.wait_series("run_id:helical_runner_progress:ratio")
     return {"seconds": time.time() - started}
+
+
+def rfc3339(text: str) -> datetime:
+    """Prometheus' timestamps (nanoseconds, Z) as an aware datetime."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", text).replace("Z", "+00:00"))
 
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from helical_lib import profiles, s3
 from helical_lib.quarantine import move_to_quarantine
 from helical_lib.settings import Settings
 
-DATA_MOUNT = "/data"
-EXIT_BAD_INPUT = 65  # the runner's exit code (and error.json's) for an input that is wrong
+DATA_MOUNT = "/data"  # where the host data folder appears inside runners (and in form URLs)
+EXIT_BAD_INPUT = 65  # sysexits EX_DATAERR, the runner's code (and error.json's) for a wrong input: never retried
 
 
 class BadInput(AirflowFailException):

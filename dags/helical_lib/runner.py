@@ -18,12 +18,12 @@ from airflow.sdk.exceptions import AirflowFailException
 from docker.types import DeviceRequest, Mount
 
 from helical_lib import profiles
+from helical_lib.plan import DATA_MOUNT, EXIT_BAD_INPUT
 from helical_lib.s3 import connection_env, safe_id
 from helical_lib.settings import Settings
 
-DATA_MOUNT = "/data"  # where the host data folder appears inside runners: read-only, inputs can't be harmed
-WRITABLE_DIRS = ("scratch", "helical")  # ...but for the runner's scratch space and helical's model cache
-EXIT_BAD_INPUT = 65  # sysexits EX_DATAERR: the input is wrong, a retry cannot help
+# DATA_MOUNT is read-only in runners, so inputs can't be harmed, but for these two folders:
+WRITABLE_DIRS = ("scratch", "helical")  # the runner's scratch space and helical's model cache
 PLAN_TASK = "check_input"  # the task whose XCom is the run's plan
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import PurePosixPath
 
 from helical_lib import s3
@@ -41,14 +42,14 @@ def move_to_quarantine(client, bucket: str, data: str, etag: str, reason: dict) 
     `etag`; returns the note written to quarantine/<name>.error.json."""
     etag = s3.clean_etag(etag)
     note = {"source": data, "etag": etag, "quarantined_at": datetime.now(timezone.utc).isoformat(), **reason}
+    quarantined = partial(_source_etag, client, bucket)  # what already sits at a quarantine key
     if not data.startswith("s3://"):
-        target = target_key(PurePosixPath(data).name, etag, lambda key: _source_etag(client, bucket, key))
         note.update(object=None, moved=False, note="a file in the data folder is left where it is")
-        return _write_note(client, bucket, target, note)
+        return _write_note(client, bucket, target_key(data, etag, quarantined), note)
 
     src_bucket, src_key = s3.parse_url(data)
-    target = target_key(src_key, etag, lambda key: _source_etag(client, bucket, key))
-    copied = _source_etag(client, bucket, target) == etag
+    target = target_key(src_key, etag, quarantined)
+    copied = quarantined(target) == etag
     if not copied:
         copied = _copy(client, src_bucket, src_key, etag, bucket, target)
     note.update(object=f"s3://{bucket}/{target}" if copied else None, moved=copied)

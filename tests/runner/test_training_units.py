@@ -131,16 +131,16 @@ def test_key_padding_mask_gives_the_same_logits_as_transformers_own_mask(tiny_mo
     net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True).eval()
     rng = np.random.default_rng(0)
     for lengths in ([40, 33, 27], [30, 30, 30]):  # padded, and no padding (mask None)
-        ids, mask, lens = collate([rng.integers(4, 100, size=n) for n in lengths], 0, torch.device("cpu"))
-        short = model_io.key_padding_mask(mask)
+        ids, short, lens = collate([rng.integers(4, 100, size=n) for n in lengths], 0, torch.device("cpu"))
         if min(lengths) == max(lengths):
             assert short is None
         else:
             assert short.shape == (3, 1, 1, max(lengths)) and short.dtype == torch.bool
+        full = (torch.arange(ids.shape[1]).unsqueeze(0) < lens.unsqueeze(1)).long()  # the [batch, seq] 2D mask
         with torch.no_grad():
-            ours = net(ids, mask, lens)
+            ours = net(ids, short, lens)
             # transformers expands the 2D mask itself: the reference
-            hidden = net.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = net.encoder(input_ids=ids, attention_mask=full).last_hidden_state
             reference = net.classifier(net.pool(hidden, lens))
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
@@ -161,14 +161,14 @@ def test_fused_adamw_steps_as_the_per_tensor_one(tiny_model):
                                         fused=False)
     plain.scheduler = torch.optim.lr_scheduler.LambdaLR(plain.optimizer, fused.scheduler.lr_lambdas[0])
     assert fused.optimizer.defaults["fused"]
+    for net in nets:  # the hidden dropout of the tiny model is random: switch it off for a comparison
+        for module in net.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
     rng = np.random.default_rng(0)
     for _ in range(3):
         ids = [rng.integers(4, 100, size=n) for n in (30, 25, 20)]
         labels = rng.integers(0, 3, size=3)
-        for net in nets:  # the hidden dropout of the tiny model is random: switch it off for a comparison
-            for module in net.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
         assert fused.step(ids, labels)[0] == pytest.approx(plain.step(ids, labels)[0], rel=1e-5)
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

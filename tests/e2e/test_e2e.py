@@ -15,6 +15,7 @@ from helical_lib import s3 as layout
 
 pytestmark = pytest.mark.slow
 
+CREATED = ("queued", "running", "success", "failed")  # a run in any of these states exists
 PICKUP_SECONDS = 15  # the promise: an upload starts its run within this long (a little slack below)
 SESSION_STARTED = time.time()  # containers created before this belong to earlier test sessions
 INGEST_DAGS = ("helical_ingest", "helical_ingest_twin")  # the twin races the real one (tests/e2e/stack.py)
@@ -59,15 +60,16 @@ def test_trigger_form_is_validated_by_the_server(stack):
     assert stack.get("/api/v2/dags/helical_finetune/dagRuns")["total_entries"] == 0
 
 
+def task_instances(stack, dag_id: str) -> list[dict]:
+    """Every task instance of every run of the DAG (mapped ones one per map index)."""
+    return [ti for run in stack.get(f"/api/v2/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
+            for ti in stack.get(f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances",
+                                limit=100)["task_instances"]]
+
+
 def ingest_sensors_deferred(stack) -> bool:
     """Both ingest DAGs (helical_ingest and the racing twin) have a sensor waiting in the triggerer."""
-    waiting = set()
-    for dag_id in INGEST_DAGS:
-        for run in stack.get(f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]:
-            tis = stack.get(f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
-            if any(ti["state"] == "deferred" for ti in tis):
-                waiting.add(dag_id)
-    return waiting == set(INGEST_DAGS)
+    return all(any(ti["state"] == "deferred" for ti in task_instances(stack, dag_id)) for dag_id in INGEST_DAGS)
 
 
 def failed_step(stack, run_id: str) -> dict:
@@ -85,6 +87,10 @@ def put(client, key: str, body: bytes) -> str:
     return layout.clean_etag(client.put_object(Bucket="helical", Key=key, Body=body)["ETag"])
 
 
+def get_json(client, key: str) -> dict:
+    return json.loads(client.get_object(Bucket="helical", Key=key)["Body"].read())
+
+
 def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
     """A good upload is fine-tuned; then every kind of bad upload, one too large and one deleted right after
     it was seen arrive with another good one: each bad one fails once with its one-line reason in the task
@@ -99,7 +105,7 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
     good = put(client, "incoming/e2e-cells.h5ad", h5ad.read_bytes())
     uploaded = time.monotonic()
     good_run = layout.ingest_run_id("incoming/e2e-cells.h5ad", good)
-    wait_for_run(stack, "helical_finetune", good_run, 60, states=("queued", "running", "success", "failed"))
+    wait_for_run(stack, "helical_finetune", good_run, 60, states=CREATED)
     pickup = time.monotonic() - uploaded
     print(f"\nupload -> helical_finetune run created: {pickup:.1f} s")
     assert pickup <= PICKUP_SECONDS + 5
@@ -111,7 +117,7 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
     late_good = put(client, "incoming/e2e-late.h5ad", small_h5ad.read_bytes())
     vanishing = put(client, "incoming/vanishing.h5ad", small_h5ad.read_bytes())  # same bytes, own key and run
     vanishing_run = layout.ingest_run_id("incoming/vanishing.h5ad", vanishing)
-    wait_for_run(stack, "helical_finetune", vanishing_run, 120, states=("queued", "running", "success", "failed"))
+    wait_for_run(stack, "helical_finetune", vanishing_run, 120, states=CREATED)
     client.delete_object(Bucket="helical", Key="incoming/vanishing.h5ad")  # seen, then gone before its run reads it
 
     for name, etag in (("e2e-cells.h5ad", good), ("e2e-late.h5ad", late_good)):
@@ -127,9 +133,9 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="helical", Prefix=prefix)["Contents"]}
         assert {prefix + "report.json", prefix + "predict/predictions.csv", prefix + "predict/report.json",
                 prefix + "summary.json"} <= keys
-        report = json.loads(client.get_object(Bucket="helical", Key=prefix + "report.json")["Body"].read())
+        report = get_json(client, prefix + "report.json")
         assert report["status"] == "succeeded" and report["throughput"]["cells_per_second"] > 0
-        summary = json.loads(client.get_object(Bucket="helical", Key=prefix + "summary.json")["Body"].read())
+        summary = get_json(client, prefix + "summary.json")
         assert summary["accuracy"] == report["accuracy"]
         assert client.head_object(Bucket="helical", Key=f"incoming/{name}")["ETag"].strip('"') == etag
         if MODE == "docker":
@@ -144,7 +150,7 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
         assert run["state"] == "failed" and step["try_number"] == 1, (name, step)  # bad input: never retried
         log = task_log(stack, run_id, step["task_id"], 1)
         assert reason in log and f"s3://helical/incoming/{name}" in log, (name, step["task_id"])
-        note = json.loads(client.get_object(Bucket="helical", Key=f"quarantine/{name}.error.json")["Body"].read())
+        note = get_json(client, f"quarantine/{name}.error.json")
         assert reason in note["error"] and "\n" not in note["error"] and note["etag"] == etag, (name, note)
         assert note["moved"] and note["object"] == f"s3://helical/quarantine/{name}"
         moved = client.head_object(Bucket="helical", Key=f"quarantine/{name}")
@@ -156,7 +162,7 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
 
     run = wait_for_run(stack, "helical_finetune", vanishing_run, 900)
     assert run["state"] == "failed"
-    note = json.loads(client.get_object(Bucket="helical", Key="quarantine/vanishing.h5ad.error.json")["Body"].read())
+    note = get_json(client, "quarantine/vanishing.h5ad.error.json")
     assert note["moved"] is False and ("not found" in note["error"] or "does not exist" in note["error"]), note
     step = failed_step(stack, vanishing_run)
     assert step["try_number"] == 1 and "vanishing.h5ad" in task_log(stack, vanishing_run, step["task_id"], 1)
@@ -194,12 +200,8 @@ def test_each_upload_ran_once_though_two_sensors_raced(stack, bad_files):
     ledger = [o["Key"] for o in client.list_objects_v2(Bucket="helical", Prefix="ledger/")["Contents"]]
     assert len(ledger) == len(uploads)
 
-    triggers = {dag_id: [] for dag_id in INGEST_DAGS}
-    for dag_id in INGEST_DAGS:
-        for run in stack.get(f"/api/v2/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]:
-            tis = stack.get(f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances",
-                            limit=100)["task_instances"]
-            triggers[dag_id] += [ti["state"] for ti in tis if ti["task_id"] == "trigger_finetune"]
+    triggers = {dag_id: [ti["state"] for ti in task_instances(stack, dag_id) if ti["task_id"] == "trigger_finetune"]
+                for dag_id in INGEST_DAGS}
     print("\ntrigger_finetune states:", json.dumps(triggers))
     assert all(triggers.values()), "both sensors handed uploads on"
     states = [state for found in triggers.values() for state in found]
@@ -236,7 +238,7 @@ def test_killed_finetune_resumes_from_its_checkpoint_on_retry(stack, small_h5ad)
     assert "exit code 137" in task_log(stack, "e2e-resume", "on_cpu.finetune", 1)
     assert "resuming from checkpoint" in task_log(stack, "e2e-resume", "on_cpu.finetune", 2)
 
-    report = json.loads(client.get_object(Bucket="helical", Key="runs/e2e-resume/report.json")["Body"].read())
+    report = get_json(client, "runs/e2e-resume/report.json")
     cells = report["cells"]
     assert report["resumed_from"] and report["resumed_from"]["step"] > 0, report["resumed_from"]  # not from scratch
     trainable = cells["total"] - cells["validation"] - cells["dropped"]
@@ -261,7 +263,7 @@ def test_same_bytes_are_not_rerun_but_a_new_version_is(stack, h5ad):
     renamed = f"quarantine/not-hdf5.{etag[:12]}.h5ad"
     assert client.get_object(Bucket="helical", Key=renamed)["Body"].read() == b"still,not,hdf5\n"
     assert client.get_object(Bucket="helical", Key="quarantine/not-hdf5.h5ad")["Body"].read() == first_bad
-    note = json.loads(client.get_object(Bucket="helical", Key=f"{renamed}.error.json")["Body"].read())
+    note = get_json(client, f"{renamed}.error.json")
     assert note["etag"] == etag and "is not a readable .h5ad" in note["error"]
     if MODE == "docker":
         docker("rm", *docker_ps(f"label=run_id={run_id}", "status=exited"))

@@ -48,6 +48,7 @@ def runner_run(prometheus, pushgateway, tmp_path_factory):
     # rules reflect it once every rule group has been evaluated after that scrape
     prometheus.wait_series(f'helical_runner_status{{run_id="{RUN_ID}",command="finetune",status="succeeded"}} == 1')
     scraped = datetime.now(timezone.utc)
+
     def evaluated_since_scrape() -> bool:
         groups = prometheus.api("rules")["data"]["groups"]
         return bool(groups) and all(rfc3339(group["lastEvaluation"]) > scraped for group in groups)

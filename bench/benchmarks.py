@@ -152,8 +152,8 @@ def _runner_train(ctx: Context, name: str, data: Path, n: int, prefix: Path) -> 
 
 def bench_throughput(ctx: Context) -> list[Row]:
     n = ctx.params["train_cells"]
-    prefix = ensure_model(ctx, **BENCH_MODEL)  # Geneformer's dropout in config.json; the runner trains with
-    # attention-probability dropout off by default (TrainConfig.attention_dropout), helical in eval mode
+    prefix = ensure_model(ctx, **BENCH_MODEL)  # Geneformer's dropout (0.02) in config.json; both sides train
+    # the encoder without it: helical in eval mode, the runner by its defaults (TrainConfig.*_dropout = 0)
     data = ensure_h5ad(ctx, n, ctx.params["train_genes_per_cell"], seed=1)
     sides = {"ours": ([], []), "helical": ([], []), "tokens": ([], [])}
     for rep in range(ctx.reps):
@@ -169,7 +169,8 @@ def bench_throughput(ctx: Context) -> list[Row]:
     ours, theirs = sides["ours"], sides["helical"]
     ratio = median(ours[0]) / median(theirs[0])
     setting = (f"{n} cells of ~{sides['tokens'][0][0]:.0f} tokens, the same random 6-layer 256-hidden weights, fp32, "
-               f"CPU, 2 threads, batch {BATCH}, all layers trained (helical `freeze_layers=0`). Ours: report.json "
+               f"CPU, 2 threads, batch {BATCH}, all layers trained (helical `freeze_layers=0`), no dropout in the encoder "
+               "(helical's is in eval mode; the runner's default rates are 0). Ours: report.json "
                "train_seconds - data_wait_seconds (first step to last step, one chunk); helical: wall time of "
                "`train()` alone (model load and process_data excluded)")
     gb = lambda values: spread([v / 2**30 for v in values]) + " GiB"  # noqa: E731

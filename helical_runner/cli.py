@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--attention-dropout", type=float,
                           help="dropout on attention probabilities (default 0: keeps SDPA on its fused kernels; "
                                "-1 keeps the model's own rate)")
+    finetune.add_argument("--hidden-dropout", type=float,
+                          help="dropout on the encoder's hidden states (default 0, as helical's train(), which runs "
+                               "the encoder in eval mode; -1 keeps the model's own rate, Geneformer's 0.02)")
     finetune.add_argument("--no-length-bucketing", action="store_true", help="batch cells in random order only")
     finetune.add_argument("--nproc", type=int, help="data-parallel processes (default: the profile's gpus when > 1; "
                                                     "on CPU, gloo processes)")
@@ -111,8 +114,10 @@ def run_command(args, profile, scratch, metrics) -> dict:
         config = merge_config(TrainConfig(), epochs=args.epochs, batch_size=profile.batch_size, lr=args.lr,
                               freeze_layers=args.freeze_layers, val_fraction=args.val_fraction, seed=args.seed,
                               length_bucketing=False if args.no_length_bucketing else None)
-        if args.attention_dropout is not None:  # -1: the model's own rate; merge_config treats None as unset
-            config = replace(config, attention_dropout=None if args.attention_dropout < 0 else args.attention_dropout)
+        for name in ("attention_dropout", "hidden_dropout"):  # -1: the model's own rate (None in TrainConfig,
+            rate = getattr(args, name)  # where merge_config reads None as "not given")
+            if rate is not None:
+                config = merge_config(replace(config, **{name: None if rate < 0 else rate}))  # checks the rate
         return finetune(args.data, args.label_column, args.output, args.model, profile, config,
                         metrics.run_id, scratch.path, metrics)
     from helical_runner.predict import predict

@@ -125,6 +125,8 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         net.freeze_layers(config.freeze_layers)
         if config.attention_dropout is not None:
             net.set_attention_dropout(config.attention_dropout)
+        if config.hidden_dropout is not None:
+            net.set_hidden_dropout(config.hidden_dropout)
         net.to(device)
         trainer = Trainer(net, config, precision, tokenizer.pad_id, estimate_total_steps(dataset.chunk_sizes, config),
                           dist)

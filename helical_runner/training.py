@@ -44,6 +44,10 @@ class TrainConfig:
     # Any non-zero rate sends SDPA to its unfused math path on CPU, which materialises every
     # [batch, heads, seq, seq] score matrix: half the speed and 1.9x the memory for a 0.02 regulariser.
     attention_dropout: float | None = 0.0
+    # Dropout on the encoder's hidden states (embeddings and every sublayer's output); None keeps the model's
+    # own (Geneformer: 0.02). Off by default, as in helical's train(), which runs the backbone in eval mode;
+    # on CPU its masks cost about a tenth of an fp32 step. The head's dropout stays (helical's head has it too).
+    hidden_dropout: float | None = 0.0
     seed: int = 0  # chunk order, batch order, head init, dropout
 
 
@@ -61,7 +65,9 @@ def merge_config(base: TrainConfig, **overrides) -> TrainConfig:
               (0 <= merged.warmup_fraction < 1, "warmup fraction must be in [0, 1)"),
               (merged.freeze_layers >= 0, "freeze layers must be 0 or more"),
               (merged.attention_dropout is None or 0 <= merged.attention_dropout < 1,
-               "attention dropout must be in [0, 1)")]
+               "attention dropout must be in [0, 1)"),
+              (merged.hidden_dropout is None or 0 <= merged.hidden_dropout < 1,
+               "hidden dropout must be in [0, 1)")]
     for ok, message in checks:
         if not ok:
             raise InputError(f"{message} (got {asdict(merged)})")

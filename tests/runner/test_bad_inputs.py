@@ -25,7 +25,9 @@ CASES = {
     "unknown-model": (lambda ok: ok, ["--model", "gf-99L"], "unknown model 'gf-99L'; Geneformer models:"),
     "unknown-profile": (lambda ok: ok, ["--profile", "gpu-1000gb"], "unknown profile 'gpu-1000gb'"),
     "missing-object": (None, [], "does not exist"),
+    "hidden-dropout-out-of-range": (lambda ok: ok, ["--hidden-dropout", "1.5"], "hidden dropout must be in [0, 1)"),
 }
+FLAG_CASES = ("unknown-model", "unknown-profile", "hidden-dropout-out-of-range")  # errors in a flag, not the data
 
 
 def run_main(capfd, args) -> tuple[int, list[str]]:
@@ -46,7 +48,7 @@ def test_bad_input_fails_cleanly_and_keeps_the_input(case, s3, tiny_model, valid
     code, lines = run_main(capfd, args)
     assert code == 65, lines
     assert lines[-1].startswith("helical-runner: error: ") and expected in lines[-1], lines[-1]
-    if case not in ("unknown-model", "unknown-profile"):
+    if case not in FLAG_CASES:
         assert f"s3://{BUCKET}/{key}" in lines[-1]  # names the object
     assert not any("Traceback" in line for line in lines)
     outputs = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{case}/").get("Contents", [])]

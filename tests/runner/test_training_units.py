@@ -123,6 +123,30 @@ def test_attention_dropout_is_off_by_default_and_settable(tiny_model):
         merge_config(TrainConfig(), attention_dropout=1.5)
 
 
+def test_encoder_trains_without_dropout_by_default_as_helical_does(tiny_model):
+    # helical's train() runs the encoder in eval mode; ours trains in train mode with its dropout rates at 0
+    from helical_runner import model as model_io
+
+    torch.manual_seed(0)
+    net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True)
+    ids = torch.randint(2, net.encoder.config.vocab_size, (2, 40))
+
+    def two_passes():
+        with torch.no_grad():
+            return [net.encoder(input_ids=ids).last_hidden_state for _ in range(2)]
+
+    net.train()
+    assert not torch.equal(*two_passes())  # the saved model's own 0.02
+    config = TrainConfig()
+    net.set_attention_dropout(config.attention_dropout)
+    net.set_hidden_dropout(config.hidden_dropout)
+    assert torch.equal(*two_passes())
+    net.set_hidden_dropout(0.1)
+    assert not torch.equal(*two_passes())
+    with pytest.raises(InputError, match="hidden dropout"):
+        merge_config(TrainConfig(), hidden_dropout=1.0)
+
+
 def test_key_padding_mask_gives_the_same_logits_as_transformers_own_mask(tiny_model):
     from helical_runner import model as model_io
     from helical_runner.batching import collate

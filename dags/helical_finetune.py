@@ -54,6 +54,9 @@ PARAMS = {
                           enum=[None, "fp32", "bf16", "fp16"]),
     "batch_size": optional("integer", "Batch size", "Cells per step (overrides the profile)", minimum=1,
                            maximum=4096),
+    "tokens_per_batch": optional("integer", "Tokens per batch", "Instead of a batch size: fill each batch with "
+                                 "similar-length cells up to this many padded tokens (e.g. 16384)", minimum=1,
+                                 maximum=1_048_576),
     "lr": optional("number", "Learning rate", "Peak learning rate (runner default 1e-4)", exclusiveMinimum=0,
                    maximum=1),
     "cells_per_chunk": optional("integer", "Cells per chunk", "Rows per streamed chunk (overrides the profile)",

@@ -3,6 +3,8 @@
 - `is_validation`: a stable hold-out by a hash of the cell id, the same on every epoch, rerun and machine.
 - `make_batches`: every cell exactly once; with length bucketing, cells of similar token length share a
   batch (less padding to multiply), and the batches are then shuffled so lengths don't trend in time.
+  A batch holds `batch_size` cells, or with a token budget as many cells as fit in it once padded: many
+  short cells or a few long ones, so a step's memory and time stay even when lengths vary 10-fold.
 - `collate`: pad a batch and build the key-padding mask SDPA takes from lengths.
 """
 
@@ -20,15 +22,33 @@ def is_validation(cell_ids, fraction: float) -> np.ndarray:
     return np.array([zlib.crc32(str(c).encode()) < threshold for c in cell_ids], dtype=bool)
 
 
-def make_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
-                 bucketed: bool = True) -> list[np.ndarray]:
-    """Index batches covering every cell once, in random order."""
+def make_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucketed: bool = True,
+                 tokens_per_batch: int | None = None) -> list[np.ndarray]:
+    """Index batches covering every cell once, in random order; `tokens_per_batch` replaces `batch_size`."""
     order = rng.permutation(len(lengths))
     if bucketed:
         # stable sort of a random permutation: equal lengths stay randomly ordered
         order = order[np.argsort(lengths[order], kind="stable")]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if tokens_per_batch:
+        batches = _fill_to_budget(order, lengths, tokens_per_batch)
+    else:
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _fill_to_budget(order: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Consecutive runs of `order` whose padded size (cells x longest) stays within `budget` tokens;
+    a cell longer than the budget goes alone."""
+    batches, start, longest = [], 0, 0
+    for i, cell in enumerate(order):
+        grown = max(longest, int(lengths[cell]))
+        if i > start and (i - start + 1) * grown > budget:
+            batches.append(order[start:i])
+            start, grown = i, int(lengths[cell])
+        longest = grown
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
 
 
 def padding_efficiency(lengths: np.ndarray, batches: list[np.ndarray]) -> float:

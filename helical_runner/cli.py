@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--epochs", type=int, help="passes over the data (default 1)")
     finetune.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
     finetune.add_argument("--freeze-layers", type=int, help="first N encoder layers kept fixed (default 0)")
+    finetune.add_argument("--tokens-per-batch", type=int,
+                          help="fill each batch with similar-length cells up to this many padded tokens, instead "
+                               "of a fixed number of cells (--batch-size); e.g. 16384")
     finetune.add_argument("--val-fraction", type=float, help="share of cells held out for validation (default 0.1)")
     finetune.add_argument("--seed", type=int, help="random seed (default 0)")
     finetune.add_argument("--attention-dropout", type=float,
@@ -113,6 +116,7 @@ def run_command(args, profile, scratch, metrics) -> dict:
 
         config = merge_config(TrainConfig(), epochs=args.epochs, batch_size=profile.batch_size, lr=args.lr,
                               freeze_layers=args.freeze_layers, val_fraction=args.val_fraction, seed=args.seed,
+                              tokens_per_batch=args.tokens_per_batch,
                               length_bucketing=False if args.no_length_bucketing else None)
         for name in ("attention_dropout", "hidden_dropout"):  # -1: the model's own rate (None in TrainConfig,
             rate = getattr(args, name)  # where merge_config reads None as "not given")

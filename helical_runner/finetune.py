@@ -29,7 +29,7 @@ from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
 from helical_runner.runs import previous_report, versions
 from helical_runner.storage import Location
 from helical_runner.tokenizer import GeneformerTokenizer
-from helical_runner.training import (PreparedChunk, Trainer, TrainConfig, TrainState, estimate_total_steps, fit)
+from helical_runner.training import (PreparedChunk, Trainer, TrainConfig, TrainState, estimate_training_cells, fit)
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         if config.hidden_dropout is not None:
             net.set_hidden_dropout(config.hidden_dropout)
         net.to(device)
-        trainer = Trainer(net, config, precision, tokenizer.pad_id, estimate_total_steps(dataset.chunk_sizes, config),
-                          dist)
+        trainer = Trainer(net, config, precision, tokenizer.pad_id,
+                          estimate_training_cells(dataset.chunk_sizes, config), dist)
         store = checkpoint.CheckpointStore(output, scratch)
         fingerprint = _fingerprint(dataset, files, classes, label_column, config, profile, precision.name)
         state = _resume(store, trainer, fingerprint)

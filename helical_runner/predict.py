@@ -55,7 +55,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
     net, meta = model_io.load(model_dir)
     net.to(device)
     tokenizer = GeneformerTokenizer(model_io.files_of_saved_model(model_dir, meta), meta.input_size)
-    runner = Trainer(net, TrainConfig(), precision, tokenizer.pad_id, total_steps=1)
+    runner = Trainer(net, TrainConfig(), precision, tokenizer.pad_id, total_cells=1)
     dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes)
     try:
         check_vocabulary(dataset, tokenizer, meta.base_model)

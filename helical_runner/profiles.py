@@ -44,7 +44,7 @@ class Profile:
     device: str  # cpu | cuda
     gpus: int  # GPUs per container; >1 means data parallel
     precision: str  # fp32 | bf16 | fp16
-    batch_size: int  # cells per step (per GPU)
+    batch_size: int  # cells per step (with gpus > 1, shared out among the GPUs)
     max_input_size: int  # tokens kept per cell
     cells_per_chunk: int  # rows per streamed chunk
     memory_limit: str  # container cap, Docker syntax

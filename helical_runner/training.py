@@ -3,7 +3,7 @@
 Position in the stream is (epoch, chunks done this epoch); each epoch visits the chunks in an order
 drawn from (seed, epoch), and each chunk's batches from (seed, epoch, chunk), so a resumed run replays
 exactly what an uninterrupted one would have done. The checkpoint holds model, optimizer, scaler and
-scheduler state, the position, the held-out validation cells and torch's RNG state.
+schedule state, the position, the held-out validation cells and torch's RNG state.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     epochs: int = 1  # passes over the training cells
     batch_size: int = 8  # cells per optimisation step
+    tokens_per_batch: int | None = None  # instead: fill each batch with cells up to this many padded tokens
     lr: float = 1e-4  # peak learning rate (AdamW)
     weight_decay: float = 0.01  # AdamW decoupled weight decay
-    warmup_fraction: float = 0.05  # share of all steps with linearly rising LR; then linear decay to 0
+    warmup_fraction: float = 0.05  # share of training cells with linearly rising LR; then linear decay to 0
     grad_clip: float = 1.0  # max global L2 norm of the gradients
     freeze_layers: int = 0  # first N encoder layers kept fixed
     val_fraction: float = 0.1  # share of cells held out (stable hash of the cell id)
@@ -60,6 +61,7 @@ def merge_config(base: TrainConfig, **overrides) -> TrainConfig:
     merged = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     checks = [(merged.epochs >= 1, "epochs must be at least 1"),
               (merged.batch_size >= 1, "batch size must be at least 1"),
+              (merged.tokens_per_batch is None or merged.tokens_per_batch >= 1, "tokens per batch must be at least 1"),
               (merged.lr > 0, "learning rate must be positive"),
               (0 <= merged.val_fraction < 1, "validation fraction must be in [0, 1)"),
               (0 <= merged.warmup_fraction < 1, "warmup fraction must be in [0, 1)"),
@@ -105,22 +107,23 @@ class TrainState:
     resumed_from: dict | None = None
 
 
-def linear_warmup_decay(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    warmup = max(1, int(total_steps * warmup_fraction))
+def linear_warmup_decay(total: int, warmup_fraction: float) -> Callable[[int], float]:
+    """LR factor at position i of `total` (cells, here): rising over the warmup share, then falling to 0."""
+    warmup = max(1, int(total * warmup_fraction))
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        return max(0.0, (total - i) / max(1, total - warmup))
 
     return factor
 
 
 class Trainer:
-    """Optimizer, scheduler and scaler around a model, with one step and one evaluation."""
+    """Optimizer, learning-rate schedule and scaler around a model, with one step and one evaluation."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, precision: Precision, pad_id: int,
-                 total_steps: int, dist: DistContext | None = None):
+                 total_cells: int, dist: DistContext | None = None):
         self.dist = dist or DistContext()
         self.core = model  # the bare model: state dicts and inference never see the DDP wrapper
         self.model = model
@@ -135,8 +138,10 @@ class Trainer:
         # (CPU, 10M parameters), the same update to float rounding. CPU and CUDA both have the kernel.
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                            fused=precision.device.type in ("cpu", "cuda"))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, linear_warmup_decay(total_steps, config.warmup_fraction))
+        # The schedule runs over cells, not steps: with a token budget the number of steps is only known once
+        # every chunk is tokenized, and with a fixed batch size the two are the same schedule.
+        self.schedule = linear_warmup_decay(total_cells, config.warmup_fraction)
+        self.cells_done = 0
         self.scaler = precision.grad_scaler()
 
     @property
@@ -159,13 +164,14 @@ class Trainer:
             logits = self.model(ids, mask, lengths)
         per_cell = F.cross_entropy(logits.float(), target, reduction="none")
         loss = per_cell.mean() * weight
+        self.optimizer.param_groups[0]["lr"] = self.config.lr * self.schedule(self.cells_done + len(input_ids) - 1)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(self.core.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)  # skipped by the scaler when gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        self.cells_done += len(input_ids)
         counted = weight > 0
         loss_sum, hits = self.dist.all_sum([float(per_cell.detach().sum()) if counted else 0.0,
                                             float((logits.argmax(dim=1) == target).sum()) if counted else 0.0])
@@ -188,12 +194,12 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+                "schedule": {"cells_done": self.cells_done}, "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.core.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.cells_done = int(state["schedule"]["cells_done"])
         self.scaler.load_state_dict(state["scaler"])
 
 
@@ -201,8 +207,9 @@ def chunk_order(seed: int, epoch: int, n_chunks: int) -> list[int]:
     return [int(i) for i in np.random.default_rng([seed, epoch]).permutation(n_chunks)]
 
 
-def estimate_total_steps(chunk_sizes: Iterable[int], config: TrainConfig) -> int:
-    per_epoch = sum(math.ceil(n * (1 - config.val_fraction) / config.batch_size) for n in chunk_sizes)
+def estimate_training_cells(chunk_sizes: Iterable[int], config: TrainConfig) -> int:
+    """Cells the schedule spans: all epochs, less the validation share (a hash split, so about that share)."""
+    per_epoch = sum(math.ceil(n * (1 - config.val_fraction)) for n in chunk_sizes)
     return max(1, per_epoch * config.epochs)
 
 
@@ -238,7 +245,8 @@ def _train_chunk(trainer: Trainer, chunk: PreparedChunk, epoch: int, state: Trai
         state.val_ids.extend(chunk.val_ids[:room])
         state.val_labels.extend(int(x) for x in chunk.val_labels[:room])
     rng = np.random.default_rng([config.seed, epoch, chunk.index])
-    batches = make_batches(chunk.train_lengths, config.batch_size, rng, config.length_bucketing)
+    batches = make_batches(chunk.train_lengths, config.batch_size, rng, config.length_bucketing,
+                           config.tokens_per_batch)
     state.real_tokens += int(chunk.train_lengths.sum())
     state.padded_tokens += int(sum(int(chunk.train_lengths[b].max()) * len(b) for b in batches))
     losses, correct = [], 0

@@ -93,7 +93,8 @@ def runner_command(step: str, plan: dict) -> list[str]:
     if step == "finetune":
         return ["finetune", "--data", manifest, "--label-column", plan["label_column"], "--output", plan["run"],
                 *_flags([("--model", plan.get("model")), ("--epochs", plan.get("epochs")),
-                         ("--batch-size", plan.get("batch_size")), ("--lr", plan.get("lr")),
+                         ("--batch-size", plan.get("batch_size")),
+                         ("--tokens-per-batch", plan.get("tokens_per_batch")), ("--lr", plan.get("lr")),
                          ("--precision", plan.get("precision")), *common])]
     if step == "predict":
         return ["predict", "--model", f"{plan['run']}/model", "--data", manifest,

@@ -87,23 +87,23 @@ def test_ingest_shape(dagbag):
 def test_finetune_params_match_runner_flags(dagbag):
     params = dagbag.dags["helical_finetune"].params
     names = set(params.keys())
-    assert {"data", "label_column", "model", "profile", "epochs", "precision", "batch_size", "lr",
-            "cells_per_chunk"} <= names
+    assert {"data", "label_column", "model", "profile", "epochs", "precision", "batch_size", "tokens_per_batch",
+            "lr", "cells_per_chunk"} <= names
     cli = (REPO / "helical_runner" / "cli.py").read_text()
     for name in names - {"etag"}:
         assert f"--{name.replace('_', '-')}" in cli, f"param {name} has no runner flag of that name"
 
 
 GOOD = {"data": "s3://helical/incoming/a.h5ad", "label_column": "cell_type", "model": "gf-12L-38M-i4096",
-        "profile": "cpu-small", "epochs": 2, "precision": "fp16", "batch_size": 8, "lr": 1e-4,
-        "cells_per_chunk": 1000, "etag": None}
+        "profile": "cpu-small", "epochs": 2, "precision": "fp16", "batch_size": 8, "tokens_per_batch": 16384,
+        "lr": 1e-4, "cells_per_chunk": 1000, "etag": None}
 
 
 @pytest.mark.parametrize("name,value", [
     ("data", "http://example.com/a.h5ad"), ("data", "s3://helical/incoming/a.csv"), ("data", "/etc/passwd.h5ad"),
     ("data", "s3://helical/"), ("label_column", ""), ("model", "bert-base; rm -rf /"),
     ("profile", "gpu-1000gb"), ("epochs", 0), ("epochs", "two"), ("precision", "fp8"), ("batch_size", -1),
-    ("lr", 0), ("lr", 5), ("cells_per_chunk", 0),
+    ("tokens_per_batch", 0), ("lr", 0), ("lr", 5), ("cells_per_chunk", 0),
 ])
 def test_params_reject_bad_values(dagbag, name, value):
     from airflow.sdk.definitions.param import ParamValidationError
@@ -117,7 +117,7 @@ def test_params_accept_good_values_and_defaults(dagbag):
     params = dagbag.dags["helical_finetune"].params
     for name, value in GOOD.items():
         assert params.get_param(name).resolve(value) == value
-    for name in ("epochs", "precision", "batch_size", "lr", "cells_per_chunk", "etag"):
+    for name in ("epochs", "precision", "batch_size", "tokens_per_batch", "lr", "cells_per_chunk", "etag"):
         assert params.get_param(name).resolve(None) is None
     assert params.get_param("data").resolve("/data/datasets/atlas.h5ad")
     assert params.get_param("profile").value == "cpu-small"  # the default of config/profiles.yaml

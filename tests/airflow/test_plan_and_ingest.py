@@ -15,8 +15,8 @@ from helical_lib.settings import Settings
 
 SETTINGS = Settings.from_env({"HELICAL_DATA_DIR": "/nonexistent"})
 PARAMS = {"data": "s3://helical/incoming/atlas.h5ad", "label_column": "cell_type", "model": "gf-12L-38M-i4096",
-          "profile": "cpu-small", "epochs": 2, "precision": None, "batch_size": None, "lr": None,
-          "cells_per_chunk": None, "etag": None}
+          "profile": "cpu-small", "epochs": 2, "precision": None, "batch_size": None, "tokens_per_batch": None,
+          "lr": None, "cells_per_chunk": None, "etag": None}
 # Airflow's default [scheduler] allowed_run_id_pattern
 RUN_ID_PATTERN = r"^[A-Za-z0-9_.~:+-]+$"
 

@@ -23,7 +23,8 @@ IDS = {"dag_id": "helical_finetune", "task_id": "on_cpu.chunk", "run_id": "manua
 PLAN = {"data": "s3://helical/incoming/atlas.h5ad", "etag": "abc", "size": 10, "run_id": "run-1",
         "profile": "cpu-small", "queue": "cpu", "chunks": "s3://helical/chunks/atlas-abc",
         "run": "s3://helical/runs/run-1", "label_column": "cell_type", "model": "gf-12L-38M-i4096",
-        "epochs": None, "precision": None, "batch_size": None, "lr": None, "cells_per_chunk": None}
+        "epochs": None, "precision": None, "batch_size": None, "tokens_per_batch": None, "lr": None,
+        "cells_per_chunk": None}
 
 
 def kwargs_for(profile_name: str, settings: Settings = SETTINGS) -> dict:
@@ -100,10 +101,12 @@ def test_runner_commands_use_the_runner_flags():
         "predict", "--model", "s3://helical/runs/run-1/model", "--data",
         "s3://helical/chunks/atlas-abc/manifest.json", "--output", "s3://helical/runs/run-1/predict",
         "--profile", "cpu-small", "--run-id", "run-1"]
-    tuned = {**PLAN, "epochs": 3, "precision": "fp16", "batch_size": 32, "lr": 0.001, "cells_per_chunk": 500}
+    tuned = {**PLAN, "epochs": 3, "precision": "fp16", "batch_size": 32, "tokens_per_batch": 16384, "lr": 0.001,
+             "cells_per_chunk": 500}
     assert runner_command("chunk", tuned)[5:7] == ["--cells-per-chunk", "500"]
     finetune = runner_command("finetune", tuned)
-    for flag, value in [("--epochs", "3"), ("--precision", "fp16"), ("--batch-size", "32"), ("--lr", "0.001")]:
+    for flag, value in [("--epochs", "3"), ("--precision", "fp16"), ("--batch-size", "32"),
+                        ("--tokens-per-batch", "16384"), ("--lr", "0.001")]:
         assert finetune[finetune.index(flag) + 1] == value
     with pytest.raises(ValueError):
         runner_command("train", PLAN)

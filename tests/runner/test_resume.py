@@ -17,27 +17,32 @@ from helical_runner.synthetic import make_h5ad
 pytestmark = pytest.mark.slow
 
 
-def finetune_args(data: str, output: str) -> list[str]:
+def finetune_args(data: str, output: str, *batching: str) -> list[str]:
     return ["finetune", "--data", data, "--label-column", "cell_type", "--output", output, "--precision", "fp32",
-            "--batch-size", "16", "--lr", "1e-3", "--epochs", "2", "--cells-per-chunk", "150"]
+            "--batch-size", "16", "--lr", "1e-3", "--epochs", "2", "--cells-per-chunk", "150", *batching]
 
 
 def report(s3, prefix: str) -> dict:
     return json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/report.json")["Body"].read())
 
 
-def test_killed_finetune_resumes_from_its_checkpoint(s3, tiny_model, tmp_path):
+# a token budget gives batches of varying size (these cells have about 140 tokens, give or take a few)
+@pytest.mark.parametrize("batching", [[], ["--tokens-per-batch", "4000"]], ids=["16-cells", "4000-tokens"])
+def test_killed_finetune_resumes_from_its_checkpoint(s3, tiny_model, tmp_path, batching):
     data = make_h5ad(tmp_path / "cells.h5ad", n_cells=900, n_genes=1000, n_types=3, genes_per_cell=120, seed=3)
-    s3.upload_file(str(data), BUCKET, "incoming/resume.h5ad")
-    source = f"s3://{BUCKET}/incoming/resume.h5ad"
+    name = "-".join(["resume", *batching[1:]])
+    s3.upload_file(str(data), BUCKET, f"incoming/{name}.h5ad")
+    source = f"s3://{BUCKET}/incoming/{name}.h5ad"
+    args = lambda run: finetune_args(source, f"s3://{BUCKET}/runs/{name}-{run}", *batching)  # noqa: E731
 
-    straight = run_cli(*finetune_args(source, f"s3://{BUCKET}/runs/straight"))
+    straight = run_cli(*args("straight"))
     assert straight.returncode == 0, straight.stderr
 
-    child = subprocess.Popen([sys.executable, "-m", "helical_runner", *finetune_args(source, f"s3://{BUCKET}/runs/killed")],
+    child = subprocess.Popen([sys.executable, "-m", "helical_runner", *args("killed")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
-        wait_for(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/killed/checkpoint.pt").get("KeyCount", 0),
+        checkpoint = f"runs/{name}-killed/checkpoint.pt"
+        wait_for(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix=checkpoint).get("KeyCount", 0),
                  timeout=300, interval=0.1)
         child.send_signal(signal.SIGKILL)  # no chance to clean up, as with an OOM kill or a lost node
         child.wait(timeout=30)
@@ -45,18 +50,20 @@ def test_killed_finetune_resumes_from_its_checkpoint(s3, tiny_model, tmp_path):
         if child.poll() is None:
             child.kill()
     assert child.returncode == -signal.SIGKILL
-    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/killed/report.json").get("KeyCount", 0) == 0
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{name}-killed/report.json").get("KeyCount", 0) == 0
 
-    resumed = run_cli(*finetune_args(source, f"s3://{BUCKET}/runs/killed"))
+    resumed = run_cli(*args("killed"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from checkpoint" in resumed.stderr
 
-    a, b = report(s3, "runs/straight"), report(s3, "runs/killed")
+    a, b = report(s3, f"runs/{name}-straight"), report(s3, f"runs/{name}-killed")
     assert b["resumed_from"] is not None and b["resumed_from"]["step"] > 0
     assert b["steps"] == a["steps"]
     assert b["cells"] == a["cells"]  # every cell counted once per epoch, none twice
     assert b["losses"] == pytest.approx(a["losses"], rel=1e-4)
     assert b["accuracy"] == pytest.approx(a["accuracy"], abs=1e-6)
+    if batching:  # the budget, not --batch-size, made the batches: about 28 cells each, not 16
+        assert a["steps"] < a["cells"]["trained_total"] / 16 and a["config"]["tokens_per_batch"] == 4000
 
 
 def test_rerun_of_a_finished_finetune_does_nothing(s3, tiny_model, cells_h5ad):

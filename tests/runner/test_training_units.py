@@ -43,6 +43,21 @@ def test_length_bucketing_cuts_padding():
     assert bucketed >= 0.9 > plain
 
 
+def test_token_budget_batches_many_short_cells_or_few_long_ones():
+    lengths = np.random.default_rng(0).integers(200, 4096, size=2000)
+    lengths[7] = 9000  # longer than the budget: a batch of its own
+    batches = make_batches(lengths, 12, np.random.default_rng(1), tokens_per_batch=16384)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(2000))
+    padded = [len(b) * lengths[b].max() for b in batches]
+    assert all(p <= 16384 for p, b in zip(padded, batches) if len(b) > 1)
+    assert [b.tolist() for b in batches if 7 in b] == [[7]]
+    sizes = {int(lengths[b].max()) // 1000: len(b) for b in batches}
+    assert sizes[0] >= 16 > 12 > sizes[3] >= 4  # short cells share big batches, long ones small
+    assert padding_efficiency(lengths, batches) >= 0.9
+    maxima = [lengths[b].max() for b in batches]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+
+
 def test_validation_split_is_stable_and_near_its_fraction():
     ids = [f"cell-{i}" for i in range(5000)]
     first, second = is_validation(ids, 0.1), is_validation(list(reversed(ids)), 0.1)
@@ -54,6 +69,24 @@ def test_warmup_then_linear_decay():
     factor = linear_warmup_decay(100, 0.1)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.5) and factor(100) == 0.0 and factor(150) == 0.0
+
+
+def test_learning_rate_follows_cells_trained_whatever_the_batch_sizes(tiny_model):
+    from helical_runner import model as model_io
+    from helical_runner.precision import Precision
+    from helical_runner.training import Trainer
+
+    net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True)
+    trainer = Trainer(net, TrainConfig(lr=1e-3, warmup_fraction=0.2), Precision("fp32", torch.device("cpu")),
+                      pad_id=0, total_cells=100)
+    rng = np.random.default_rng(0)
+    seen = []
+    for size in (5, 15, 30, 50):  # e.g. token-budget batches of longer and shorter cells
+        trainer.step([rng.integers(4, 100, size=20) for _ in range(size)], rng.integers(0, 3, size=size))
+        seen.append(trainer.lr)
+    # warmup over the first 20 cells, then linear decay towards 0 at cell 100, read at each batch's last cell
+    assert seen == pytest.approx([1e-3 * 5 / 20, 1e-3, 1e-3 * 51 / 80, 1e-3 * 1 / 80])
+    assert trainer.state_dict()["schedule"] == {"cells_done": 100}
 
 
 def test_device_selection_refuses_cuda_without_a_gpu():
@@ -179,11 +212,10 @@ def test_fused_adamw_steps_as_the_per_tensor_one(tiny_model):
         torch.manual_seed(0)
         nets.append(model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True, dropout=0.0))
     cfg = TrainConfig(lr=1e-3, warmup_fraction=0.0)
-    fused = Trainer(nets[0], cfg, Precision("fp32", torch.device("cpu")), pad_id=0, total_steps=10)
-    plain = Trainer(nets[1], cfg, Precision("fp32", torch.device("cpu")), pad_id=0, total_steps=10)
+    fused = Trainer(nets[0], cfg, Precision("fp32", torch.device("cpu")), pad_id=0, total_cells=30)
+    plain = Trainer(nets[1], cfg, Precision("fp32", torch.device("cpu")), pad_id=0, total_cells=30)
     plain.optimizer = torch.optim.AdamW(plain.optimizer.param_groups[0]["params"], lr=1e-3, weight_decay=0.01,
                                         fused=False)
-    plain.scheduler = torch.optim.lr_scheduler.LambdaLR(plain.optimizer, fused.scheduler.lr_lambdas[0])
     assert fused.optimizer.defaults["fused"]
     for net in nets:  # the hidden dropout of the tiny model is random: switch it off for a comparison
         for module in net.modules():

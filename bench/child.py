@@ -128,6 +128,7 @@ def cmd_padding(args) -> dict:
     Token lengths come from the runner's tokenizer (token-for-token helical's) chunk by chunk, as the
     runner reads them; ours batches each chunk's training cells with batching.make_batches exactly as
     training.fit does, helical's takes the same cells in file order and pads each batch to its longest.
+    With --tokens-per-batch, ours is also measured with batches filled to that token budget instead.
     """
     import numpy as np
 
@@ -137,7 +138,7 @@ def cmd_padding(args) -> dict:
     from helical_runner.tokenizer import GeneformerTokenizer
 
     tokenizer = GeneformerTokenizer(locate(args.model, fetch_missing=False), args.max_input_size)
-    ours_real = ours_padded = theirs_padded = 0
+    ours_real = ours_padded = theirs_padded = budget_padded = budget_batches = 0
     file_order = []
     with H5adRows(Path(args.path), args.path) as rows:
         ids = rows.var.index.astype(str).to_numpy()  # the synthetic files' var names are Ensembl ids
@@ -151,13 +152,20 @@ def cmd_padding(args) -> dict:
             batches = make_batches(lengths, args.batch_size, rng, bucketed=True)
             ours_real += int(lengths.sum())
             ours_padded += sum(int(lengths[b].max()) * len(b) for b in batches)
+            if args.tokens_per_batch:
+                rng = np.random.default_rng([args.seed, 0, index])
+                batches = make_batches(lengths, args.batch_size, rng, True, args.tokens_per_batch)
+                budget_padded += sum(int(lengths[b].max()) * len(b) for b in batches)
+                budget_batches += len(batches)
     lengths = np.concatenate(file_order)
     for start in range(0, len(lengths), args.batch_size):
         batch = lengths[start:start + args.batch_size]
         theirs_padded += int(batch.max()) * len(batch)
     return {"cells": int(len(lengths)), "mean_tokens": float(lengths.mean()), "min_tokens": int(lengths.min()),
             "max_tokens": int(lengths.max()), "ours": ours_real / ours_padded,
-            "helical": int(lengths.sum()) / theirs_padded}
+            "helical": int(lengths.sum()) / theirs_padded,
+            **({"ours_budget": ours_real / budget_padded, "cells_per_budget_batch": len(lengths) / budget_batches}
+               if args.tokens_per_batch else {})}
 
 
 def cmd_gpu(args) -> dict:
@@ -247,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cells-per-chunk", type=int, default=2000)
     p.add_argument("--max-input-size", type=int, default=4096)
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--tokens-per-batch", type=int)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("gpu")
     p.add_argument("--batch-size", type=int, default=16)

@@ -16,8 +16,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported only where ranks talk, so `chunk` never loads it (~0.5 GB of memory)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class DistContext:
                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
     def init(self, device: torch.device) -> None:
+        import torch.distributed
+
         if self.enabled and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend, rank=self.rank, world_size=self.world)
@@ -47,16 +51,24 @@ class DistContext:
     def all_sum(self, values: list[float]) -> list[float]:
         if not self.enabled:
             return values
+        import torch.distributed
+
         tensor = torch.tensor(values, dtype=torch.float64)
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
 
     def barrier(self) -> None:
         if self.enabled:
+            import torch.distributed
+
             torch.distributed.barrier()
 
     def shutdown(self) -> None:
-        if self.enabled and torch.distributed.is_initialized():
+        if not self.enabled:
+            return
+        import torch.distributed
+
+        if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

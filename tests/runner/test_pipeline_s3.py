@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -56,6 +59,17 @@ def test_chunk_rerun_on_same_input_is_a_no_op(s3, chunked, uploaded):
     again = run_cli("chunk", "--input", uploaded, "--output", f"s3://{BUCKET}/chunks/cells", "--cells-per-chunk", "300")
     assert again.returncode == 0, again.stderr
     assert s3.head_object(Bucket=BUCKET, Key="chunks/cells/manifest.json")["LastModified"] == before
+
+
+def test_chunk_never_loads_torch(s3, uploaded):
+    # torch alone is ~0.5 GB of resident memory: a chunk container's cap is for data, not for a model library
+    code = ("import sys; from helical_runner.cli import main; "
+            f"code = main(['chunk', '--input', '{uploaded}', '--output', 's3://{BUCKET}/chunks/light']); "
+            "print('torch' in sys.modules); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

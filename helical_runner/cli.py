@@ -118,8 +118,9 @@ def run_command(args, profile, scratch, metrics) -> dict:
                               freeze_layers=args.freeze_layers, val_fraction=args.val_fraction, seed=args.seed,
                               tokens_per_batch=args.tokens_per_batch,
                               length_bucketing=False if args.no_length_bucketing else None)
-        for name in ("attention_dropout", "hidden_dropout"):  # -1: the model's own rate (None in TrainConfig,
-            rate = getattr(args, name)  # where merge_config reads None as "not given")
+        # -1 asks for the model's own rate: None in TrainConfig, set here because merge_config skips Nones
+        for name in ("attention_dropout", "hidden_dropout"):
+            rate = getattr(args, name)
             if rate is not None:
                 config = merge_config(replace(config, **{name: None if rate < 0 else rate}))  # checks the rate
         return finetune(args.data, args.label_column, args.output, args.model, profile, config,

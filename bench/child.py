@@ -132,7 +132,7 @@ def cmd_padding(args) -> dict:
     """
     import numpy as np
 
-    from helical_runner.batching import is_validation, make_batches
+    from helical_runner.batching import is_validation, make_batches, padded_tokens
     from helical_runner.h5ad_io import H5adRows
     from helical_runner.model_files import locate
     from helical_runner.tokenizer import GeneformerTokenizer
@@ -151,11 +151,11 @@ def cmd_padding(args) -> dict:
             rng = np.random.default_rng([args.seed, 0, index])  # training.fit's seed for epoch 0
             batches = make_batches(lengths, args.batch_size, rng, bucketed=True)
             ours_real += int(lengths.sum())
-            ours_padded += sum(int(lengths[b].max()) * len(b) for b in batches)
+            ours_padded += padded_tokens(lengths, batches)
             if args.tokens_per_batch:
                 rng = np.random.default_rng([args.seed, 0, index])
                 batches = make_batches(lengths, args.batch_size, rng, True, args.tokens_per_batch)
-                budget_padded += sum(int(lengths[b].max()) * len(b) for b in batches)
+                budget_padded += padded_tokens(lengths, batches)
                 budget_batches += len(batches)
     lengths = np.concatenate(file_order)
     for start in range(0, len(lengths), args.batch_size):

@@ -51,10 +51,15 @@ def _fill_to_budget(order: np.ndarray, lengths: np.ndarray, budget: int) -> list
     return batches
 
 
+def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray]) -> int:
+    """Tokens computed: each batch is padded to its longest cell."""
+    return sum(int(lengths[b].max()) * len(b) for b in batches)
+
+
 def padding_efficiency(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
-    """Real tokens / tokens computed (each batch is padded to its longest cell)."""
+    """Real tokens / tokens computed."""
     real = sum(int(lengths[b].sum()) for b in batches)
-    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    padded = padded_tokens(lengths, batches)
     return real / padded if padded else 1.0
 
 

@@ -84,9 +84,10 @@ class GeneformerClassifier(nn.Module):
 
     def set_hidden_dropout(self, rate: float) -> None:
         """Dropout on the embeddings and on every attention and feed-forward output (BERT's hidden_dropout_prob)."""
-        sublayers = [(layer.attention.output.dropout, layer.output.dropout) for layer in self.encoder.encoder.layer]
-        for dropout in (self.encoder.embeddings.dropout, *(d for pair in sublayers for d in pair)):
-            dropout.p = rate
+        self.encoder.embeddings.dropout.p = rate
+        for layer in self.encoder.encoder.layer:
+            layer.attention.output.dropout.p = rate
+            layer.output.dropout.p = rate
 
     def freeze_layers(self, n: int) -> None:
         """Keep the first n encoder layers fixed (helical's `freeze_layers`)."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from helical_runner.batching import collate, make_batches, padding_efficiency
+from helical_runner.batching import collate, make_batches, padded_tokens, padding_efficiency
 from torch.nn.parallel import DistributedDataParallel
 
 from helical_runner.distributed import DistContext
@@ -248,7 +248,7 @@ def _train_chunk(trainer: Trainer, chunk: PreparedChunk, epoch: int, state: Trai
     batches = make_batches(chunk.train_lengths, config.batch_size, rng, config.length_bucketing,
                            config.tokens_per_batch)
     state.real_tokens += int(chunk.train_lengths.sum())
-    state.padded_tokens += int(sum(int(chunk.train_lengths[b].max()) * len(b) for b in batches))
+    state.padded_tokens += padded_tokens(chunk.train_lengths, batches)
     losses, correct = [], 0
     for batch in batches:
         loss, hits = trainer.step([chunk.train_ids[i] for i in batch], chunk.train_labels[batch])

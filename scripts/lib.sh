@@ -44,28 +44,52 @@ ensure_venv() {
     key=$( (cat "$lock"; "$py" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-12)
     local dir="$CACHE_ROOT/venv-$name-$key"
     if [ ! -f "$dir/.complete" ]; then
-        log "building the $name virtualenv from ${lock#$REPO_ROOT/} (first run on this machine; cached after)"
-        rm -rf "$dir"
-        "$py" -m venv "$dir"
-        "$dir/bin/pip" install -q --upgrade pip 2>&1 | quiet_pip
-        "$dir/bin/pip" install -q -r "$lock" 2>&1 | quiet_pip
-        touch "$dir/.complete"
-        prune_old "$CACHE_ROOT"/venv-"$name"- "$dir"
+        # Two scripts building the same venv at once would delete each other's work: one builds, the
+        # other waits and then finds it complete.
+        exec {lock_fd}>"$CACHE_ROOT/venv-$name.lock"
+        flock "$lock_fd"
+        if [ ! -f "$dir/.complete" ]; then
+            log "building the $name virtualenv from ${lock#$REPO_ROOT/} (first run on this machine; cached after)"
+            rm -rf "$dir"
+            "$py" -m venv "$dir"
+            "$dir/bin/pip" install -q --upgrade pip 2>&1 | quiet_pip
+            "$dir/bin/pip" install -q -r "$lock" 2>&1 | quiet_pip
+            touch "$dir/.complete"
+            prune_old "$CACHE_ROOT"/venv-"$name"- "$dir"
+        fi
+        exec {lock_fd}>&-
     fi
     ln -sfn "$dir" "$REPO_ROOT/.venv-$name"
 }
 
 # The runner venv plus this clone's package, installed editable (cheap) so a cached venv follows
-# whichever clone is running.
+# whichever clone is running. Whether it is installed is asked of the venv itself: isolated (-I) and from
+# another directory, since a plain `python -c 'import helical_runner'` run in the clone imports the package
+# from the current directory and passes on a venv that has never seen the project (issue 11). The console
+# script must exist too: runner steps run it.
+runner_env_installed() {
+    [ -x "$REPO_ROOT/.venv-runner/bin/helical-runner" ] || return 1
+    (cd / && "$REPO_ROOT/.venv-runner/bin/python" -I -c '
+import sys, pathlib, helical_runner
+sys.exit(pathlib.Path(helical_runner.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())' \
+        "$REPO_ROOT") 2>/dev/null
+}
+
 ensure_runner_env() {
     ensure_venv runner "$REPO_ROOT/requirements/runner.lock"
-    if ! "$REPO_ROOT/.venv-runner/bin/python" -c '
-import sys, helical_runner, pathlib
-sys.exit(pathlib.Path(helical_runner.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())' \
-        "$REPO_ROOT" 2>/dev/null; then
-        "$REPO_ROOT/.venv-runner/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO_ROOT" 2>&1 \
-            | grep -v -e "is ignored: it is neither" -e BuildBackendWarning >&2 || true
-    fi
+    runner_env_installed && return 0
+    exec {lock_fd}>"$CACHE_ROOT/venv-runner.lock"
+    flock "$lock_fd"
+    log "installing this clone into the runner virtualenv (editable)"
+    "$REPO_ROOT/.venv-runner/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO_ROOT" 2>&1 \
+        | grep -v -e "is ignored: it is neither" -e BuildBackendWarning >&2 || true
+    exec {lock_fd}>&-
+    runner_env_installed || die "the project did not install into $REPO_ROOT/.venv-runner (no helical-runner script)"
+}
+
+# The real clients the stack tests drive it with (AWS CLI, Playwright on Debian's chromium).
+ensure_clients_env() {
+    ensure_venv clients "$REPO_ROOT/requirements/clients.lock"
 }
 
 # ensure_apt PACKAGE...: install the Debian packages that are missing (one apt-get update per machine).

@@ -1,6 +1,6 @@
 """Issue 3's benchmark: how soon an upload starts its runner, beside a default S3KeySensor, and DAG parse time.
 
-Starts the end-to-end test stack (tests/e2e/stack.py: Postgres, redis, moto S3, Airflow's api-server,
+Starts the end-to-end test stack (scripts/local_stack.py: Postgres, redis, moto S3, Airflow's api-server,
 scheduler, dag-processor, triggerer and a Celery worker), with runner steps as local processes (or in
 containers with HELICAL_E2E_MODE=docker and HELICAL_E2E_DOCKER_URL), then uploads N small .h5ad files one
 at a time and measures, for each, upload -> helical_finetune run created and upload -> its first runner
@@ -26,8 +26,8 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests" / "e2e"), str(REPO / "dags")]
-from stack import Stack, wait_for  # noqa: E402
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "dags")]
+from local_stack import Stack, wait_for  # noqa: E402
 
 from helical_lib import s3 as layout  # noqa: E402
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job through Airflow, on this machine, with nothing installed by hand: a private Airflow
-# (Celery; Postgres, redis and moto's S3 on free ports; the stack of tests/e2e/stack.py), a tiny random
+# (Celery; Postgres, redis and moto's S3 on free ports; the stack of scripts/local_stack.py), a tiny random
 # Geneformer and synthetic cells. The .h5ad is uploaded to incoming/, helical_ingest starts helical_finetune,
 # and the run's outputs are copied from the (in-memory) S3 to data/demo/runs/<run_id>/ before the stack stops.
 #
@@ -41,8 +41,8 @@ import json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 repo = Path.cwd()
-sys.path[:0] = [str(repo / "tests" / "e2e"), str(repo / "dags")]
-from stack import Stack, wait_for  # noqa: E402
+sys.path[:0] = [str(repo / "scripts"), str(repo / "dags")]
+from local_stack import Stack, wait_for  # noqa: E402
 from helical_lib import s3 as layout  # noqa: E402
 
 mode, cells = os.environ["HELICAL_DEMO_MODE"], os.environ.get("HELICAL_DEMO_CELLS", "2000")

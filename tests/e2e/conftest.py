@@ -1,4 +1,4 @@
-"""End-to-end fixtures: the stack (tests/e2e/stack.py), a tiny Geneformer and synthetic cells on the data
+"""End-to-end fixtures: the stack (scripts/local_stack.py), a tiny Geneformer and synthetic cells on the data
 folder, and the bucket. HELICAL_E2E_MODE says how runner steps run: docker (the default: through the
 socket proxy at HELICAL_E2E_DOCKER_URL, with the runner image) or local (the runner venv's CLI)."""
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stack import REPO, Stack  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from local_stack import REPO, Stack  # noqa: E402
 
 sys.path.insert(0, str(REPO / "dags"))
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 CREATED = ("queued", "running", "success", "failed")  # a run in any of these states exists
 PICKUP_SECONDS = 15  # the promise: an upload starts its run within this long (a little slack below)
 SESSION_STARTED = time.time()  # containers created before this belong to earlier test sessions
-INGEST_DAGS = ("helical_ingest", "helical_ingest_twin")  # the twin races the real one (tests/e2e/stack.py)
+INGEST_DAGS = ("helical_ingest", "helical_ingest_twin")  # the twin races the real one (scripts/local_stack.py)
 
 
 def docker(*args: str) -> str:
@@ -44,7 +44,7 @@ def test_dags_are_unpaused_and_parse(stack):
         dags = {d["dag_id"]: d for d in stack.get("/api/v2/dags")["dags"]}
         return dags if {"helical_finetune", "helical_ingest"} <= set(dags) else None
 
-    from stack import wait_for
+    from local_stack import wait_for
 
     dags = wait_for(ready, 180, "both DAGs in the API", interval=2)
     assert not dags["helical_finetune"]["is_paused"] and not dags["helical_ingest"]["is_paused"]
@@ -96,7 +96,7 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
     it was seen arrive with another good one: each bad one fails once with its one-line reason in the task
     log and is moved to quarantine/ beside <name>.error.json, and the good one is processed regardless."""
     from conftest import INPUT_CAP_BYTES
-    from stack import wait_for
+    from local_stack import wait_for
 
     client = stack.s3()
     # the sensors must be waiting (deferred) before the upload, so the pickup time is fair
@@ -213,7 +213,7 @@ def test_each_upload_ran_once_though_two_sensors_raced(stack, bad_files):
 def test_killed_finetune_resumes_from_its_checkpoint_on_retry(stack, small_h5ad):
     """SIGKILL the finetune container once its first checkpoint is written: Airflow's retry starts a new
     container that resumes from that checkpoint, and the report counts every training cell once per epoch."""
-    from stack import wait_for
+    from local_stack import wait_for
 
     client = stack.s3()
     client.put_object(Bucket="helical", Key="datasets/resume.h5ad", Body=small_h5ad.read_bytes())

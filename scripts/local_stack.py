@@ -1,4 +1,5 @@
-"""A whole Airflow stack on this machine for the end-to-end tests, from the Airflow venv and Debian packages:
+"""A whole Airflow stack on this machine as venv processes (used by `make demo`, the end-to-end tests and
+the Airflow benchmark), from the Airflow venv and Debian packages:
 Postgres 15 (private cluster), redis, moto's S3 server, and Airflow's api-server, scheduler, dag-processor,
 triggerer and a Celery worker for queue cpu. Every server gets a free high port and logs to the work dir.
 The Docker engine, socket proxy and runner image come from scripts/ (see scripts/suite-e2e.sh)."""
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 

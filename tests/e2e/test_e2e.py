@@ -7,10 +7,12 @@ import os
 import subprocess
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from conftest import MODE, wait_for_run
+from airflow_demo import failure_report
 from helical_lib import s3 as layout
 
 pytestmark = pytest.mark.slow
@@ -150,6 +152,12 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
         assert run["state"] == "failed" and step["try_number"] == 1, (name, step)  # bad input: never retried
         log = task_log(stack, run_id, step["task_id"], 1)
         assert reason in log and f"s3://helical/incoming/{name}" in log, (name, step["task_id"])
+        # what `make demo` prints for a failed run: the task, its one-line reason, where the full log is
+        [line] = failure_report(stack, "helical_finetune", run_id)
+        assert line.startswith(f"helical_finetune.{step['task_id']} failed: ") and reason in line.split("\n")[0], line
+        if step["task_id"] != "check_input":
+            assert "failed: helical-runner: error: " in line, line
+        assert Path(line.split("full log: ")[1]).is_file(), line
         note = get_json(client, f"quarantine/{name}.error.json")
         assert reason in note["error"] and "\n" not in note["error"] and note["etag"] == etag, (name, note)
         assert note["moved"] and note["object"] == f"s3://helical/quarantine/{name}"

@@ -81,10 +81,11 @@ ensure_runner_env() {
     exec {lock_fd}>"$CACHE_ROOT/venv-runner.lock"
     flock "$lock_fd"
     log "installing this clone into the runner virtualenv (editable)"
-    "$REPO_ROOT/.venv-runner/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO_ROOT" 2>&1 \
-        | grep -v -e "is ignored: it is neither" -e BuildBackendWarning >&2 || true
+    local output
+    output=$("$REPO_ROOT/.venv-runner/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO_ROOT" 2>&1) || true
     exec {lock_fd}>&-
-    runner_env_installed || die "the project did not install into $REPO_ROOT/.venv-runner (no helical-runner script)"
+    runner_env_installed || { printf '%s\n' "$output" >&2;
+        die "the project did not install into $REPO_ROOT/.venv-runner (no helical-runner script; pip's output above)"; }
 }
 
 # The real clients the stack tests drive it with (AWS CLI, Playwright on Debian's chromium).

@@ -171,9 +171,9 @@ def main() -> int:
             target = out / obj["Key"].removeprefix(f"runs/{run_id}/")
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file("helical", obj["Key"], str(target))
-        where = "runner containers (helical-runner:cpu, through the socket proxy)" if mode == "docker" \
-            else "local processes"
-        say(f"run {state or 'timed out'} ({where}); its outputs are in {out.relative_to(REPO)}/")
+        where = "in helical-runner:cpu containers through the socket proxy" if mode == "docker" \
+            else "as local processes"
+        say(f"run {state or 'timed out'}, runner steps {where}; its outputs are in {out.relative_to(REPO)}/")
         if state == "success":
             if (out / "summary.json").exists():
                 print(json.dumps(json.loads((out / "summary.json").read_text()), indent=1))

@@ -58,14 +58,15 @@ def test_make_demo_succeeds_in_runner_containers_from_an_empty_cache(demo):
     assert result.returncode == 0, f"make demo failed on a fresh clone (log: build/fresh-clone-demo.log):\n{output[-3000:]}"
     assert "building the runner virtualenv" in output and "installing this clone into the runner virtualenv" in output
     assert "runner steps run in helical-runner:cpu containers" in output
-    match = re.search(r"run success \(runner containers[^)]*\); its outputs are in (\S+)/", output)
+    match = re.search(r"run success, runner steps in helical-runner:cpu containers through the socket proxy; "
+                      r"its outputs are in (\S+)/", output)
     assert match, output[-2000:]
     run_dir = clone / match.group(1)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary, "summary.json is empty"
     reports = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("report.json"))
-    assert "finetune/report.json" in reports and "predict/report.json" in reports, reports
-    finetune = json.loads((run_dir / "finetune" / "report.json").read_text())
+    assert "report.json" in reports and "predict/report.json" in reports, reports
+    finetune = json.loads((run_dir / "report.json").read_text())
     assert finetune["status"] == "succeeded"
     # the console script the runner steps need now exists in the clone's own venv
     assert (clone / ".venv-runner" / "bin" / "helical-runner").exists()

@@ -135,6 +135,8 @@ class Stack:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.ports["trigger_logs"]),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            # as in docker-compose-airflow.yaml: a task stuck in a queue fails visibly (after two requeues)
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
             # as in docker-compose-airflow.yaml: the DAG library must import in the triggerer too
             "PYTHONPATH": str(REPO / "dags"),
             "AIRFLOW_CONN_HELICAL_S3": json.dumps({

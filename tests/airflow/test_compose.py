@@ -116,3 +116,19 @@ def test_files_share_one_network():
         networks = load(name).get("networks") or {}
         if networks:
             assert networks.get("helical", {}).get("name") == "${HELICAL_NETWORK:-helical}", name
+
+
+def test_worker_hints_name_real_services_and_a_stuck_task_fails():
+    """check_input's "start a worker" commands name services of the compose file that consume that queue
+    (gpu behind its compose profile), and every Airflow service fails a task stuck in a queue."""
+    from helical_lib.workers import START_WORKER
+
+    services = load("docker-compose-airflow.yaml")["services"]
+    for queue, command in START_WORKER.items():
+        service = command.split(" up -d ")[1].split()[0]
+        assert f"--queues {queue}" in services[service]["command"], (queue, service)
+        for profile in services[service].get("profiles", []):
+            assert f"--profile {profile}" in command
+    for name in ("airflow-scheduler", "airflow-worker", "airflow-worker-gpu"):
+        timeout = services[name]["environment"]["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"]
+        assert timeout == "${AIRFLOW_TASK_QUEUED_TIMEOUT:-3600}", name

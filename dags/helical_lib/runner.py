@@ -1,8 +1,9 @@
 """Runner containers: a resource profile -> DockerOperator arguments, plan -> runner command, and the operator.
 
 Queue routing is the only thing fixed at parse time (Celery routes by the task's `queue`): `chunk` always
-runs on queue cpu (it needs no GPU), and the DAG has one finetune/predict branch per profile queue. Everything else a profile decides (image, memory cap, GPUs) is applied when the task runs,
-from the profile the run asked for, so one DAG serves every profile.
+runs on queue cpu (it needs no GPU), and the DAG has one finetune/predict branch per profile queue.
+Everything else a profile decides (image, memory cap, GPUs) is applied when the task runs, from the profile
+the run asked for, so one DAG serves every profile.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
     }
     if settings.pushgateway_url:
         environment["PUSHGATEWAY_URL"] = settings.pushgateway_url
+    if settings.runner_profiles:  # profiles edited after the image was built: runners read the same file
+        environment["HELICAL_PROFILES"] = settings.runner_profiles
     gpus = int(profile.get("gpus") or 0)
     device_requests = None
     if profile["device"] == "cuda" and gpus > 0:

@@ -17,8 +17,7 @@ ASK_TIMEOUTS = (2.0, 5.0)
 # How to start a worker per queue, as the README and docker-compose-airflow.yaml say.
 START_WORKER = {
     "cpu": "docker compose -f docker-compose-airflow.yaml up -d airflow-worker",
-    "gpu": "docker compose -f docker-compose-airflow.yaml --profile gpu up -d airflow-worker-gpu "
-           "(on a GPU host)",
+    "gpu": "docker compose -f docker-compose-airflow.yaml --profile gpu up -d airflow-worker-gpu",
 }
 
 
@@ -56,4 +55,4 @@ def require_worker(queue: str, profile: str, ask: Callable[[float], set[str] | N
             return
     raise NoWorker(f"no live Celery worker serves queue '{queue}', which profile {profile} runs on (queues "
                    f"served: {', '.join(sorted(live)) or 'none'}): start one with `{start_command(queue)}`, "
-                   f"or pick a profile on a served queue, then trigger the run again")
+                   f"on a host that can run it, or pick a profile on a served queue, then trigger the run again")

@@ -97,7 +97,7 @@ def test_dag_settings_reach_the_workers():
     """Every environment variable the DAG library reads is set for the workers by the compose file."""
     read = set(re.findall(r'env\.get\("([A-Z_]+)"', (REPO / "dags/helical_lib/settings.py").read_text()))
     optional = {"HELICAL_S3_CONN_ID", "HELICAL_RUNNER_S3_ENDPOINT", "HELICAL_RUNNER_EXTRA_HOSTS", "HELICAL_RUNNER_MODE",
-                "HELICAL_RUNNER_BIN"}
+                "HELICAL_RUNNER_BIN", "HELICAL_RUNNER_PROFILES"}
     env = load("docker-compose-airflow.yaml")["services"]["airflow-worker"]["environment"]
     assert read - optional <= set(env), sorted(read - optional - set(env))
 

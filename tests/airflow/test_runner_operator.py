@@ -59,6 +59,13 @@ def test_environment_keeps_secrets_private():
     assert kw["private_environment"] == {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"}
 
 
+def test_runners_can_read_the_deployments_profiles_file():
+    """A profile added to the deployment's file after the image was built is known to runners too."""
+    assert "HELICAL_PROFILES" not in kwargs_for("cpu-small")["environment"]  # the image's own copy
+    settings = Settings.from_env({"HELICAL_DATA_DIR": "/srv/d", "HELICAL_RUNNER_PROFILES": "/data/profiles.yaml"})
+    assert kwargs_for("cpu-small", settings)["environment"]["HELICAL_PROFILES"] == "/data/profiles.yaml"
+
+
 @pytest.mark.parametrize("name,gpus,memory", [("gpu-16gb", 1, "32g"), ("gpu-4x16gb", 4, "128g")])
 def test_gpu_profiles_request_devices(name, gpus, memory):
     kw = kwargs_for(name)

@@ -49,7 +49,7 @@ def parse_seconds(dag_file: Path, home: Path, repeats: int = 5) -> float:
 
 def started_at(stack: Stack, run_id: str) -> datetime | None:
     tis = stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances")["task_instances"]
-    starts = [ti["start_date"] for ti in tis if ti["task_id"].endswith(".chunk") and ti.get("start_date")]
+    starts = [ti["start_date"] for ti in tis if ti["task_id"] == "chunk" and ti.get("start_date")]
     return datetime.fromisoformat(starts[0].replace("Z", "+00:00")) if starts else None
 
 

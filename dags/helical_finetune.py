@@ -2,19 +2,23 @@
 ### Fine-tune Geneformer on an .h5ad and annotate its cells
 
 Trigger from the UI (the form below is validated) or let `helical_ingest` trigger it for every upload to
-`incoming/`. The run checks its input, then runs three `helical-runner` containers through the
-docker-socket-proxy on a Celery queue chosen by the resource profile (`config/profiles.yaml`):
+`incoming/`. The run checks its input (and that a live Celery worker serves its profile's queue: if none
+does, it fails at once saying how to start one), then runs three `helical-runner` containers through the
+docker-socket-proxy:
 
-1. **chunk** the .h5ad into row chunks under `chunks/<dataset>/` (streamed, never loaded whole);
+1. **chunk** the .h5ad into row chunks under `chunks/<dataset>/` (streamed, never loaded whole), always on
+   queue `cpu`: it needs no GPU, so it never holds a GPU worker's slot;
 2. **finetune** a cell-type classifier on the streamed chunks → `runs/<run_id>/` (model, checkpoint,
-   report.json, pictures);
-3. **predict** cell types with the new model → `runs/<run_id>/predict/` (predictions.csv, report.json);
+   report.json, pictures), on the Celery queue of the resource profile (`config/profiles.yaml`);
+3. **predict** cell types with the new model (same queue) → `runs/<run_id>/predict/` (predictions.csv,
+   report.json);
 
 and **publishes** a summary (report URL, accuracy, cells/s) to `runs/<run_id>/summary.json`.
 Containers that fail are kept for debugging (`docker ps -a --filter label=app=helical-runner`); a bad
 input (runner exit code 65, or an upload over the profile's size cap or deleted before its run) fails at
 once instead of being retried, and the upload is moved to `quarantine/<name>` with the one-line reason in
-`quarantine/<name>.error.json`.
+`quarantine/<name>.error.json`. A container the kernel killed at the profile's memory cap also fails at
+once (the log names the next larger profile); other kills are retried and resume from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from pathlib import Path
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, task
 
 from helical_lib import profiles
-from helical_lib.runner import PLAN_TASK, RunnerOperator
+from helical_lib.runner import CPU_QUEUE, PLAN_TASK, RunnerOperator
 
 DEFAULT_PROFILE, PROFILES = profiles.load_all()
-STEPS = ("chunk", "finetune", "predict")
+STEPS = ("finetune", "predict")  # on the profile's queue; chunk runs on CPU_QUEUE for every profile
 GENEFORMER_MODEL = "gf-12L-38M-i4096"
 
 
@@ -87,8 +91,8 @@ with DAG(
 
     @task.branch
     def route(plan: dict) -> str:
-        """Send the runner steps to the Celery queue of the run's profile."""
-        return f"on_{plan['queue']}.chunk"
+        """Send finetune and predict to the Celery queue of the run's profile."""
+        return f"on_{plan['queue']}.finetune"
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def publish_summary(plan: dict) -> dict:
@@ -108,12 +112,13 @@ with DAG(
         return quarantine(plan) if plan else None
 
     plan = check_input()
+    chunk = RunnerOperator(task_id="chunk", step="chunk", queue=CPU_QUEUE, image=PROFILES[DEFAULT_PROFILE]["image"])
     branches = []
     for queue in profiles.queues():
         with TaskGroup(f"on_{queue}") as group:
             steps = [RunnerOperator(task_id=step, step=step, queue=queue,
                                     image=PROFILES[DEFAULT_PROFILE]["image"]) for step in STEPS]
-            steps[0] >> steps[1] >> steps[2]
+            steps[0] >> steps[1]
         branches.append(group)
-    route(plan) >> branches >> publish_summary(plan)
-    branches >> quarantine_bad_input()
+    plan >> chunk >> route(plan) >> branches >> publish_summary(plan)
+    [chunk, *branches] >> quarantine_bad_input()

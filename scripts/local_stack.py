@@ -1,7 +1,8 @@
 """A whole Airflow stack on this machine as venv processes (used by `make demo`, the end-to-end tests and
 the Airflow benchmark), from the Airflow venv and Debian packages:
 Postgres 15 (private cluster), redis, moto's S3 server, and Airflow's api-server, scheduler, dag-processor,
-triggerer and a Celery worker for queue cpu. Every server gets a free high port and logs to the work dir.
+triggerer and a Celery worker for queue cpu (start_worker adds one for another queue). Every server gets a
+free high port and logs to the work dir.
 The Docker engine, socket proxy and runner image come from scripts/ (see scripts/suite-e2e.sh)."""
 
 from __future__ import annotations
@@ -83,6 +84,19 @@ class Stack:
         wait_for(lambda: self.api("GET", "/api/v2/version").status_code == 200, 180, "the api-server")
         return self
 
+    def start_worker(self, queue: str, concurrency: int = 1, timeout: float = 180) -> str:
+        """Start another Celery worker, consuming only `queue` (as docker-compose-airflow.yaml's
+        airflow-worker-gpu does for gpu), and return its node name once it answers a ping over the broker."""
+        node = f"{queue}@{socket.gethostname()}"
+        env = {**self.env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+        self._spawn(f"worker-{queue}", ["airflow", "celery", "worker", "--queues", queue, "--concurrency",
+                                        str(concurrency), "--celery-hostname", node], env)
+        ping = [str(VENV_BIN / "celery"), "--app", "airflow.providers.celery.executors.celery_executor.app",
+                "inspect", "ping", "--timeout", "2", "-d", node]
+        wait_for(lambda: subprocess.run(ping, env=self.env, capture_output=True, timeout=60).returncode == 0,
+                 timeout, f"the Celery worker for queue {queue}", interval=1)
+        return node
+
     def _start_postgres(self) -> None:
         pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
         pgdata = self.work / "pgdata"
@@ -135,6 +149,8 @@ class Stack:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.ports["trigger_logs"]),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            # as in docker-compose-airflow.yaml: a task stuck in a queue fails visibly (after two requeues)
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
             # as in docker-compose-airflow.yaml: the DAG library must import in the triggerer too
             "PYTHONPATH": str(REPO / "dags"),
             "AIRFLOW_CONN_HELICAL_S3": json.dumps({

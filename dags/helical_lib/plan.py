@@ -8,7 +8,7 @@ from pathlib import Path
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from helical_lib import profiles, s3
+from helical_lib import profiles, s3, workers
 from helical_lib.quarantine import move_to_quarantine
 from helical_lib.settings import Settings
 
@@ -21,10 +21,11 @@ class BadInput(AirflowFailException):
 
 
 def checked_plan(params: dict, airflow_run_id: str, settings: Settings | None = None, client=None) -> dict:
-    """make_plan, and on a bad upload its quarantine (the reason beside it) before the task fails."""
+    """make_plan, and on a bad upload its quarantine (the reason beside it) before the task fails; then a
+    live worker must serve the plan's queue (helical_lib.workers: NoWorker, no retries, if none does)."""
     settings = settings or Settings.from_env()
     try:
-        return make_plan(params, airflow_run_id, settings, client)
+        plan = make_plan(params, airflow_run_id, settings, client)
     except BadInput as exc:
         if params.get("etag"):  # an upload helical_ingest saw; a mistyped URL from the form has nothing to keep
             note = move_to_quarantine(client or s3.client(settings.s3_conn_id), settings.bucket, params["data"],
@@ -32,6 +33,8 @@ def checked_plan(params: dict, airflow_run_id: str, settings: Settings | None = 
                                                        "command": "check_input", "run_id": airflow_run_id})
             raise BadInput(f"{exc} (quarantined: {note['object'] or 'nothing left to move'})") from None
         raise
+    workers.require_worker(plan["queue"], plan["profile"])
+    return plan
 
 
 def make_plan(params: dict, airflow_run_id: str, settings: Settings | None = None, client=None) -> dict:

@@ -76,3 +76,23 @@ def parse_size(text: str | int) -> int:
         return int(float(value[: len(value) - len(unit)]) * _UNITS[unit])
     except ValueError:
         raise ProfileError(f"size '{text}' is not a number with an optional k/m/g/t unit") from None
+
+
+def next_larger(name: str, path: Path | None = None) -> dict | None:
+    """The profile to suggest after an out-of-memory kill: the smallest memory_limit above `name`'s, on the
+    same device if one has it (a CPU run is pointed at a larger CPU profile), else on any; None if none."""
+    profiles = load_all(path)[1]
+    cap = parse_size(profiles[name]["memory_limit"])
+    larger = [p for p in profiles.values() if parse_size(p["memory_limit"]) > cap]
+    same_device = [p for p in larger if p["device"] == profiles[name]["device"]]
+    return min(same_device or larger, key=lambda p: (parse_size(p["memory_limit"]), p["name"]), default=None)
+
+
+def for_cpu_step(profile: dict, path: Path | None = None) -> dict:
+    """The profile as a CPU-only step (chunk, on queue cpu) applies it: same memory cap, no GPUs, and for a
+    GPU profile the image of a CPU profile (the default one first), which every cpu worker's host has."""
+    if profile["device"] == "cpu" and not profile.get("gpus"):
+        return profile
+    default, profiles = load_all(path)
+    cpu_images = [p["image"] for p in (profiles[default], *profiles.values()) if p["device"] == "cpu"]
+    return {**profile, "device": "cpu", "gpus": 0, "image": cpu_images[0] if cpu_images else profile["image"]}

@@ -1,8 +1,9 @@
 """Runner containers: a resource profile -> DockerOperator arguments, plan -> runner command, and the operator.
 
-Queue routing is the only thing fixed at parse time (Celery routes by the task's `queue`): the DAG has one
-branch per queue. Everything else a profile decides (image, memory cap, GPUs) is applied when the task runs,
-from the profile the run asked for, so one DAG serves every profile.
+Queue routing is the only thing fixed at parse time (Celery routes by the task's `queue`): `chunk` always
+runs on queue cpu (it needs no GPU), and the DAG has one finetune/predict branch per profile queue.
+Everything else a profile decides (image, memory cap, GPUs) is applied when the task runs, from the profile
+the run asked for, so one DAG serves every profile.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from helical_lib.settings import Settings
 # DATA_MOUNT is read-only in runners, so inputs can't be harmed, but for these two folders:
 WRITABLE_DIRS = ("scratch", "helical")  # the runner's scratch space and helical's model cache
 PLAN_TASK = "check_input"  # the task whose XCom is the run's plan
+CPU_STEPS = ("chunk",)  # runner steps that need no GPU: always on CPU_QUEUE, never holding a GPU worker's slot
+CPU_QUEUE = "cpu"
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
@@ -34,8 +37,9 @@ def container_name(dag_id: str, task_id: str, run_id: str, try_number: int) -> s
 
 
 def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id: str, run_id: str,
-                     try_number: int, s3_env: dict[str, str]) -> dict[str, Any]:
-    """The DockerOperator arguments one runner attempt gets from its profile and the deployment settings."""
+                     try_number: int, s3_env: dict[str, str], data: str = "", etag: str = "") -> dict[str, Any]:
+    """The DockerOperator arguments one runner attempt gets from its profile and the deployment settings;
+    `data` and `etag` (the exact input URL and its ETag) go into the labels, since ids are cleaned."""
     if not settings.data_dir:
         raise AirflowFailException("HELICAL_DATA_DIR is not set: the host data folder mounted at /data")
     environment = {
@@ -48,6 +52,8 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
     }
     if settings.pushgateway_url:
         environment["PUSHGATEWAY_URL"] = settings.pushgateway_url
+    if settings.runner_profiles:  # profiles edited after the image was built: runners read the same file
+        environment["HELICAL_PROFILES"] = settings.runner_profiles
     gpus = int(profile.get("gpus") or 0)
     device_requests = None
     if profile["device"] == "cuda" and gpus > 0:
@@ -64,7 +70,7 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
         "environment": environment,
         "private_environment": {k: v for k, v in s3_env.items() if k in SECRET_ENV},
         "labels": {"app": "helical-runner", "dag_id": dag_id, "task_id": task_id, "run_id": run_id,
-                   "profile": profile["name"]},
+                   "profile": profile["name"], **({"data": data, "etag": etag} if data else {})},
         "container_name": container_name(dag_id, task_id, run_id, try_number),
         "network_mode": settings.network,
         "user": settings.runner_user,
@@ -148,9 +154,12 @@ class RunnerOperator(DockerOperator):
         plan = context["ti"].xcom_pull(task_ids=PLAN_TASK)
         settings = Settings.from_env()
         profile = profiles.get(plan["profile"])
+        if self.step in CPU_STEPS:
+            profile = profiles.for_cpu_step(profile)
+        self._profile = profile
         kwargs = container_kwargs(
             profile, settings, dag_id=self.dag_id, task_id=self.task_id, run_id=plan["run_id"],
-            try_number=context["ti"].try_number,
+            try_number=context["ti"].try_number, data=plan["data"], etag=plan["etag"],
             s3_env=connection_env(settings.s3_conn_id, settings.runner_s3_endpoint))
         self._private_environment = kwargs.pop("private_environment")
         for name, value in kwargs.items():
@@ -168,14 +177,15 @@ class RunnerOperator(DockerOperator):
         try:
             super().execute(context)
         except DockerContainerFailedException as exc:
-            code = None
-            try:
-                code = self.cli.inspect_container(self.container["Id"])["State"]["ExitCode"]
+            state = {}
+            try:  # GET /containers/{id}/json through the proxy; the container is kept (auto_remove never)
+                state = self.cli.inspect_container(self.container["Id"])["State"]
             except Exception:  # noqa: BLE001 - the reason matters more than the code
                 pass
             self.log.error("container %s kept for debugging (docker logs %s; docker rm %s)",
                            self.container_name, self.container_name, self.container_name)
-            raise self._error(code, runner_error(exc.logs) or str(exc)) from None
+            raise step_failure(self.step, self._profile, state.get("ExitCode"), runner_error(exc.logs) or str(exc),
+                               oom_killed=bool(state.get("OOMKilled"))) from None
         self.cli.remove_container(self.container["Id"])
 
     def _run_local(self, settings: Settings) -> None:
@@ -195,7 +205,8 @@ class RunnerOperator(DockerOperator):
             lines = [*lines[-50:], line]
         code = self._process.wait()
         if code != 0:
-            raise self._error(code, runner_error(lines) or f"helical-runner exited with {code}")
+            raise step_failure(self.step, self._profile, code,
+                               runner_error(lines) or f"helical-runner exited with {code}")
 
     def on_kill(self) -> None:
         process = getattr(self, "_process", None)
@@ -204,8 +215,21 @@ class RunnerOperator(DockerOperator):
             return
         super().on_kill()
 
-    def _error(self, code: int | None, reason: str) -> Exception:
-        message = f"{self.step} failed (exit code {code}): {reason}"
-        if code == EXIT_BAD_INPUT:
-            return AirflowFailException(f"{message} [bad input: not retried]")
-        return RuntimeError(message)
+
+def step_failure(step: str, profile: dict, code: int | None, reason: str, oom_killed: bool = False) -> Exception:
+    """The exception a failed runner step raises: AirflowFailException (no retries) for a bad input (exit
+    code 65) or a container the kernel killed at the profile's memory cap (Docker's State.OOMKilled: the
+    same cap would only be killed again), else RuntimeError, which Airflow retries (a retry resumes from
+    the last checkpoint). One line either way."""
+    if oom_killed:
+        larger = profiles.next_larger(profile["name"])
+        advice = (f"rerun with a larger profile: {larger['name']} (memory_limit={larger['memory_limit']})"
+                  if larger else "no profile has a larger cap: raise memory_limit in config/profiles.yaml")
+        return AirflowFailException(
+            f"{step} ran out of memory: the kernel killed the runner container at profile {profile['name']}'s "
+            f"memory cap memory_limit={profile['memory_limit']} (exit code {code}); {advice} "
+            f"[out of memory: not retried]")
+    message = f"{step} failed (exit code {code}): {reason}"
+    if code == EXIT_BAD_INPUT:
+        return AirflowFailException(f"{message} [bad input: not retried]")
+    return RuntimeError(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from pathlib import PurePosixPath
 
 INCOMING = "incoming/"
@@ -26,13 +27,23 @@ def parse_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def safe_id(text: str, limit: int = 120) -> str:
-    """A name usable as an S3 path segment, a container name and an Airflow run id; long names keep a hash."""
-    cleaned = _UNSAFE.sub("-", text).strip("-.") or "x"
-    if len(cleaned) <= limit:
-        return cleaned
-    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return f"{cleaned[: limit - 11]}-{digest}"
+def safe_id(text: str, limit: int = 120, exact: str | None = None) -> str:
+    """A readable name usable as an S3 path segment, a container name and an Airflow run id
+    ([A-Za-z0-9._-], at most `limit` characters), injective in what it stands for.
+
+    `text` unchanged when it is already such a name; otherwise accents are dropped (é -> e), other runs of
+    characters become "-", and a hash of the exact text (or of `exact`, when text alone does not tell the
+    object apart) is appended, so `c v2` and `c++ v2`, or `é-ñ` and `ü-データ`, never share a name."""
+    if exact is None and len(text) <= limit and _is_safe(text):
+        return text
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    cleaned = _UNSAFE.sub("-", ascii_text).strip("-.") or "x"
+    digest = hashlib.sha256((text if exact is None else exact).encode()).hexdigest()[:10]
+    return f"{cleaned[: limit - 11].rstrip('-.') or 'x'}-{digest}"
+
+
+def _is_safe(text: str) -> bool:
+    return bool(text) and _UNSAFE.search(text) is None and text.strip("-.") == text
 
 
 def clean_etag(etag: str | None) -> str:
@@ -40,14 +51,23 @@ def clean_etag(etag: str | None) -> str:
 
 
 def dataset_id(data_url: str, etag: str) -> str:
-    """chunks/<dataset>/: the file's stem plus its content's ETag, so a re-upload never reuses stale chunks."""
-    stem = PurePosixPath(data_url).name.removesuffix(".h5ad")
-    return safe_id(f"{stem}-{clean_etag(etag)[:12]}" if etag else stem, limit=100)
+    """chunks/<dataset>/: the file's stem plus its content's ETag, so a re-upload never reuses stale chunks.
+
+    An upload directly under incoming/ with a clean name keeps `<stem>-<etag[:12]>`; any other location
+    (a folder under incoming/, a /data path, a name that needs cleaning) also gets a hash of the exact
+    URL and ETag, so two objects never share a chunk prefix."""
+    name = PurePosixPath(data_url).name
+    stem, etag = name.removesuffix(".h5ad"), clean_etag(etag)
+    readable = f"{stem}-{etag[:12]}" if etag else stem
+    plain = data_url.startswith("s3://") and parse_url(data_url)[1] == f"{INCOMING}{name}"
+    return safe_id(readable, limit=100, exact=None if plain else f"{data_url}\n{etag}")
 
 
 def ingest_run_id(key: str, etag: str) -> str:
-    """The helical_finetune run id for one uploaded object: deterministic, so a second trigger is a no-op."""
-    return safe_id(f"ingest__{key.removeprefix(INCOMING)}__{clean_etag(etag)}", limit=200)
+    """The helical_finetune run id for one uploaded object: deterministic, so a second trigger is a no-op,
+    and injective in the exact key and ETag (safe_id), so no upload is skipped for looking like another."""
+    exact = None if key.startswith(INCOMING) else f"{key}\n{etag}"  # incoming/ is the one prefix dropped
+    return safe_id(f"ingest__{key.removeprefix(INCOMING)}__{clean_etag(etag)}", limit=200, exact=exact)
 
 
 def ledger_key(key: str, etag: str) -> str:

@@ -25,6 +25,7 @@ class Settings:
     extra_hosts: str  # "name:ip,name:ip" added to runner containers' /etc/hosts; "" = none
     runner_mode: str  # docker (containers through the proxy) | local (the same CLI as a worker subprocess)
     runner_bin: str  # the helical-runner executable for local mode
+    runner_profiles: str  # profiles file as runners see it (a /data path): ""= the copy baked into the image
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None) -> "Settings":
@@ -41,4 +42,5 @@ class Settings:
             extra_hosts=env.get("HELICAL_RUNNER_EXTRA_HOSTS", ""),
             runner_mode=env.get("HELICAL_RUNNER_MODE", "docker"),
             runner_bin=env.get("HELICAL_RUNNER_BIN", "helical-runner"),
+            runner_profiles=env.get("HELICAL_RUNNER_PROFILES", ""),
         )

@@ -97,7 +97,7 @@ def test_dag_settings_reach_the_workers():
     """Every environment variable the DAG library reads is set for the workers by the compose file."""
     read = set(re.findall(r'env\.get\("([A-Z_]+)"', (REPO / "dags/helical_lib/settings.py").read_text()))
     optional = {"HELICAL_S3_CONN_ID", "HELICAL_RUNNER_S3_ENDPOINT", "HELICAL_RUNNER_EXTRA_HOSTS", "HELICAL_RUNNER_MODE",
-                "HELICAL_RUNNER_BIN"}
+                "HELICAL_RUNNER_BIN", "HELICAL_RUNNER_PROFILES"}
     env = load("docker-compose-airflow.yaml")["services"]["airflow-worker"]["environment"]
     assert read - optional <= set(env), sorted(read - optional - set(env))
 
@@ -116,3 +116,19 @@ def test_files_share_one_network():
         networks = load(name).get("networks") or {}
         if networks:
             assert networks.get("helical", {}).get("name") == "${HELICAL_NETWORK:-helical}", name
+
+
+def test_worker_hints_name_real_services_and_a_stuck_task_fails():
+    """check_input's "start a worker" commands name services of the compose file that consume that queue
+    (gpu behind its compose profile), and every Airflow service fails a task stuck in a queue."""
+    from helical_lib.workers import START_WORKER
+
+    services = load("docker-compose-airflow.yaml")["services"]
+    for queue, command in START_WORKER.items():
+        service = command.split(" up -d ")[1].split()[0]
+        assert f"--queues {queue}" in services[service]["command"], (queue, service)
+        for profile in services[service].get("profiles", []):
+            assert f"--profile {profile}" in command
+    for name in ("airflow-scheduler", "airflow-worker", "airflow-worker-gpu"):
+        timeout = services[name]["environment"]["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"]
+        assert timeout == "${AIRFLOW_TASK_QUEUED_TIMEOUT:-3600}", name

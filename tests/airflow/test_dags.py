@@ -56,19 +56,23 @@ def test_dag_conventions(dagbag, dag_id):
 
 
 def test_finetune_shape(dagbag):
+    """chunk needs no GPU: one task on queue cpu for every profile; finetune and predict branch per queue."""
     dag = dagbag.dags["helical_finetune"]
     queues = {"cpu", "gpu"}
-    expected = {"check_input", "route", "publish_summary", "quarantine_bad_input"} | {
-        f"on_{q}.{step}" for q in queues for step in ("chunk", "finetune", "predict")}
+    expected = {"check_input", "chunk", "route", "publish_summary", "quarantine_bad_input"} | {
+        f"on_{q}.{step}" for q in queues for step in ("finetune", "predict")}
     assert set(dag.task_ids) == expected
+    chunk = dag.get_task("chunk")
+    assert chunk.queue == "cpu" and chunk.mount_tmp_dir is False and chunk.auto_remove == "never"
+    assert chunk.upstream_task_ids == {"check_input"}
+    assert chunk.downstream_task_ids == {"route", "quarantine_bad_input"}
     for queue in queues:
-        chunk, finetune, predict = (dag.get_task(f"on_{queue}.{s}") for s in ("chunk", "finetune", "predict"))
-        assert {t.queue for t in (chunk, finetune, predict)} == {queue}
-        assert chunk.downstream_task_ids == {finetune.task_id}
+        finetune, predict = (dag.get_task(f"on_{queue}.{s}") for s in ("finetune", "predict"))
+        assert {t.queue for t in (finetune, predict)} == {queue}
         assert finetune.downstream_task_ids == {predict.task_id}
         assert predict.downstream_task_ids == {"publish_summary", "quarantine_bad_input"}
-        assert dag.get_task("route").downstream_task_ids >= {chunk.task_id}
-        assert chunk.mount_tmp_dir is False and chunk.auto_remove == "never"
+        assert dag.get_task("route").downstream_task_ids >= {finetune.task_id}
+        assert finetune.auto_remove == "never"
     assert dag.get_task("publish_summary").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("quarantine_bad_input").trigger_rule == "one_failed"
 

@@ -25,7 +25,8 @@ def test_plan_for_an_uploaded_object(moto_s3):
     etag = moto_s3.put_object(Bucket="helical", Key="incoming/atlas.h5ad", Body=b"x" * 100)["ETag"].strip('"')
     plan = make_plan(PARAMS, "manual__2026-11-23T10:00:00+00:00", SETTINGS)
     assert plan["etag"] == etag and plan["size"] == 100
-    assert plan["run_id"] == "manual__2026-11-23T10-00-00-00-00"
+    # ':' and '+' are cleaned away, so a hash of the exact run id keeps the run prefix its own
+    assert re.fullmatch(r"manual__2026-11-23T10-00-00-00-00-[0-9a-f]{10}", plan["run_id"])
     assert plan["run"] == f"s3://helical/runs/{plan['run_id']}"
     assert plan["chunks"] == f"s3://helical/chunks/atlas-{etag[:12]}"
     assert plan["queue"] == "cpu" and plan["profile"] == "cpu-small" and plan["epochs"] == 2
@@ -90,13 +91,68 @@ def test_ledger_reports_each_upload_once(moto_s3):
     assert again["key"] == "incoming/a.h5ad" and again["etag"] != found[0]["etag"]
 
 
-def test_ingest_run_ids_are_deterministic_and_valid():
-    run_id = s3.ingest_run_id("incoming/sub dir/Atlas v2.h5ad", '"d41d8cd98f00b204e9800998ecf8427e"')
-    assert run_id == "ingest__sub-dir-Atlas-v2.h5ad__d41d8cd98f00b204e9800998ecf8427e"
-    assert re.match(RUN_ID_PATTERN, run_id)
-    long = s3.ingest_run_id("incoming/" + "x" * 400 + ".h5ad", "etag")
-    assert len(long) <= 200 and re.match(RUN_ID_PATTERN, long)
-    assert long != s3.ingest_run_id("incoming/" + "x" * 401 + ".h5ad", "etag")
+# Keys users upload (AWS CLI and S3 consoles take any UTF-8): pairs that clean to the same characters, percent
+# signs that are not escapes, composed and decomposed accents, folders, and names that are already clean.
+TRICKY_KEYS = [
+    "incoming/c v2.h5ad", "incoming/c++ v2.h5ad", "incoming/c-v2.h5ad", "incoming/c  v2.h5ad",
+    "incoming/é-ñ.h5ad", "incoming/ü-データ.h5ad", "incoming/e-n.h5ad", "incoming/e\u0301-n\u0303.h5ad",
+    "incoming/a%20b.h5ad", "incoming/a b.h5ad", "incoming/a+b.h5ad", "incoming/a%2Bb.h5ad",
+    "incoming/sub dir/Atlas v2.h5ad", "incoming/sub/dir.h5ad", "incoming/sub-dir.h5ad", "incoming/sub_dir.h5ad",
+    "incoming/-lead.h5ad", "incoming/lead.h5ad", "incoming/" + "x" * 400 + ".h5ad", "incoming/" + "x" * 401 + ".h5ad",
+    "elsewhere/c-v2.h5ad",
+]
+ETAGS = ['"d41d8cd98f00b204e9800998ecf8427e"', '"9b2cf535f27731c974343645a3985328-3"',
+         '"9b2cf535f27731c974343645a3985328-12"']
+
+
+def test_ingest_run_ids_are_injective_readable_and_valid():
+    ids = {(key, etag): s3.ingest_run_id(key, etag) for key in TRICKY_KEYS for etag in ETAGS}
+    assert len(set(ids.values())) == len(ids)  # no upload ever shares a run id with another
+    for (key, etag), run_id in ids.items():
+        assert re.match(RUN_ID_PATTERN, run_id) and len(run_id) <= 200, run_id
+        assert s3.ingest_run_id(key, etag) == run_id  # deterministic: a second trigger is a no-op
+    # already-clean keys keep the ids runs have today; cleaned ones stay readable, plus a hash of the exact key
+    etag = ETAGS[0].strip('"')
+    assert ids["incoming/c-v2.h5ad", ETAGS[0]] == f"ingest__c-v2.h5ad__{etag}"
+    assert ids["incoming/c-v2.h5ad", ETAGS[1]] == "ingest__c-v2.h5ad__9b2cf535f27731c974343645a3985328-3"
+    assert re.fullmatch(rf"ingest__c-v2.h5ad__{etag}-[0-9a-f]{{10}}", ids["incoming/c v2.h5ad", ETAGS[0]])
+    assert re.fullmatch(rf"ingest__c-v2.h5ad__{etag}-[0-9a-f]{{10}}", ids["incoming/c++ v2.h5ad", ETAGS[0]])
+    assert ids["incoming/é-ñ.h5ad", ETAGS[0]].startswith("ingest__e-n.h5ad__")
+    assert ids["incoming/sub dir/Atlas v2.h5ad", ETAGS[0]].startswith(f"ingest__sub-dir-Atlas-v2.h5ad__{etag}-")
+
+
+def test_chunk_and_run_prefixes_are_injective_in_the_exact_key(moto_s3):
+    """Every tricky key uploaded with the same bytes (one as a real multipart upload, ETag "-2"): each
+    gets its own run id, run prefix, chunk prefix and container name, all derived from key + ETag."""
+    from helical_lib.runner import container_name
+
+    keys = [k for k in TRICKY_KEYS if len(k) < 300]
+    for key in keys:
+        moto_s3.put_object(Bucket="helical", Key=key, Body=b"same bytes")
+    upload = moto_s3.create_multipart_upload(Bucket="helical", Key="incoming/big parts.h5ad")
+    parts = [{"PartNumber": n, "ETag": moto_s3.upload_part(
+        Bucket="helical", Key="incoming/big parts.h5ad", UploadId=upload["UploadId"], PartNumber=n,
+        Body=body)["ETag"]} for n, body in ((1, b"p" * 5 * 1024**2), (2, b"q"))]
+    moto_s3.complete_multipart_upload(Bucket="helical", Key="incoming/big parts.h5ad",
+                                      UploadId=upload["UploadId"], MultipartUpload={"Parts": parts})
+    keys.append("incoming/big parts.h5ad")
+    plans = []
+    for key in keys:
+        etag = s3.clean_etag(moto_s3.head_object(Bucket="helical", Key=key)["ETag"])
+        run_id = s3.ingest_run_id(key, etag)
+        plan = make_plan({**PARAMS, "data": f"s3://helical/{key}", "etag": etag}, run_id, SETTINGS)
+        assert plan["run_id"] == run_id and plan["data"] == f"s3://helical/{key}" and plan["etag"] == etag
+        plans.append(plan)
+    assert plans[-1]["etag"].endswith("-2")
+    for field in ("run_id", "run", "chunks"):
+        assert len({p[field] for p in plans}) == len(plans), field
+    names = {container_name("helical_finetune", "chunk", p["run_id"], 1).rsplit("-", 1)[0] for p in plans}
+    assert len(names) == len(plans)
+    for plan in plans:
+        assert re.fullmatch(r"s3://helical/chunks/[A-Za-z0-9._-]+", plan["chunks"]), plan["chunks"]
+    # a clean name directly under incoming/ keeps today's chunk prefix
+    [clean] = [p for p in plans if p["data"] == "s3://helical/incoming/c-v2.h5ad"]
+    assert clean["chunks"] == f"s3://helical/chunks/c-v2-{clean['etag'][:12]}"
 
 
 def test_trigger_fires_on_a_new_upload(moto_s3, monkeypatch):

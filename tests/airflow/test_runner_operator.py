@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from helical_lib import profiles
 from helical_lib.runner import (RunnerOperator, _HardenedClient, container_kwargs, runner_command,
-                                runner_error)
+                                runner_error, step_failure)
 from helical_lib.settings import Settings
 
 SETTINGS = Settings.from_env({"HELICAL_DATA_DIR": "/srv/helical/data", "DOCKER_HOST": "tcp://proxy:2375",
@@ -57,6 +57,13 @@ def test_environment_keeps_secrets_private():
         "PUSHGATEWAY_URL": "http://pgw:9091"}
     # private_environment is neither templated nor shown in the UI's rendered fields
     assert kw["private_environment"] == {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"}
+
+
+def test_runners_can_read_the_deployments_profiles_file():
+    """A profile added to the deployment's file after the image was built is known to runners too."""
+    assert "HELICAL_PROFILES" not in kwargs_for("cpu-small")["environment"]  # the image's own copy
+    settings = Settings.from_env({"HELICAL_DATA_DIR": "/srv/d", "HELICAL_RUNNER_PROFILES": "/data/profiles.yaml"})
+    assert kwargs_for("cpu-small", settings)["environment"]["HELICAL_PROFILES"] == "/data/profiles.yaml"
 
 
 @pytest.mark.parametrize("name,gpus,memory", [("gpu-16gb", 1, "32g"), ("gpu-4x16gb", 4, "128g")])
@@ -132,10 +139,10 @@ def test_hardened_client_drops_capabilities():
 
 class FakeCli:
     def __init__(self, exit_code: int):
-        self.exit_code, self.removed, self.host_configs = exit_code, [], []
+        self.exit_code, self.oom_killed, self.removed, self.host_configs = exit_code, False, [], []
 
     def inspect_container(self, container_id):
-        return {"State": {"ExitCode": self.exit_code}}
+        return {"State": {"ExitCode": self.exit_code, "OOMKilled": self.oom_killed}}
 
     def remove_container(self, container_id, **kwargs):
         self.removed.append(container_id)
@@ -169,6 +176,8 @@ def test_operator_configures_from_plan_and_connection(operator, monkeypatch):
     assert operator._private_environment == {"AWS_ACCESS_KEY_ID": "test-key",
                                              "AWS_SECRET_ACCESS_KEY": "test-secret"}
     assert operator.labels["run_id"] == "run-1" and "-t2-" in operator.container_name
+    # the exact input and ETag, which cleaned run ids and container names only stand for
+    assert operator.labels["data"] == PLAN["data"] and operator.labels["etag"] == PLAN["etag"]
     operator.cli.create_host_config(mem_limit="8g")
     assert operator.fake_cli.host_configs[-1]["cap_drop"] == ["ALL"]
 
@@ -206,7 +215,7 @@ def test_operator_failure_keeps_container_and_retries_unless_bad_input(operator,
 def test_every_profile_queue_has_a_branch(dagbag):
     dag = dagbag.dags["helical_finetune"]
     for name, profile in profiles.load_all()[1].items():
-        assert f"on_{profile['queue']}.chunk" in dag.task_ids, name
+        assert f"on_{profile['queue']}.finetune" in dag.task_ids, name
 
 
 @pytest.mark.parametrize("exit_code", [0, 65, 69])
@@ -228,3 +237,50 @@ def test_local_mode_runs_the_same_cli_as_a_subprocess(operator, monkeypatch, tmp
             operator.execute(operator.context)
     assert (tmp_path / "seen").read_text() == "scratch=/srv/data/scratch key=test-secret\n"
     assert operator.fake_cli.removed == []  # no container involved
+
+
+def test_chunk_of_a_gpu_profile_runs_without_gpus_on_a_cpu_image(operator, monkeypatch):
+    """chunk runs on queue cpu for every profile: a cpu worker's host may have no GPU and no GPU image."""
+    monkeypatch.setattr(RunnerOperator, "dag_id", property(lambda self: "helical_finetune"))
+    operator.context["ti"].xcom_pull = lambda task_ids: {**PLAN, "profile": "gpu-16gb", "queue": "gpu"}
+    operator.configure(operator.context)
+    assert operator.device_requests is None and operator.image == "helical-runner:cpu"
+    assert operator.mem_limit == "32g" and operator.labels["profile"] == "gpu-16gb"
+    finetune = RunnerOperator(task_id="finetune", step="finetune", image="placeholder", queue="gpu")
+    finetune.configure(operator.context)
+    assert finetune.image == "helical-runner:gpu" and finetune.device_requests[0]["Count"] == 1
+
+
+@pytest.mark.parametrize("profile,cap,larger", [
+    ("cpu-small", "8g", "cpu-large (memory_limit=32g)"), ("cpu-large", "32g", "gpu-80gb (memory_limit=96g)"),
+    ("gpu-16gb", "32g", "gpu-80gb (memory_limit=96g)"), ("gpu-4x16gb", "128g", "no profile has a larger cap")])
+def test_out_of_memory_fails_once_naming_the_cap_and_the_next_profile(profile, cap, larger):
+    """A container the kernel killed at its memory cap would be killed again at the same cap: no retries."""
+    error = step_failure("finetune", profiles.get(profile), 137, "Docker container failed", oom_killed=True)
+    assert type(error) is AirflowFailException
+    message = str(error)
+    assert "\n" not in message and "out of memory" in message
+    assert f"profile {profile}'s memory cap memory_limit={cap}" in message and larger in message
+
+
+@pytest.mark.parametrize("code,oom,exception", [
+    (137, True, AirflowFailException),  # the kernel's OOM killer at the cap
+    (137, False, RuntimeError),  # SIGKILL by a person, a worker lost: retried, resumes from the checkpoint
+    (65, False, AirflowFailException), (69, False, RuntimeError), (1, False, RuntimeError)])
+def test_failure_decision(code, oom, exception):
+    error = step_failure("chunk", profiles.get("cpu-small"), code, "helical-runner: error: x", oom_killed=oom)
+    assert type(error) is exception and f"exit code {code}" in str(error)
+
+
+def test_operator_reads_oom_killed_from_the_kept_container(operator, monkeypatch):
+    monkeypatch.setattr(RunnerOperator, "dag_id", property(lambda self: "helical_finetune"))
+    operator.fake_cli.exit_code, operator.fake_cli.oom_killed = 137, True
+
+    def killed(self, context):
+        self.container = {"Id": "c3"}
+        raise DockerContainerFailedException("Docker container failed: {'StatusCode': 137}", logs=[])
+
+    monkeypatch.setattr(DockerOperator, "execute", killed)
+    with pytest.raises(AirflowFailException, match="memory_limit=8g.*cpu-large"):
+        operator.execute(operator.context)
+    assert operator.fake_cli.removed == []  # kept for debugging

@@ -25,6 +25,20 @@ MODE = os.environ.get("HELICAL_E2E_MODE", "docker")
 INPUT_CAP_BYTES = 16 * 1024**2  # cpu-small's max_input_bytes in these tests, so an oversized upload is cheap
 
 
+def e2e_profiles() -> str:
+    """The repo's profiles with a small input cap for cpu-small, plus gpu-test (queue gpu with the CPU image
+    and device, so the gpu queue's routing runs on a machine without a GPU) and tiny-mem (a memory cap the
+    runner cannot start under: a real kernel OOM kill)."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "config" / "profiles.yaml").read_text())
+    small = raw["profiles"]["cpu-small"]
+    small["max_input_bytes"] = f"{INPUT_CAP_BYTES // 1024**2}m"
+    raw["profiles"]["gpu-test"] = {**small, "queue": "gpu"}
+    raw["profiles"]["tiny-mem"] = {**small, "memory_limit": "64m"}
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
 @pytest.fixture(scope="session")
 def work_dir():
     path = Path(tempfile.mkdtemp(prefix="helical-e2e-"))
@@ -56,11 +70,10 @@ def data_dir(work_dir):
 def stack(work_dir, data_dir):
     if MODE == "docker" and not os.environ.get("HELICAL_E2E_DOCKER_URL"):
         pytest.skip("HELICAL_E2E_DOCKER_URL is not set: run through scripts/suite-e2e.sh")
-    profiles = work_dir / "profiles.yaml"  # the repo's, with a small input cap for cpu-small
-    profiles.write_text((REPO / "config" / "profiles.yaml").read_text().replace(
-        "max_input_bytes: 4g", f"max_input_bytes: {INPUT_CAP_BYTES // 1024**2}m"))
+    profiles = data_dir / "profiles.yaml"  # in the data folder, so runner containers read it too (/data)
+    profiles.write_text(e2e_profiles())
     stack = Stack(work=work_dir, data_dir=data_dir, runner_mode=MODE, race_ingest=True,
-                  extra_env={"HELICAL_PROFILES": str(profiles)},
+                  extra_env={"HELICAL_PROFILES": str(profiles), "HELICAL_RUNNER_PROFILES": "/data/profiles.yaml"},
                   docker_url=os.environ.get("HELICAL_E2E_DOCKER_URL", ""))
     try:
         stack.start()

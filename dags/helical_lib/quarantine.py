@@ -48,6 +48,11 @@ def move_to_quarantine(client, bucket: str, data: str, etag: str, reason: dict) 
         return _write_note(client, bucket, target_key(data, etag, quarantined), note)
 
     src_bucket, src_key = s3.parse_url(data)
+    if src_bucket != bucket or not src_key.startswith(s3.INCOMING):
+        # A run triggered from the form on the user's own object (a dataset folder, another bucket): that
+        # object is theirs to keep where it is; only uploads to incoming/ are moved.
+        note.update(object=None, moved=False, note="not an upload to incoming/: the object is left where it is")
+        return _write_note(client, bucket, target_key(src_key, etag, quarantined), note)
     target = target_key(src_key, etag, quarantined)
     copied = quarantined(target) == etag
     if not copied:

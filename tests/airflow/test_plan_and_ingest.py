@@ -206,6 +206,18 @@ def test_bad_upload_is_moved_to_quarantine_beside_its_reason(moto_s3):
     assert moto_s3.get_object(Bucket="helical", Key="quarantine/bad.h5ad")["Body"].read() == b"garbage"
 
 
+def test_a_bad_object_outside_incoming_is_left_where_it_is(moto_s3):
+    """A form-triggered run on the user's own dataset (not an upload) gets the reason, never a move."""
+    etag = moto_s3.put_object(Bucket="helical", Key="datasets/atlas.h5ad", Body=b"garbage")["ETag"].strip('"')
+    runner_said(moto_s3, "chunks/bad-e2/error.json")
+    note = quarantine({**PLAN, "data": "s3://helical/datasets/atlas.h5ad", "etag": etag}, SETTINGS)
+    assert note["moved"] is False and note["object"] is None and "left where it is" in note["note"]
+    assert moto_s3.get_object(Bucket="helical", Key="datasets/atlas.h5ad")["Body"].read() == b"garbage"
+    assert note_of(moto_s3, "quarantine/atlas.h5ad")["source"] == "s3://helical/datasets/atlas.h5ad"
+    assert [o["Key"] for o in moto_s3.list_objects_v2(Bucket="helical", Prefix="quarantine/")["Contents"]] == [
+        "quarantine/atlas.h5ad.error.json"]
+
+
 def test_a_second_bad_upload_of_the_same_name_never_overwrites_the_first(moto_s3):
     first = moto_s3.put_object(Bucket="helical", Key="incoming/bad.h5ad", Body=b"first")["ETag"].strip('"')
     runner_said(moto_s3, "chunks/bad-e2/error.json")

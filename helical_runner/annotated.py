@@ -90,9 +90,10 @@ class AnnotatedWriter:
                             if isinstance(frame[c].dtype, pd.CategoricalDtype)}
         for column in self._categories:  # pandas picks int8 codes for few categories: room for later ones
             group = self._file["obs"][column]
-            codes = group["codes"][...]
+            codes, attrs = group["codes"][...], dict(group["codes"].attrs)
             del group["codes"]
             group.create_dataset("codes", data=codes.astype(np.int32), maxshape=(None,))
+            group["codes"].attrs.update(attrs)  # anndata's encoding-type/-version
         write_elem(self._file, "obsm", {})
         if self.embedding_dim is not None:
             write_elem(self._file["obsm"], EMBEDDING_KEY, np.asarray(embeddings, dtype=np.float32),

@@ -69,8 +69,9 @@ def plot_umap(h5ad: Path, label_column: str, out: Path, max_cells: int = MAX_CEL
         return None
     import umap
 
-    layout = umap.UMAP(n_neighbors=min(15, len(rows) - 1), min_dist=0.5, random_state=seed,
-                       n_jobs=1)  # a seed makes umap-learn single-threaded anyway.fit_transform(values)
+    # a seed makes umap-learn single-threaded anyway; n_jobs=1 says so (and silences its warning)
+    reducer = umap.UMAP(n_neighbors=min(15, len(rows) - 1), min_dist=0.5, random_state=seed, n_jobs=1)
+    layout = reducer.fit_transform(values)
     with h5py.File(h5ad, "r") as f:
         panels = [("predicted", _labels(f["obs"], predicted_column(label_column), rows)),
                   ("true", _labels(f["obs"], label_column, rows))]

@@ -93,13 +93,29 @@ def main() -> None:
     predicted = json.loads((local / "predict" / "report.json").read_text())
     print(f"""
 demo finished: validation accuracy {report['accuracy']:.3f}, {report['throughput']['cells_per_second']:.0f} cells/s,
-prediction accuracy {predicted['accuracy']:.3f} on {predicted['cells']['predicted']} cells.
+prediction accuracy {predicted['accuracy']:.3f} (macro-F1 {predicted['macro_f1']:.3f}) on {predicted['cells']['predicted']} cells.
+{class_table(predicted['class_metrics'])}
 outputs (copied from S3 before the server stopped):
+  report pages {local / 'report.html'}
+               {local / 'predict' / 'report.html'}
   report       {local / 'report.json'}
-  pictures     {local / 'training_curves.png'}
+  pictures     {local / 'training_curves.png'}  ({report['steps']} steps, one point each)
                {local / 'confusion_matrix.png'}
-  predictions  {local / 'predict' / 'predictions.csv'}
+               {local / 'predict' / 'umap.png'}
+  predictions  {local / 'predict' / 'predictions.h5ad'}  (obs + predictions + obsm['X_geneformer'])
+               {local / 'predict' / 'predictions.csv'}
   model        {local / 'model'}""")
+
+
+def class_table(metrics: dict) -> str:
+    """The per-class table of a report's class_metrics, as plain text."""
+    width = max([len("class")] + [len(row["class"]) for row in metrics["per_class"]])
+    lines = [f"  {'class':<{width}}  precision  recall     F1  support"]
+    for row in metrics["per_class"]:
+        lines.append(f"  {row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}"
+                     f"  {row['support']:7d}")
+    lines.append(f"  {'macro-F1':<{width}}  {'':9}  {'':6}  {metrics['macro_f1']:5.3f}  {metrics['cells']:7d}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ docker-socket-proxy:
 1. **chunk** the .h5ad into row chunks under `chunks/<dataset>/` (streamed, never loaded whole), always on
    queue `cpu`: it needs no GPU, so it never holds a GPU worker's slot;
 2. **finetune** a cell-type classifier on the streamed chunks → `runs/<run_id>/` (model, checkpoint,
-   report.json, pictures), on the Celery queue of the resource profile (`config/profiles.yaml`);
-3. **predict** cell types with the new model (same queue) → `runs/<run_id>/predict/` (predictions.csv,
-   report.json);
+   report.json, report.html, pictures), on the Celery queue of the resource profile (`config/profiles.yaml`);
+3. **predict** cell types with the new model (same queue) → `runs/<run_id>/predict/` (predictions.h5ad with
+   the cells' obs, predictions and embeddings; predictions.csv, umap.png, report.json, report.html);
 
-and **publishes** a summary (report URL, accuracy, cells/s) to `runs/<run_id>/summary.json`.
+and **publishes** a summary (report page URLs, accuracy, macro-F1, cells/s) to `runs/<run_id>/summary.json`.
 Containers that fail are kept for debugging (`docker ps -a --filter label=app=helical-runner`); a bad
 input (runner exit code 65, or an upload over the profile's size cap or deleted before its run) fails at
 once instead of being retried, and the upload is moved to `quarantine/<name>` with the one-line reason in
@@ -65,6 +65,9 @@ PARAMS = {
                    maximum=1),
     "cells_per_chunk": optional("integer", "Cells per chunk", "Rows per streamed chunk (overrides the profile)",
                                 minimum=1, maximum=1_000_000),
+    "no_embeddings": Param(False, type="boolean", title="Skip embeddings",
+                           description="Leave the cell embeddings (obsm['X_geneformer'] in predictions.h5ad) "
+                                       "and the UMAP out of the predict step"),
     "etag": optional("string", "ETag", "Set by helical_ingest: the upload this run was triggered for; the run "
                                        "fails if the object has changed since", maxLength=200),
 }
@@ -96,10 +99,11 @@ with DAG(
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def publish_summary(plan: dict) -> dict:
-        """Write runs/<run_id>/summary.json: report URL, accuracy, cells/s."""
+        """Write runs/<run_id>/summary.json: report page URLs, accuracy, macro-F1, cells/s."""
         from helical_lib.plan import summarise
 
         summary = summarise(plan)
+        print(f"run report: {summary['report_html_url']}\nprediction report: {summary['prediction_report_html_url']}")
         print(json.dumps(summary, indent=1))
         return summary
 

@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="annotate cells with a fine-tuned model")
     predict.add_argument("--model", required=True, help="model folder written by finetune (<output>/model)")
     predict.add_argument("--data", required=True, help="chunk manifest.json or .h5ad URL")
-    predict.add_argument("--output", required=True, help="prefix for predictions.csv and report.json")
+    predict.add_argument("--output", required=True,
+                         help="prefix for predictions.csv, predictions.h5ad, umap.png, report.json and report.html")
+    predict.add_argument("--no-embeddings", action="store_true",
+                         help="leave the cell embeddings (obsm['X_geneformer']) and the UMAP out")
     _common_run_flags(predict)
     return parser
 
@@ -127,7 +130,8 @@ def run_command(args, profile, scratch, metrics) -> dict:
                         metrics.run_id, scratch.path, metrics)
     from helical_runner.predict import predict
 
-    return predict(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics)
+    return predict(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics,
+                   embeddings=not args.no_embeddings)
 
 
 def _summary(command: str, result: dict) -> str:

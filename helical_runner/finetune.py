@@ -1,7 +1,7 @@
 """`helical-runner finetune`: stream a dataset, fine-tune a Geneformer classifier, save model and report.
 
 Outputs under the output prefix: model/ (see model.py), checkpoint.pt (after every chunk; a rerun with
-the same output resumes from it), report.json, training_curves.png, confusion_matrix.png.
+the same output resumes from it), report.json, report.html, training_curves.png, confusion_matrix.png.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from helical_runner.metrics import RunMetrics
 from helical_runner.model_files import ModelFiles, locate
 from helical_runner.precision import resolve, select_device
 from helical_runner.profiles import Profile
-from helical_runner.report import REPORT_NAME, confusion_matrix, publish_plots, write_json
+from helical_runner import report_html
+from helical_runner.report import REPORT_NAME, class_metrics, confusion_matrix, publish_plots, write_json
 from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
 from helical_runner.runs import previous_report, versions
 from helical_runner.storage import Location
@@ -32,11 +33,12 @@ from helical_runner.tokenizer import GeneformerTokenizer
 from helical_runner.training import (PreparedChunk, Trainer, TrainConfig, TrainState, estimate_training_cells, fit)
 
 log = logging.getLogger(__name__)
+MISSING_LABELS = ("nan", "None", "")  # label values that mean "unlabelled" (str() of NaN, None, empty)
 
 
 def label_classes(dataset: Dataset, column: str) -> list[str]:
     counts = dataset.label_counts(column)
-    classes = sorted(label for label in counts if label not in ("nan", "None", ""))
+    classes = sorted(label for label in counts if label not in MISSING_LABELS)
     if len(classes) < 2:
         raise InputError(f"{dataset.name}: label column '{column}' has {len(classes)} class(es) "
                          f"({', '.join(classes) or 'none'}); a classifier needs at least 2")
@@ -191,7 +193,8 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         model_io.save(trainer.core, meta, files, Path(tmp))
         for path in sorted(Path(tmp).iterdir()):
             storage.upload(path, output.join("model", path.name))
-    pictures = publish_plots(output, state.history, state.val_history, matrix, classes)
+    steps = {"loss": state.step_losses, "lr": state.step_lrs}
+    pictures = publish_plots(output, steps, state.val_history, matrix, classes)
     allocated, reserved = cuda_memory_bytes()
     report = {
         "status": "succeeded",
@@ -215,6 +218,8 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         "validation": state.val_history,
         "accuracy": state.val_history[-1]["val_accuracy"] if state.val_history else None,
         "confusion_matrix": matrix.tolist(),
+        "class_metrics": class_metrics(labels, predictions, classes),  # on the validation cells
+        "step_history": steps,  # loss and learning rate at every optimisation step
         "throughput": {
             "cells_per_second": state.cells_seen / state.train_seconds if state.train_seconds else None,
             "data_wait_fraction": state.data_wait_seconds / state.train_seconds if state.train_seconds else None,
@@ -227,10 +232,13 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         "resumed_from": state.resumed_from,
         "data_parallel_processes": trainer.dist.world,
         "outputs": {"model": str(output.join("model")), "checkpoint": str(output.join(checkpoint.CHECKPOINT_NAME)),
-                    "pictures": [str(output.join(p)) for p in pictures]},
+                    "pictures": [str(output.join(p)) for p in pictures],
+                    "report_html": str(output.join(report_html.HTML_NAME))},
         "versions": versions(),
     }
-    write_json(output, REPORT_NAME, report)
+    report["macro_f1"] = report["class_metrics"]["macro_f1"]
+    report_html.publish(output, report, pictures)
+    write_json(output, REPORT_NAME, report)  # last: a finished report.json means a finished run
     log.info("fine-tuning done: %d steps, validation accuracy %s, report at %s", state.step,
              f"{report['accuracy']:.3f}" if report["accuracy"] is not None else "n/a", output.join(REPORT_NAME))
     return report

@@ -66,11 +66,19 @@ class GeneformerClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
         """attention_mask: batching.collate's [batch, 1, 1, seq] key-padding mask, or None without padding."""
+        return self.classifier(self.dropout(self.embed(input_ids, attention_mask, lengths)))
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
+        """Cell embeddings [batch, hidden]: the last layer's states mean-pooled over gene tokens, as
+        helical's `get_embeddings` with its defaults (emb_mode="cell", emb_layer=-1) computes them."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.classifier(self.dropout(self.pool(hidden, lengths)))
+        return self.pool(hidden, lengths)
 
     def pool(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Mean over gene tokens: positions [1, length-1) with <cls>/<eos>, else [0, length)."""
+        """Mean over gene tokens: positions [1, length-1) with <cls>/<eos>, else [0, length).
+
+        helical's `_compute_embeddings_depending_on_mode` (geneformer_utils.py) drops position 0 and
+        takes 2 off the length when the token dictionary has <cls> and <eos>, then averages the rest."""
         positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         first, trim = (1, 1) if self.special_token else (0, 0)
         mask = (positions >= first) & (positions < (lengths - trim).unsqueeze(1))

@@ -1,7 +1,9 @@
 """`helical-runner predict`: annotate cells with a fine-tuned model, streamed chunk by chunk.
 
-Writes predictions.csv (cell_id, predicted_label, probability, and the true label when the data has the
-model's label column) and report.json (with accuracy when true labels exist) under the output prefix.
+Writes under the output prefix: predictions.csv (cell_id, predicted_label, probability, and the true label
+when the data has the model's label column); predictions.h5ad (annotated.py: the input's obs, predictions,
+and the cell embeddings unless turned off); umap.png of the embeddings; with true labels, per-class
+metrics in report.json and confusion_matrix.png; report.json and report.html.
 """
 
 from __future__ import annotations
@@ -10,21 +12,25 @@ import csv
 import logging
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from helical_runner import model as model_io, storage
+from helical_runner import model as model_io, report_html, storage
+from helical_runner.annotated import PREDICTIONS_H5AD, AnnotatedWriter
 from helical_runner.dataset import open_dataset, prefetched
-from helical_runner.finetune import check_vocabulary
+from helical_runner.finetune import MISSING_LABELS, check_vocabulary
 from helical_runner.metrics import RunMetrics
 from helical_runner.precision import resolve, select_device
 from helical_runner.profiles import Profile
-from helical_runner.report import REPORT_NAME, write_json
-from helical_runner.resources import peak_rss_bytes
+from helical_runner.report import (CONFUSION_NAME, REPORT_NAME, class_metrics, confusion_matrix, plot_confusion,
+                                   upload_picture, write_json)
+from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
 from helical_runner.runs import versions
 from helical_runner.tokenizer import GeneformerTokenizer
 from helical_runner.training import Trainer, TrainConfig
+from helical_runner.umap_plot import UMAP_NAME, plot_umap
 
 log = logging.getLogger(__name__)
 PREDICTIONS_NAME = "predictions.csv"
@@ -46,7 +52,7 @@ def fetch_model(model_url: str, dest: Path) -> Path:
 
 
 def predict(model_url: str, data_url: str, output_url: str, profile: Profile, run_id: str, scratch: Path,
-            metrics: RunMetrics) -> dict:
+            metrics: RunMetrics, embeddings: bool = True) -> dict:
     started = time.monotonic()
     output = storage.parse(output_url)
     device = select_device(profile.device)
@@ -57,54 +63,138 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
     tokenizer = GeneformerTokenizer(model_io.files_of_saved_model(model_dir, meta), meta.input_size)
     runner = Trainer(net, TrainConfig(), precision, tokenizer.pad_id, total_cells=1)
     dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes)
+    hidden = net.classifier.in_features
     try:
         check_vocabulary(dataset, tokenizer, meta.base_model)
         has_truth = meta.label_column in dataset.obs_value_counts
         metrics.update(chunks_total=dataset.n_chunks, memory_limit_bytes=profile.memory_limit_bytes)
-        n_predicted = n_correct = n_dropped = 0
+        n_predicted = n_dropped = 0
+        scored = ScoredCells(meta.labels)
+        predict_seconds = 0.0
 
         def prepare(i: int):
             chunk = dataset.load(i)
-            tokens = tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index)
-            truth = chunk.obs[meta.label_column].astype(str).to_numpy()[tokens.kept] if has_truth else None
-            return tokens, truth
+            return chunk.obs, tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index)
 
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
             table = Path(tmp) / PREDICTIONS_NAME
+            writer = AnnotatedWriter(Path(tmp) / PREDICTIONS_H5AD, meta.label_column, meta.labels,
+                                     hidden if embeddings else None)
             with open(table, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["cell_id", "predicted_label", "probability"] + (["true_label"] if has_truth else []))
+                rows = csv.writer(handle)
+                rows.writerow(["cell_id", "predicted_label", "probability"] + (["true_label"] if has_truth else []))
                 loaders = [lambda i=i: prepare(i) for i in range(dataset.n_chunks)]
-                for done, (tokens, truth) in enumerate(prefetched(loaders), start=1):
-                    probs = runner.predict(tokens.input_ids, profile.batch_size * 4) if tokens.input_ids else \
-                        np.zeros((0, len(meta.labels)))
+                for done, (obs, tokens) in enumerate(prefetched(loaders), start=1):
+                    began = time.monotonic()
+                    probs, embs = runner.predict(tokens.input_ids, profile.batch_size * 4, embeddings=True) \
+                        if tokens.input_ids else (np.zeros((0, len(meta.labels))), np.zeros((0, hidden)))
+                    predict_seconds += time.monotonic() - began
                     best = probs.argmax(axis=1)
                     predicted = np.asarray(meta.labels)[best]
+                    truth = obs[meta.label_column].astype(str).to_numpy()[tokens.kept] if has_truth else None
                     for row, cell in enumerate(tokens.cell_ids):
-                        writer.writerow([cell, predicted[row], f"{probs[row, best[row]]:.4f}"]
-                                        + ([truth[row]] if has_truth else []))
+                        rows.writerow([cell, predicted[row], f"{probs[row, best[row]]:.4f}"]
+                                      + ([truth[row]] if has_truth else []))
+                    writer.append(obs, *_all_cells(tokens.kept, best, probs, embs if embeddings else None))
+                    if has_truth:
+                        scored.add(truth, best)
                     n_predicted += len(best)
                     n_dropped += tokens.dropped_empty
-                    if has_truth:
-                        n_correct += int((predicted == truth).sum())
                     metrics.update(chunks_done=done, cells=n_predicted)
                     log.info("predicted chunk %d/%d (%d cells so far)", done, dataset.n_chunks, n_predicted)
+            writer.close()
             storage.upload(table, output.join(PREDICTIONS_NAME))
+            storage.upload(writer.path, output.join(PREDICTIONS_H5AD))
+            figures, umap_info = _pictures(writer.path, meta.label_column, scored if has_truth else None,
+                                           Path(tmp), output, embeddings)
     finally:
         dataset.close()
+    class_scores = scored.metrics() if has_truth else None
     report = {
         "status": "succeeded", "command": "predict", "run_id": run_id,
         "inputs": {"model": model_url, "data": {"url": data_url, "etag": dataset.etag, "size": dataset.size,
-                                                  "cells": dataset.n_cells}},
+                                                  "cells": dataset.n_cells, "chunks": dataset.n_chunks}},
         "model": {"base_model": meta.base_model, "labels": meta.labels, "label_column": meta.label_column},
-        "precision": precision.name, "device": str(device),
+        "profile": asdict(profile), "precision": precision.name, "device": str(device),
+        "batch_size": profile.batch_size * 4, "embeddings": embeddings,
         "cells": {"predicted": n_predicted, "dropped": n_dropped},
-        "accuracy": n_correct / n_predicted if has_truth and n_predicted else None,
-        "durations": {"total_seconds": time.monotonic() - started},
-        "peak_memory": {"rss_bytes": peak_rss_bytes()},
-        "outputs": {"predictions": str(output.join(PREDICTIONS_NAME))},
+        "accuracy": class_scores["accuracy"] if class_scores else None,
+        "macro_f1": class_scores["macro_f1"] if class_scores else None,
+        "class_metrics": class_scores,
+        "confusion_matrix": scored.matrix().tolist() if has_truth else None,
+        "confusion_labels": scored.classes if has_truth else None,
+        "cells_per_second": n_predicted / predict_seconds if predict_seconds else None,
+        "umap": umap_info,
+        "durations": {"total_seconds": time.monotonic() - started, "predict_seconds": predict_seconds},
+        "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": cuda_memory_bytes()[0],
+                        "cuda_reserved_bytes": cuda_memory_bytes()[1]},
+        "outputs": {"predictions": str(output.join(PREDICTIONS_NAME)),
+                    "annotated": str(output.join(PREDICTIONS_H5AD)),
+                    "pictures": [str(output.join(name)) for name in figures],
+                    "report_html": str(output.join(report_html.HTML_NAME))},
         "versions": versions(),
     }
+    report_html.publish(output, report, figures)
     write_json(output, REPORT_NAME, report)
-    log.info("predictions for %d cells written to %s", n_predicted, output.join(PREDICTIONS_NAME))
+    log.info("predictions for %d cells written to %s and %s", n_predicted, output.join(PREDICTIONS_NAME),
+             output.join(PREDICTIONS_H5AD))
     return report
+
+
+def _all_cells(kept: np.ndarray, best: np.ndarray, probs: np.ndarray, embs: np.ndarray | None):
+    """Per-cell results over every cell of the chunk: cells without tokens get -1 / NaN."""
+    predicted = np.full(len(kept), -1, dtype=np.int64)
+    predicted[kept] = best
+    confidence = np.full(len(kept), np.nan, dtype=np.float32)
+    confidence[kept] = probs[np.arange(len(best)), best]
+    full = None
+    if embs is not None:
+        full = np.full((len(kept), embs.shape[1]), np.nan, dtype=np.float32)
+        full[kept] = embs
+    return predicted, confidence, full
+
+
+class ScoredCells:
+    """True and predicted classes of the labelled cells, as small integer codes (4 bytes a cell each).
+
+    True labels the model never learnt get codes after the model's classes, so they show in the table."""
+
+    def __init__(self, model_classes: list[str]):
+        self.classes = list(model_classes)
+        self._index = {c: i for i, c in enumerate(self.classes)}
+        self._truth: list[np.ndarray] = []
+        self._predicted: list[np.ndarray] = []
+
+    def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
+        labelled = ~np.isin(truth, MISSING_LABELS)
+        for label in np.unique(truth[labelled]):
+            if label not in self._index:
+                self._index[label] = len(self.classes)
+                self.classes.append(str(label))
+        self._truth.append(np.array([self._index[t] for t in truth[labelled]], dtype=np.int32))
+        self._predicted.append(np.asarray(predicted)[labelled].astype(np.int32))
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        empty = np.zeros(0, dtype=np.int32)
+        return (np.concatenate(self._truth) if self._truth else empty,
+                np.concatenate(self._predicted) if self._predicted else empty)
+
+    def metrics(self) -> dict:
+        return class_metrics(*self._arrays(), self.classes)
+
+    def matrix(self) -> np.ndarray:
+        return confusion_matrix(*self._arrays(), len(self.classes))
+
+
+def _pictures(h5ad: Path, label_column: str, scored: ScoredCells | None, tmp: Path, output,
+              embeddings: bool) -> tuple[dict[str, bytes], dict | None]:
+    """umap.png (with embeddings) and confusion_matrix.png (with true labels), uploaded; {name: PNG}."""
+    figures, umap_info = {}, None
+    if embeddings:
+        umap_info = plot_umap(h5ad, label_column, tmp / UMAP_NAME)
+        if umap_info:
+            figures[UMAP_NAME] = upload_picture(tmp / UMAP_NAME, output)
+    if scored is not None:
+        plot_confusion(scored.matrix(), scored.classes, tmp / CONFUSION_NAME, title="Prediction confusion matrix")
+        figures[CONFUSION_NAME] = upload_picture(tmp / CONFUSION_NAME, output)
+    return figures, umap_info

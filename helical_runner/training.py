@@ -99,6 +99,10 @@ class TrainState:
     train_seconds: float = 0.0
     data_wait_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)  # one entry per chunk
+    # one value per optimisation step (the global batch's mean loss, the LR it was taken with): plain
+    # float lists, a few bytes a step in the checkpoint, for the curves that show every step
+    step_losses: list[float] = field(default_factory=list)
+    step_lrs: list[float] = field(default_factory=list)
     val_history: list[dict] = field(default_factory=list)  # one entry per epoch
     val_ids: list[np.ndarray] = field(default_factory=list)
     val_labels: list[int] = field(default_factory=list)
@@ -178,19 +182,24 @@ class Trainer:
         return loss_sum / len(input_ids), int(hits)
 
     @torch.no_grad()
-    def predict(self, input_ids: list[np.ndarray], batch_size: int) -> np.ndarray:
-        """Class probabilities [cells, classes], batched by length to limit padding."""
+    def predict(self, input_ids: list[np.ndarray], batch_size: int, embeddings: bool = False):
+        """Class probabilities [cells, classes] float32, batched by length to limit padding; with
+        `embeddings`, also the cell embeddings [cells, hidden] float32 the head saw (see model.embed)."""
         self.core.eval()
         lengths = np.array([len(x) for x in input_ids])
         order = np.argsort(lengths, kind="stable")
         probs = np.zeros((len(input_ids), self.core.classifier.out_features), dtype=np.float32)
+        embs = np.zeros((len(input_ids), self.core.classifier.in_features), dtype=np.float32) if embeddings else None
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             ids, mask, lens = collate([input_ids[i] for i in batch], self.pad_id, self.precision.device)
             with self.precision.autocast():
-                logits = self.core(ids, mask, lens)
+                pooled = self.core.embed(ids, mask, lens)
+                logits = self.core.classifier(pooled)  # dropout is the identity in eval mode
             probs[batch] = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        return probs
+            if embs is not None:
+                embs[batch] = pooled.float().cpu().numpy()
+        return (probs, embs) if embeddings else probs
 
     def state_dict(self) -> dict:
         return {"model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -255,6 +264,8 @@ def _train_chunk(trainer: Trainer, chunk: PreparedChunk, epoch: int, state: Trai
         losses.append(loss)
         correct += hits
         state.step += 1
+        state.step_losses.append(float(loss))
+        state.step_lrs.append(trainer.lr)
         state.cells_seen += len(batch)
         progress(step=state.step, cells=state.cells_seen, loss=loss, lr=trainer.lr, epoch=epoch + 1)
     elapsed = time.monotonic() - started

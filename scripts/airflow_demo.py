@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "dags")]
 from local_stack import Stack, wait_for  # noqa: E402
 
+from demo_tables import class_table  # noqa: E402
 from helical_lib import s3 as layout  # noqa: E402
 
 RUNNER_PY = REPO / ".venv-runner" / "bin" / "python"
@@ -132,6 +133,26 @@ def ingest_run_of(stack: Stack) -> str | None:
     return done[0]["dag_run_id"] if done else None
 
 
+def print_outputs(out: Path) -> None:
+    """The headline figures, the per-class table of the predictions and where each output is."""
+    report = json.loads((out / "report.json").read_text())
+    predicted = json.loads((out / "predict" / "report.json").read_text())
+    rel = lambda name: (out / name).relative_to(REPO)  # noqa: E731
+    print(f"""
+validation accuracy {report['accuracy']:.3f}, {report['throughput']['cells_per_second']:.1f} cells/s; prediction accuracy \
+{predicted['accuracy']:.3f} (macro-F1 {predicted['macro_f1']:.3f}) on {predicted['cells']['predicted']} cells:
+{class_table(predicted['class_metrics'])}
+  report pages {rel('report.html')}
+               {rel('predict/report.html')}
+  report       {rel('report.json')}, {rel('summary.json')}
+  pictures     {rel('training_curves.png')}  ({report['steps']} steps, one point each)
+               {rel('confusion_matrix.png')}
+               {rel('predict/umap.png')}
+  predictions  {rel('predict/predictions.h5ad')}  (obs + predictions + obsm['X_geneformer'])
+               {rel('predict/predictions.csv')}
+  model        {rel('model')}""", flush=True)
+
+
 def main() -> int:
     mode, cells = os.environ["HELICAL_DEMO_MODE"], os.environ.get("HELICAL_DEMO_CELLS", "2000")
     data = REPO / "data" / "demo"
@@ -175,8 +196,7 @@ def main() -> int:
             else "as local processes"
         say(f"run {state or 'timed out'}, runner steps {where}; its outputs are in {out.relative_to(REPO)}/")
         if state == "success":
-            if (out / "summary.json").exists():
-                print(json.dumps(json.loads((out / "summary.json").read_text()), indent=1))
+            print_outputs(out)
             code = 0
         else:
             for line in failure_report(stack, "helical_finetune", run_id):

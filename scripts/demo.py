@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from demo_tables import class_table
+
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "helical"
 
@@ -93,12 +95,17 @@ def main() -> None:
     predicted = json.loads((local / "predict" / "report.json").read_text())
     print(f"""
 demo finished: validation accuracy {report['accuracy']:.3f}, {report['throughput']['cells_per_second']:.0f} cells/s,
-prediction accuracy {predicted['accuracy']:.3f} on {predicted['cells']['predicted']} cells.
+prediction accuracy {predicted['accuracy']:.3f} (macro-F1 {predicted['macro_f1']:.3f}) on {predicted['cells']['predicted']} cells.
+{class_table(predicted['class_metrics'])}
 outputs (copied from S3 before the server stopped):
+  report pages {local / 'report.html'}
+               {local / 'predict' / 'report.html'}
   report       {local / 'report.json'}
-  pictures     {local / 'training_curves.png'}
+  pictures     {local / 'training_curves.png'}  ({report['steps']} steps, one point each)
                {local / 'confusion_matrix.png'}
-  predictions  {local / 'predict' / 'predictions.csv'}
+               {local / 'predict' / 'umap.png'}
+  predictions  {local / 'predict' / 'predictions.h5ad'}  (obs + predictions + obsm['X_geneformer'])
+               {local / 'predict' / 'predictions.csv'}
   model        {local / 'model'}""")
 
 

@@ -63,7 +63,7 @@ def make_plan(params: dict, airflow_run_id: str, settings: Settings | None = Non
         "queue": profile["queue"], "chunks": f"s3://{bucket}/{s3.CHUNKS}{s3.dataset_id(data, etag)}",
         "run": f"s3://{bucket}/{s3.RUNS}{run_id}",
         **{name: params.get(name) for name in ("label_column", "model", "epochs", "precision", "batch_size",
-                                               "tokens_per_batch", "lr", "cells_per_chunk")},
+                                               "tokens_per_batch", "lr", "cells_per_chunk", "no_embeddings")},
     }
 
 
@@ -111,11 +111,16 @@ def summarise(plan: dict, settings: Settings | None = None, client=None) -> dict
         "run_id": plan["run_id"], "data": plan["data"], "etag": plan["etag"], "profile": plan["profile"],
         "status": report.get("status", "missing"),
         "report_url": f"{plan['run']}/report.json",
+        "report_html_url": f"{plan['run']}/report.html",
+        "prediction_report_html_url": f"{plan['run']}/predict/report.html",
         "predictions_url": f"{plan['run']}/predict/predictions.csv",
+        "annotated_url": f"{plan['run']}/predict/predictions.h5ad",
         "accuracy": report.get("accuracy"),
+        "macro_f1": report.get("macro_f1"),
         "cells_per_second": (report.get("throughput") or {}).get("cells_per_second"),
         "steps": report.get("steps"),
         "prediction_accuracy": predicted.get("accuracy"),
+        "prediction_macro_f1": predicted.get("macro_f1"),
     }
     bucket, key = s3.parse_url(f"{plan['run']}/summary.json")
     client.put_object(Bucket=bucket, Key=key, Body=json.dumps(summary, indent=1).encode(),

@@ -105,7 +105,8 @@ def runner_command(step: str, plan: dict) -> list[str]:
     if step == "predict":
         return ["predict", "--model", f"{plan['run']}/model", "--data", manifest,
                 "--output", f"{plan['run']}/predict",
-                *_flags([("--batch-size", plan.get("batch_size")), ("--precision", plan.get("precision")), *common])]
+                *_flags([("--batch-size", plan.get("batch_size")), ("--precision", plan.get("precision")), *common]),
+                *(["--no-embeddings"] if plan.get("no_embeddings") else [])]
     raise ValueError(f"unknown runner step '{step}'")
 
 

@@ -100,7 +100,7 @@ def test_finetune_params_match_runner_flags(dagbag):
 
 GOOD = {"data": "s3://helical/incoming/a.h5ad", "label_column": "cell_type", "model": "gf-12L-38M-i4096",
         "profile": "cpu-small", "epochs": 2, "precision": "fp16", "batch_size": 8, "tokens_per_batch": 16384,
-        "lr": 1e-4, "cells_per_chunk": 1000, "etag": None}
+        "lr": 1e-4, "cells_per_chunk": 1000, "no_embeddings": True, "etag": None}
 
 
 @pytest.mark.parametrize("name,value", [

@@ -72,6 +72,8 @@ def test_summary_collects_the_reports(moto_s3):
     summary = summarise(plan, SETTINGS)
     assert summary["accuracy"] == 0.9 and summary["cells_per_second"] == 123.4 and summary["steps"] == 7
     assert summary["report_url"] == "s3://helical/runs/r1/report.json"
+    assert summary["report_html_url"] == "s3://helical/runs/r1/report.html"
+    assert summary["prediction_report_html_url"] == "s3://helical/runs/r1/predict/report.html"
     stored = json.loads(moto_s3.get_object(Bucket="helical", Key="runs/r1/summary.json")["Body"].read())
     assert stored == summary
 

@@ -115,6 +115,8 @@ def test_runner_commands_use_the_runner_flags():
     for flag, value in [("--epochs", "3"), ("--precision", "fp16"), ("--batch-size", "32"),
                         ("--tokens-per-batch", "16384"), ("--lr", "0.001")]:
         assert finetune[finetune.index(flag) + 1] == value
+    assert "--no-embeddings" not in runner_command("predict", PLAN)
+    assert runner_command("predict", {**PLAN, "no_embeddings": True})[-1] == "--no-embeddings"
     with pytest.raises(ValueError):
         runner_command("train", PLAN)
 

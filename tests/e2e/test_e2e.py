@@ -133,7 +133,8 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
         assert tis["quarantine_bad_input"]["state"] == "skipped"
         prefix = f"runs/{run_id}/"
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="helical", Prefix=prefix)["Contents"]}
-        assert {prefix + "report.json", prefix + "predict/predictions.csv", prefix + "predict/report.json",
+        assert {prefix + "report.json", prefix + "report.html", prefix + "predict/predictions.csv",
+                prefix + "predict/predictions.h5ad", prefix + "predict/report.json", prefix + "predict/report.html",
                 prefix + "summary.json"} <= keys
         report = get_json(client, prefix + "report.json")
         assert report["status"] == "succeeded" and report["throughput"]["cells_per_second"] > 0

@@ -103,6 +103,9 @@ def test_finetune_then_predict_learns_cell_types(s3, chunked, precision):
     accuracy = sum(r["predicted_label"] == r["true_label"] for r in rows) / len(rows)
     assert accuracy >= 0.8
     assert read_json(s3, f"runs/{precision}/predict/report.json")["accuracy"] == pytest.approx(accuracy)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{precision}/")["Contents"]}
+    for name in ("report.html", "predict/report.html", "predict/predictions.h5ad", "predict/umap.png"):
+        assert f"runs/{precision}/{name}" in keys
 
 
 def test_saved_model_loads_in_helical(s3, chunked, tmp_path):

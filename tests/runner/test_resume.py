@@ -61,6 +61,7 @@ def test_killed_finetune_resumes_from_its_checkpoint(s3, tiny_model, tmp_path, b
     assert b["steps"] == a["steps"]
     assert b["cells"] == a["cells"]  # every cell counted once per epoch, none twice
     assert b["losses"] == pytest.approx(a["losses"], rel=1e-4)
+    assert b["step_history"]["loss"] == pytest.approx(a["step_history"]["loss"], rel=1e-4)  # every step, once
     assert b["accuracy"] == pytest.approx(a["accuracy"], abs=1e-6)
     if batching:  # the budget, not --batch-size, made the batches: about 28 cells each, not 16
         assert a["steps"] < a["cells"]["trained_total"] / 16 and a["config"]["tokens_per_batch"] == 4000

@@ -135,6 +135,7 @@ def test_checkpoint_state_round_trip_without_pickle(tmp_path):
     from helical_runner.storage import Location
 
     state = TrainState(epoch=1, chunk_pos=2, step=40, cells_seen=480, history=[{"loss": 0.5, "step": 40}],
+                       step_losses=[0.9, 0.7], step_lrs=[1e-5, 2e-5],
                        val_ids=[np.array([2, 5, 9, 3]), np.array([2, 7, 3])], val_labels=[1, 0])
     store = CheckpointStore(Location(str(tmp_path / "out")), tmp_path / "scratch")
     store.save({"state": state_to_dict(state), "torch_rng": torch.get_rng_state()})
@@ -142,6 +143,7 @@ def test_checkpoint_state_round_trip_without_pickle(tmp_path):
     assert (loaded.epoch, loaded.chunk_pos, loaded.step, loaded.cells_seen) == (1, 2, 40, 480)
     assert [v.tolist() for v in loaded.val_ids] == [[2, 5, 9, 3], [2, 7, 3]]
     assert loaded.history == state.history
+    assert (loaded.step_losses, loaded.step_lrs) == ([0.9, 0.7], [1e-5, 2e-5])  # the curves survive a resume
     assert not list((tmp_path / "out").glob("*.partial")) and not list((tmp_path / "scratch").glob("*.tmp"))
 
 

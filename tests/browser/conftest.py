@@ -1,0 +1,57 @@
+"""The browser suite: report pages produced by the real runner CLI (in the runner's virtualenv, on a tiny
+random Geneformer and synthetic cells), opened in Debian's headless Chromium through Playwright."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER_PYTHON = REPO / ".venv-runner" / "bin" / "python"
+CHROMIUM = "/usr/bin/chromium"
+# no sandbox (root in a container), no GPU, and none of Chromium's own calls home: the page is alone
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+LABEL = "cell_type"
+
+
+def _runner(env: dict, *args: str) -> str:
+    result = subprocess.run([str(RUNNER_PYTHON), *args], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(args[:3])} failed:\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def run_reports(tmp_path_factory) -> dict:
+    """finetune then predict on 400 synthetic cells; {"finetune": folder, "predict": folder, "classes": [...]}."""
+    work = tmp_path_factory.mktemp("browser")
+    env = {**os.environ, "CACHE_DIR_HELICAL_PREFIX": str(work / "helical"), "HELICAL_SCRATCH": str(work / "scratch"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    env.pop("PUSHGATEWAY_URL", None)
+    data = work / "cells.h5ad"
+    _runner(env, "-m", "helical_runner.synthetic", "model", "--cache-prefix", str(work / "helical"))
+    _runner(env, "-m", "helical_runner.synthetic", "data", "--output", str(data), "--cells", "400",
+            "--genes-per-cell", "150")
+    classes = json.loads(_runner(env, "-c", "import anndata, json, sys; obs = anndata.read_h5ad(sys.argv[1]).obs; "
+                                 f"print(json.dumps(sorted(map(str, obs['{LABEL}'].unique()))))", str(data)))
+    run = work / "run"
+    _runner(env, "-m", "helical_runner.cli", "finetune", "--data", str(data), "--label-column", LABEL,
+            "--output", str(run), "--precision", "fp32", "--batch-size", "16", "--lr", "2e-3", "--epochs", "2",
+            "--val-fraction", "0.2", "--cells-per-chunk", "200")
+    _runner(env, "-m", "helical_runner.cli", "predict", "--model", str(run / "model"), "--data", str(data),
+            "--output", str(run / "predict"), "--precision", "fp32")
+    return {"finetune": run, "predict": run / "predict", "classes": classes}
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

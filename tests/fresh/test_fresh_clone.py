@@ -68,6 +68,23 @@ def test_make_demo_succeeds_in_runner_containers_from_an_empty_cache(demo):
     assert "report.json" in reports and "predict/report.json" in reports, reports
     finetune = json.loads((run_dir / "report.json").read_text())
     assert finetune["status"] == "succeeded"
+    assert "macro-F1" in output and "precision  recall" in output  # the per-class table is printed
+
+    # what a biologist opens next (issue 16): the annotated AnnData, the UMAP, the report pages, and curves
+    # with one point per step
+    for name in ("predict/predictions.h5ad", "predict/umap.png", "report.html", "predict/report.html",
+                 "training_curves.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert len(finetune["step_history"]["loss"]) == finetune["steps"] > 1
+    opened = subprocess.run(
+        [str(clone / ".venv-runner" / "bin" / "python"), "-c",
+         "import sys, json, anndata; a = anndata.read_h5ad(sys.argv[1]); "
+         "print(json.dumps([a.n_obs, list(a.obsm['X_geneformer'].shape), list(a.obs.columns)]))",
+         str(run_dir / "predict" / "predictions.h5ad")], capture_output=True, text=True, check=True)
+    n_obs, embeddings, columns = json.loads(opened.stdout)
+    assert n_obs == 2000 and embeddings[0] == 2000 and embeddings[1] > 0
+    assert "predicted_cell_type" in columns and "prediction_confidence" in columns and "cell_type" in columns
+
     # the console script the runner steps need now exists in the clone's own venv
     assert (clone / ".venv-runner" / "bin" / "helical-runner").exists()
     assert Path(os.readlink(clone / ".venv-runner")).is_relative_to(clone.parent / "cache")

@@ -76,6 +76,7 @@ def chunk(input_url: str, output_url: str, cells_per_chunk: int, scratch: Path,
             "chunks": entries,
             "obs_columns": list(dataset.obs_value_counts),
             "obs_value_counts": dataset.obs_value_counts,
+            "layout": dataset.layout,  # where the counts and gene ids were found (h5ad_layout)
             "genes": dataset.genes,
             "gene_ids": [str(g) for g in var["ensembl_id"]],
             "duration_seconds": round(time.monotonic() - started, 3),

@@ -5,7 +5,7 @@ file inside (tables genes, gene_info, ensembl, genetype joined on `_id`). `apt-g
 reach it without installing R. The table is built once per machine into the project's cache
 ($HELICAL_AIRFLOW_CACHE, default ~/.cache/helical-airflow, as scripts/lib.sh caches the venvs) and read from
 there; machines without apt (the runner image, the GPU machine) are handed the file itself
-(`python -m helical_runner.synthetic model --genes FILE` or $HELICAL_GENE_TABLE).
+(`python -m helical_runner.synthetic model --gene-table FILE` or $HELICAL_GENE_TABLE).
 
     python -m helical_runner.genes            # build if missing, print the table's path
 """
@@ -69,7 +69,7 @@ def build(dest: Path) -> Path:
     """
     if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
         raise RuntimeError(f"building the gene table needs apt-get and dpkg-deb; copy {TABLE_NAME} from a "
-                           "machine that has them and pass it with --genes or $HELICAL_GENE_TABLE")
+                           "machine that has them and pass it with --gene-table or $HELICAL_GENE_TABLE")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".genes-") as tmp:
         # output kept for failures only: as root apt warns that the download is "unsandboxed"

@@ -31,10 +31,12 @@ class RowSlice:
 class H5adRows:
     """An open .h5ad whose counts can be read a row range at a time. Use as a context manager.
 
-    `counts` and `gene_column` force the choices (`--counts`, `--gene-column`); `layout` says what was chosen.
+    `counts` and `gene_column` force the choices (`--counts`, `--gene-column`), `prefer_gene_column` is looked
+    at first when present (a model's training column); `layout` says what was chosen.
     """
 
-    def __init__(self, path: Path, name: str, counts: str | None = None, gene_column: str | None = None):
+    def __init__(self, path: Path, name: str, counts: str | None = None, gene_column: str | None = None,
+                 prefer_gene_column: str | None = None):
         self.name = name  # what error messages call the file (its URL)
         try:
             self._file = h5py.File(path, "r")
@@ -51,7 +53,8 @@ class H5adRows:
                 raise InputError(f"{name} has zero cells")
             if len(var) == 0:
                 raise InputError(f"{name} has zero genes")
-            self.layout, self._counts = find_layout(self._file, self.obs, var, name, counts, gene_column)
+            self.layout, self._counts = find_layout(self._file, self.obs, var, name, counts, gene_column,
+                                                      prefer_gene_column)
         except InputError:
             self.close()
             raise

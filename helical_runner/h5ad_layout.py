@@ -40,10 +40,12 @@ class Layout:
     counts_encoding: str  # csr_matrix | csc_matrix | dense
     counts_dtype: str  # numpy dtype name on disk
     counts_forced: bool  # chosen by --counts rather than found
+    x_encoding: str  # how X itself is stored (csr_matrix | csc_matrix | dense | absent | unsupported ...)
     places: dict[str, str]  # every place looked at -> what it holds, in plain words
     n_obs: int
     n_vars: int  # columns of the counts matrix
     gene_source: str  # 'index' or "var['gene_ids']" (of raw/var when counts are raw/X)
+    gene_column: str  # the var column itself ('' for the index): what --gene-column would name
     gene_kind: str  # ensembl | symbol
     gene_ids: list[str] = field(repr=False)  # one per counts column; Ensembl version suffixes dropped
     var_names: list[str] = field(repr=False)  # the var index of the counts matrix
@@ -263,7 +265,7 @@ def find_counts(f: h5py.File, obs_names, name: str, forced: str | None = None) -
             continue
         sample, rows = _sample(reader)
         problem = judge_counts(sample, np.asarray(obs_names)[rows] if len(rows) else [])
-        places[place] = problem or f"integer counts ({reader.dtype.name}, {reader.encoding})"
+        places[place] = problem or f"integer counts ({reader.dtype.name})"
         if problem is None or forced:
             if problem and forced:
                 raise InputError(f"{name}: {place} (chosen by --counts) holds {problem}; raw integer counts are needed")
@@ -283,14 +285,17 @@ def normalise_ids(values) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
-def find_gene_ids(var: pd.DataFrame, name: str, column: str | None = None) -> tuple[str, str, np.ndarray]:
+def find_gene_ids(var: pd.DataFrame, name: str, column: str | None = None,
+                  prefer: str | None = None) -> tuple[str, str, np.ndarray]:
     """(where, ensembl|symbol, ids): the var column or index whose values are Ensembl ids, else the index.
 
     The first of the index and GENE_ID_COLUMNS in which most values are full Ensembl ids wins; a file
     without ids anywhere is read by symbols (var names), which the tokenizer maps through the model's
-    mapping file. `column` (--gene-column) forces a var column ('index' for var names).
+    mapping file. `column` (--gene-column) forces a var column ('index' for var names); `prefer` (the column
+    a model was trained from) is looked at first when the file has it.
     """
-    sources = {"index": var.index}
+    sources = {f"var['{prefer}']": var[prefer]} if prefer and prefer in var.columns else {}
+    sources["index"] = var.index
     sources.update({f"var['{c}']": var[c] for c in GENE_ID_COLUMNS if c in var.columns})
     if column:
         if column not in ("index", "_index") and column not in var.columns:
@@ -309,19 +314,28 @@ def find_gene_ids(var: pd.DataFrame, name: str, column: str | None = None) -> tu
 
 # ---------------------------------------------------------------- the decision
 
+def _encoding_of(f: h5py.File, place: str, name: str) -> str:
+    if place not in f:
+        return "absent"
+    try:
+        return RowReader(f[place], place, name).encoding
+    except InputError as exc:
+        return str(exc).split(": ", 1)[-1]
+
+
 def find_layout(f: h5py.File, obs: pd.DataFrame, var: pd.DataFrame, name: str, counts: str | None = None,
-                gene_column: str | None = None) -> tuple[Layout, RowReader]:
+                gene_column: str | None = None, prefer_gene_column: str | None = None) -> tuple[Layout, RowReader]:
     """Decide where counts and gene ids are (see the module docstring); InputError with one line if nowhere."""
     reader, places, forced = find_counts(f, obs.index, name, counts)
     genes = _var_of(f, reader.place, var, name)
     if len(genes) != reader.shape[1]:
         raise InputError(f"{name} is inconsistent: {reader.place} has {reader.shape[1]} columns, "
                          f"its var {len(genes)} genes")
-    where, kind, ids = find_gene_ids(genes, name, gene_column)
+    where, kind, ids = find_gene_ids(genes, name, gene_column, prefer_gene_column)
     if reader.place == "raw/X" and "raw/var" in f:
         where = f"raw/var {where}"
     layout = Layout(counts=reader.place, counts_encoding=reader.encoding, counts_dtype=reader.dtype.name,
-                    counts_forced=forced, places=places, n_obs=len(obs), n_vars=reader.shape[1],
-                    gene_source=where, gene_kind=kind, gene_ids=[str(g) for g in ids],
+                    counts_forced=forced, x_encoding=_encoding_of(f, "X", name), places=places, n_obs=len(obs), n_vars=reader.shape[1],
+                    gene_source=where, gene_column=where.split("'")[1] if "'" in where else "", gene_kind=kind, gene_ids=[str(g) for g in ids],
                     var_names=[str(g) for g in genes.index])
     return layout, reader

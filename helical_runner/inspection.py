@@ -50,7 +50,10 @@ def _vocabulary(dataset, model_name: str) -> dict:
     from helical_runner.model_files import locate
     from helical_runner.tokenizer import GeneformerTokenizer
 
-    tokenizer = GeneformerTokenizer(locate(model_name, fetch_missing=False))
+    files = locate(model_name, fetch_missing=False)
+    if not files.token_dictionary.is_file():  # a first run of a real model: finetune downloads it later
+        return {"model": model_name, "note": "model files not in the cache yet: vocabulary not checked"}
+    tokenizer = GeneformerTokenizer(files)
     check_vocabulary(dataset, tokenizer, model_name)
     return {"model": model_name, **gene_summary(dataset, tokenizer)}
 
@@ -66,7 +69,9 @@ def text(facts: dict) -> str:
              f"X: {layout['x_encoding']}, {layout['places'].get('X', 'not looked at')}",
              f"gene ids: {layout['gene_source']} ({'Ensembl ids' if layout['gene_kind'] == 'ensembl' else 'symbols'})"]
     vocabulary = facts.get("vocabulary")
-    if vocabulary:
+    if vocabulary and "note" in vocabulary:
+        lines[-1] += f"; {vocabulary['note']}"
+    elif vocabulary:
         lines[-1] += (f"; {vocabulary['in_vocabulary']} in {vocabulary['model']}'s vocabulary, "
                       f"{vocabulary['collapsed']} collapsed into another gene's token")
     for column, info in facts["labels"].items():

@@ -288,3 +288,22 @@ def test_field_cases_train_with_the_tokens_of_the_control(name, tmp_path, model_
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["labels"] == ["B", "T"]
     assert report["cells"]["unlabelled"] == unlabelled
+
+
+def test_predict_finds_gene_ids_where_training_did(tmp_path, truth, tiny_model, capfd):
+    """Trained with --gene-column my_ids (var['ensembl_id'] holds stale ids), the saved model makes predict
+    read my_ids on another file of the same kind without being told."""
+    stale = ["ENSG00000000000"] * N_GENES
+    var = pd.DataFrame({"ensembl_id": stale, "my_ids": truth["ids"]}, index=truth["symbols"])
+    train = write(tmp_path / "train.h5ad", truth["X"], truth, var)
+    other = write(tmp_path / "other.h5ad", truth["X"][::-1], {**truth, "obs": truth["obs"].iloc[::-1]}, var)
+    code = main(["finetune", "--data", str(train), "--label-column", "cell_type", "--output", str(tmp_path / "run"),
+                 "--precision", "fp32", "--batch-size", "16", "--gene-column", "my_ids"])
+    assert code == 0, capfd.readouterr().err[-2000:]
+    assert json.loads((tmp_path / "run" / "model" / "classifier.json").read_text())["gene_column"] == "my_ids"
+    code = main(["predict", "--model", str(tmp_path / "run" / "model"), "--data", str(other),
+                 "--output", str(tmp_path / "pred")])
+    assert code == 0, capfd.readouterr().err[-2000:]
+    report = json.loads((tmp_path / "pred" / "report.json").read_text())
+    assert report["data_layout"]["gene_source"] == "var['my_ids']"
+    assert report["genes"]["in_vocabulary"] == N_GENES and report["cells"]["predicted"] == N_CELLS

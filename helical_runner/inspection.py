@@ -75,7 +75,7 @@ def text(facts: dict) -> str:
         lines[-1] += (f"; {vocabulary['in_vocabulary']} in {vocabulary['model']}'s vocabulary, "
                       f"{vocabulary['collapsed']} collapsed into another gene's token")
     for column, info in facts["labels"].items():
-        values = sorted(info["values"].items(), key=lambda kv: -kv[1])
+        values = sorted(info["values"].items(), key=lambda kv: (-kv[1], kv[0]))
         shown = ", ".join(f"{k} {v}" for k, v in values[:SHOWN_VALUES]) + (", ..." if len(values) > SHOWN_VALUES else "")
         lines.append(f"label column {column}: {len(values)} values ({shown})"
                      + (f"; {info['missing']} cells unlabelled" if info["missing"] else ""))

@@ -307,3 +307,29 @@ def test_predict_finds_gene_ids_where_training_did(tmp_path, truth, tiny_model, 
     report = json.loads((tmp_path / "pred" / "report.json").read_text())
     assert report["data_layout"]["gene_source"] == "var['my_ids']"
     assert report["genes"]["in_vocabulary"] == N_GENES and report["cells"]["predicted"] == N_CELLS
+
+
+def test_inspect_says_what_a_run_will_use(tmp_path, truth, tiny_model, capfd):
+    code = main(["inspect", "--data", str(FIELD_CASES / "F1_counts_in_layer.h5ad"), "--label-column", "cell_type"])
+    out = capfd.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0].endswith("F1_counts_in_layer.h5ad: 60 cells x 10 genes")
+    assert out[1].startswith("counts: layers/counts (csr_matrix, float32); X holds non-integer values such as 7.895")
+    assert out[3] == "gene ids: index (Ensembl ids); 10 in gf-12L-38M-i4096's vocabulary, 0 collapsed into another gene's token"
+    assert "label column cell_type: 2 values (B 30, T 30)" in out and out[-1] == "problem: none"
+
+    normalised = write(tmp_path / "normalised.h5ad", log_normalised(truth["X"]), truth)
+    code = main(["inspect", "--data", str(normalised), "--json", "--output", str(tmp_path / "out")])
+    err = capfd.readouterr().err.splitlines()
+    assert code == 65 and err[-1].startswith(f"helical-runner: error: {normalised}: no raw integer counts found: X holds")
+    assert json.loads((tmp_path / "out" / "error.json").read_text())["command"] == "inspect"
+
+    symbols = write(tmp_path / "10x.h5ad", truth["X"], truth, pd.DataFrame(
+        {"gene_ids": truth["ids"]}, index=truth["symbols"]))
+    code = main(["inspect", "--data", str(symbols), "--label-column", "celltype", "--json"])
+    facts = json.loads(capfd.readouterr().out)
+    assert code == 65 and facts["layout"]["gene_source"] == "var['gene_ids']"
+    labels = facts["labels"]["cell_type"]
+    assert set(labels["values"]) == {"B cell", "CD4 T cell"} and sum(labels["values"].values()) == N_CELLS
+    assert labels["missing"] == 0
+    assert facts["problem"].endswith("no obs column 'celltype' usable as labels (categorical obs columns: cell_type)")

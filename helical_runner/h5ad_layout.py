@@ -76,13 +76,13 @@ def _text(value) -> str:
 
 
 def _read_frame_by_hand(group: h5py.Group, name: str) -> pd.DataFrame:
-    index_key = _text(group.attrs.get("_index", "_index"))
-    if index_key not in group:
-        index_key = next((k for k in ("_index", "index", "obs_names", "var_names") if k in group), None)
     if isinstance(group, h5py.Dataset):  # anndata < 0.7 wrote obs/var as one compound dataset
         table = pd.DataFrame.from_records(group[()])
         table = table.apply(lambda c: c.map(_text) if c.dtype == object else c)
         return table.set_index(table.columns[0]) if len(table.columns) else table
+    index_key = _text(group.attrs.get("_index", "_index"))
+    if index_key not in group:
+        index_key = next((k for k in ("_index", "index", "obs_names", "var_names") if k in group), None)
     order = [_text(c) for c in np.atleast_1d(group.attrs.get("column-order", []))]
     columns = order or [k for k in group if k not in (index_key, "__categories")]
     data = {}

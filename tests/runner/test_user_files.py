@@ -204,9 +204,12 @@ def test_csc_x_stops_with_one_line(tmp_path, truth):
 
 def _write_r_converter(path: Path, truth, categories_in: str) -> Path:
     """What SeuratDisk/sceasy-era converters write: plain groups, no encoding attributes anywhere, ids in
-    var/_index, symbols in var/features, categoricals as codes with their levels in __categories."""
+    var/_index, symbols in var/features, categoricals as codes with their levels in __categories.
+    'anndata-0.7': the same with anndata 0.7's dataframe attributes and levels referenced from uns."""
     X = truth["X"]
     with h5py.File(path, "w") as f:
+        if categories_in == "anndata-0.7":
+            f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
         x = f.create_group("X")
         x.attrs["h5sparse_format"] = "csr"
         x.attrs["h5sparse_shape"] = X.shape
@@ -220,6 +223,10 @@ def _write_r_converter(path: Path, truth, categories_in: str) -> Path:
         labels = truth["obs"]["cell_type"]
         obs["seurat_clusters"] = labels.cat.codes.to_numpy().astype(np.int32)
         levels = np.array(labels.cat.categories, dtype="S")
+        if categories_in == "anndata-0.7":
+            for group, columns in ((obs, ["seurat_clusters"]), (var, ["features"])):
+                group.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.1.0", "_index": "_index",
+                                    "column-order": np.array(columns, dtype=object)})
         if categories_in == "__categories":
             obs.create_group("__categories")["seurat_clusters"] = levels
         else:  # anndata 0.7: a reference to uns/<column>_categories in the column's attributes
@@ -228,7 +235,7 @@ def _write_r_converter(path: Path, truth, categories_in: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("categories_in", ["__categories", "uns"])
+@pytest.mark.parametrize("categories_in", ["__categories", "uns", "anndata-0.7"])
 def test_r_converter_and_anndata_07_layouts(tmp_path, truth, model_files, categories_in):
     path = _write_r_converter(tmp_path / "seurat.h5ad", truth, categories_in)
     ours, layout = runner_tokens(model_files, path)

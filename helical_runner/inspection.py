@@ -8,13 +8,11 @@ the task log, so a wrong file fails in seconds, not after chunking.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from helical_runner.dataset import open_dataset
 from helical_runner.errors import InputError, RunnerError
 
-log = logging.getLogger(__name__)
 SHOWN_VALUES = 6  # label values listed per column in the text form
 
 

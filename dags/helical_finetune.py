@@ -3,11 +3,13 @@
 
 Trigger from the UI (the form below is validated) or let `helical_ingest` trigger it for every upload to
 `incoming/`. The run checks its input (and that a live Celery worker serves its profile's queue: if none
-does, it fails at once saying how to start one), then runs three `helical-runner` containers through the
+does, it fails at once saying how to start one), then runs four `helical-runner` containers through the
 docker-socket-proxy:
 
-1. **chunk** the .h5ad into row chunks under `chunks/<dataset>/` (streamed, never loaded whole), always on
-   queue `cpu`: it needs no GPU, so it never holds a GPU worker's slot;
+0. **inspect** the .h5ad: the task log shows where its counts and gene ids are, how many genes the model
+   knows, its label columns, and stops the run in seconds if the file can't be used;
+1. **chunk** the .h5ad into row chunks under `chunks/<dataset>/` (streamed, never loaded whole);
+   inspect and chunk always run on queue `cpu`: they need no GPU, so they never hold a GPU worker's slot;
 2. **finetune** a cell-type classifier on the streamed chunks → `runs/<run_id>/` (model, checkpoint,
    report.json, report.html, pictures), on the Celery queue of the resource profile (`config/profiles.yaml`);
 3. **predict** cell types with the new model (same queue) → `runs/<run_id>/predict/` (predictions.h5ad with
@@ -30,10 +32,10 @@ from pathlib import Path
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, task
 
 from helical_lib import profiles
-from helical_lib.runner import CPU_QUEUE, PLAN_TASK, RunnerOperator
+from helical_lib.runner import CPU_QUEUE, CPU_STEPS, PLAN_TASK, RunnerOperator
 
 DEFAULT_PROFILE, PROFILES = profiles.load_all()
-STEPS = ("finetune", "predict")  # on the profile's queue; chunk runs on CPU_QUEUE for every profile
+STEPS = ("finetune", "predict")  # on the profile's queue
 GENEFORMER_MODEL = "gf-12L-38M-i4096"
 
 
@@ -68,6 +70,10 @@ PARAMS = {
     "no_embeddings": Param(False, type="boolean", title="Skip embeddings",
                            description="Leave the cell embeddings (obsm['X_geneformer'] in predictions.h5ad) "
                                        "and the UMAP out of the predict step"),
+    "counts": optional("string", "Counts", "Where the raw counts are: X, raw or layers/NAME (default: found, "
+                       "see the inspect step's log)", pattern=r"^(X|raw|raw/X|layers/.+)$", maxLength=200),
+    "gene_column": optional("string", "Gene column", "var column with the gene ids or symbols, or 'index' "
+                            "(default: found)", maxLength=200),
     "etag": optional("string", "ETag", "Set by helical_ingest: the upload this run was triggered for; the run "
                                        "fails if the object has changed since", maxLength=200),
 }
@@ -116,7 +122,8 @@ with DAG(
         return quarantine(plan) if plan else None
 
     plan = check_input()
-    chunk = RunnerOperator(task_id="chunk", step="chunk", queue=CPU_QUEUE, image=PROFILES[DEFAULT_PROFILE]["image"])
+    inspect, chunk = (RunnerOperator(task_id=step, step=step, queue=CPU_QUEUE, image=PROFILES[DEFAULT_PROFILE]["image"])
+                      for step in CPU_STEPS)
     branches = []
     for queue in profiles.queues():
         with TaskGroup(f"on_{queue}") as group:
@@ -124,5 +131,5 @@ with DAG(
                                     image=PROFILES[DEFAULT_PROFILE]["image"]) for step in STEPS]
             steps[0] >> steps[1]
         branches.append(group)
-    plan >> chunk >> route(plan) >> branches >> publish_summary(plan)
-    [chunk, *branches] >> quarantine_bad_input()
+    plan >> inspect >> chunk >> route(plan) >> branches >> publish_summary(plan)
+    [inspect, chunk, *branches] >> quarantine_bad_input()

@@ -19,8 +19,8 @@ import numpy as np
 
 from helical_runner import model as model_io, report_html, storage
 from helical_runner.annotated import PREDICTIONS_H5AD, AnnotatedWriter
-from helical_runner.dataset import open_dataset, prefetched
-from helical_runner.finetune import MISSING_LABELS, check_vocabulary
+from helical_runner.dataset import label_values, open_dataset, prefetched
+from helical_runner.finetune import check_vocabulary, gene_summary
 from helical_runner.metrics import RunMetrics
 from helical_runner.precision import resolve, select_device
 from helical_runner.profiles import Profile
@@ -52,7 +52,10 @@ def fetch_model(model_url: str, dest: Path) -> Path:
 
 
 def predict(model_url: str, data_url: str, output_url: str, profile: Profile, run_id: str, scratch: Path,
-            metrics: RunMetrics, embeddings: bool = True) -> dict:
+            metrics: RunMetrics, counts: str | None = None, gene_column: str | None = None,
+            embeddings: bool = True) -> dict:
+    """Annotate `data_url`'s cells. Gene ids are looked for first where the model's training file had them
+    (its saved `gene_column`), so another file of the same kind gives the same tokens."""
     started = time.monotonic()
     output = storage.parse(output_url)
     device = select_device(profile.device)
@@ -62,10 +65,12 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
     net.to(device)
     tokenizer = GeneformerTokenizer(model_io.files_of_saved_model(model_dir, meta), meta.input_size)
     runner = Trainer(net, TrainConfig(), precision, tokenizer.pad_id, total_cells=1)
-    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes)
+    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes, counts, gene_column,
+                           prefer_gene_column=meta.gene_column or None)
     hidden = net.classifier.in_features
     try:
         check_vocabulary(dataset, tokenizer, meta.base_model)
+        genes = gene_summary(dataset, tokenizer)
         has_truth = meta.label_column in dataset.obs_value_counts
         metrics.update(chunks_total=dataset.n_chunks, memory_limit_bytes=profile.memory_limit_bytes)
         n_predicted = n_dropped = 0
@@ -91,7 +96,8 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
                     predict_seconds += time.monotonic() - began
                     best = probs.argmax(axis=1)
                     predicted = np.asarray(meta.labels)[best]
-                    truth = obs[meta.label_column].astype(str).to_numpy()[tokens.kept] if has_truth else None
+                    # missing labels are None: predicted, written, but not scored
+                    truth = label_values(obs[meta.label_column]).to_numpy()[tokens.kept] if has_truth else None
                     for row, cell in enumerate(tokens.cell_ids):
                         rows.writerow([cell, predicted[row], f"{probs[row, best[row]]:.4f}"]
                                       + ([truth[row]] if has_truth else []))
@@ -117,7 +123,10 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
         "model": {"base_model": meta.base_model, "labels": meta.labels, "label_column": meta.label_column},
         "profile": asdict(profile), "precision": precision.name, "device": str(device),
         "batch_size": profile.batch_size * 4, "embeddings": embeddings,
-        "cells": {"predicted": n_predicted, "dropped": n_dropped},
+        "data_layout": dataset.layout,
+        "genes": genes,
+        "cells": {"predicted": n_predicted, "dropped": n_dropped,
+                  "labelled": class_scores["cells"] if class_scores else 0},
         "accuracy": class_scores["accuracy"] if class_scores else None,
         "macro_f1": class_scores["macro_f1"] if class_scores else None,
         "class_metrics": class_scores,
@@ -166,7 +175,7 @@ class ScoredCells:
         self._predicted: list[np.ndarray] = []
 
     def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
-        labelled = ~np.isin(truth, MISSING_LABELS)
+        labelled = np.array([t is not None for t in truth], dtype=bool)
         for label in np.unique(truth[labelled]):
             if label not in self._index:
                 self._index[label] = len(self.classes)

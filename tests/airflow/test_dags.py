@@ -59,12 +59,13 @@ def test_finetune_shape(dagbag):
     """chunk needs no GPU: one task on queue cpu for every profile; finetune and predict branch per queue."""
     dag = dagbag.dags["helical_finetune"]
     queues = {"cpu", "gpu"}
-    expected = {"check_input", "chunk", "route", "publish_summary", "quarantine_bad_input"} | {
+    expected = {"check_input", "inspect", "chunk", "route", "publish_summary", "quarantine_bad_input"} | {
         f"on_{q}.{step}" for q in queues for step in ("finetune", "predict")}
     assert set(dag.task_ids) == expected
-    chunk = dag.get_task("chunk")
-    assert chunk.queue == "cpu" and chunk.mount_tmp_dir is False and chunk.auto_remove == "never"
-    assert chunk.upstream_task_ids == {"check_input"}
+    inspect, chunk = dag.get_task("inspect"), dag.get_task("chunk")
+    assert inspect.queue == chunk.queue == "cpu" and chunk.mount_tmp_dir is False and chunk.auto_remove == "never"
+    assert inspect.upstream_task_ids == {"check_input"}
+    assert inspect.downstream_task_ids == {"chunk", "quarantine_bad_input"}
     assert chunk.downstream_task_ids == {"route", "quarantine_bad_input"}
     for queue in queues:
         finetune, predict = (dag.get_task(f"on_{queue}.{s}") for s in ("finetune", "predict"))

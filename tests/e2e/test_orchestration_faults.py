@@ -34,7 +34,7 @@ def trigger(stack, run_id: str, conf: dict) -> None:
 
 
 def test_uploads_whose_names_clean_alike_get_one_run_each(stack):
-    """The same tiny bytes (not an .h5ad, so each run ends quickly at chunk) under four keys that clean to
+    """The same tiny bytes (not an .h5ad, so each run ends quickly at inspect) under four keys that clean to
     two names: four runs, each with its exact key and ETag in its conf, each upload quarantined under its own
     name with its own reason."""
     from local_stack import wait_for
@@ -49,7 +49,7 @@ def test_uploads_whose_names_clean_alike_get_one_run_each(stack):
     for key, run_id in runs.items():
         run = wait_for_run(stack, "helical_finetune", run_id, 600)
         assert run["conf"]["data"] == f"s3://helical/{key}" and run["conf"]["etag"] == etags[key], run["conf"]
-        assert run["state"] == "failed" and failed_step(stack, run_id)["task_id"] == "chunk"
+        assert run["state"] == "failed" and failed_step(stack, run_id)["task_id"] == "inspect"
         name = key.removeprefix("incoming/")
         note = get_json(client, f"quarantine/{name}.error.json")
         assert note["source"] == f"s3://helical/{key}" and note["moved"] and note["run_id"] == run_id, note

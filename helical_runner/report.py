@@ -36,6 +36,8 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int
     """Counts [true class, predicted class] over class indices 0..n_classes-1 (scikit-learn's)."""
     from sklearn.metrics import confusion_matrix as sk_confusion
 
+    if len(labels) == 0:  # no validation cells (a small file): an empty matrix, as for class_metrics
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
     return sk_confusion(labels, predictions, labels=np.arange(n_classes)).astype(np.int64)
 
 

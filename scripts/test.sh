@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
-SUITES=(runner monitoring airflow docker e2e)
+SUITES=(runner monitoring airflow docker e2e stack)
 rm -rf "$REPO_ROOT/build/test-results"
 failed=()
 for suite in "${SUITES[@]}"; do

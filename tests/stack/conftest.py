@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+from local_stack import wait_for  # noqa: E402 - polling with the last error in the message
 ARTIFACTS = REPO / "build" / "stack"  # make's output, compose logs, screenshots
 RUNNER_PY = REPO / ".venv-runner" / "bin" / "python"
 
@@ -40,20 +43,6 @@ def make(target: str, log_name: str, timeout: float) -> None:
                               timeout=timeout)
     assert done.returncode == 0, f"make {target} failed: see {ARTIFACTS / log_name}\n" + \
         "\n".join((ARTIFACTS / log_name).read_text(errors="replace").splitlines()[-25:])
-
-
-def wait_for(check, timeout: float, what: str, interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except (requests.RequestException, subprocess.CalledProcessError, KeyError, ValueError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"{what}: not after {timeout:.0f} s (last error: {last!r})")
 
 
 @dataclass

@@ -135,6 +135,13 @@ def compose_containers() -> list[dict]:
     return json.loads(docker("inspect", *ids)) if ids else []
 
 
+def save_logs() -> None:
+    """Every service's log, to build/stack/compose.log (a test artifact)."""
+    with open(ARTIFACTS / "compose.log", "wb") as log:
+        subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), "compose", "logs", "--no-color", "--timestamps"],
+                       stdout=log, stderr=subprocess.STDOUT, timeout=120)
+
+
 @pytest.fixture(scope="session")
 def stack():
     make("stack", "make-stack.log", timeout=1800)
@@ -142,9 +149,8 @@ def stack():
     try:
         yield stack
     finally:
-        with open(ARTIFACTS / "compose.log", "wb") as log:
-            subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), "compose", "logs", "--no-color"],
-                           stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        if compose_containers():
+            save_logs()
         # the last test takes it down itself; after a failure it must still go (HELICAL_STACK_KEEP=1 keeps it
         # up for a look, or for the next run to reuse)
         if compose_containers() and os.environ.get("HELICAL_STACK_KEEP") != "1":

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, compose_containers, docker, make, wait_for
+from conftest import REPO, compose_containers, docker, make, save_logs, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -49,9 +49,11 @@ def test_every_service_runs_and_passes_its_healthcheck(stack):
     assert with_healthcheck == expected - ONE_SHOT  # every long-running service has one
     for name in with_healthcheck:
         health = containers[name]["State"]["Health"]
-        # healthy, and Docker ran the compose file's own command (it passed at least once)
+        # healthy, and Docker ran the compose files' own command (it passed at least once)
+        declared = [part.replace("$$", "$") for part in services[name]["healthcheck"]["test"]]  # compose's escape
+        assert containers[name]["Config"]["Healthcheck"]["Test"] == declared, name
         assert health["Status"] == "healthy", (name, health["Log"][-1:])
-        assert any(entry["ExitCode"] == 0 for entry in health["Log"]), name
+        assert any(entry["ExitCode"] == 0 for entry in health["Log"]), (name, health["Log"])
     as_root = {name for name, c in containers.items() if c["Config"]["User"].split(":")[0] in ("", "0", "root")}
     assert as_root == ROOT_SERVICES
 
@@ -74,7 +76,10 @@ def upload_run(stack, data_dir, cells):
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         ids = docker("ps", "-aq", "--filter", "label=app=helical-runner", "--filter", f"label=run_id={run_id}").split()
-        for info in json.loads(docker("inspect", *ids)) if ids else []:
+        # a container that succeeded may be removed between ps and inspect: inspect prints the others
+        found = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=60).stdout \
+            if ids else ""
+        for info in json.loads(found or "[]"):
             seen.setdefault(info["Config"]["Labels"]["task_id"], info)
         run = stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}")
         if run["state"] in ("success", "failed"):
@@ -137,6 +142,11 @@ def test_prometheus_has_the_runs_metrics_and_its_targets_are_up(stack, upload_ru
     assert {s["metric"]["job"] for s in found} == {"helical_runner"}  # the push group's, kept by honor_labels
     trained = stack.query(f'helical_runner_cells_processed{{run_id="{runner_run_id}",command="finetune"}}')
     assert trained and float(trained[0]["value"][1]) > 0, trained
+    # Airflow's own metrics: StatsD from the workers through the statsd-exporter, mapped by mapping.yml
+    finished = wait_for(lambda: stack.query('airflow_ti_finish_total{dag_id="helical_finetune",'
+                                            'task_id="on_cpu.finetune",state="success"}'), 120,
+                        "Airflow's task metrics in Prometheus")
+    assert float(finished[0]["value"][1]) >= 1, finished
     health = {}
     for target in stack.targets():
         health.setdefault(target["labels"]["job"], set()).add(target["health"])
@@ -147,6 +157,7 @@ def test_prometheus_has_the_runs_metrics_and_its_targets_are_up(stack, upload_ru
 @pytest.mark.skipif(os.environ.get("HELICAL_STACK_KEEP") == "1", reason="HELICAL_STACK_KEEP=1 keeps the stack up")
 def test_stack_down_leaves_nothing_behind(stack):
     network = stack.env.get("HELICAL_NETWORK", "helical")
+    save_logs()
     make("stack-down", "make-stack-down.log", timeout=600)
     assert compose_containers() == []
     assert not docker("ps", "-aq", "--filter", f"network={network}").split()  # runner containers too

@@ -1,12 +1,18 @@
 # The two commands a new machine needs (see README): `make demo` and `make test`.
 # Everything they need is installed by scripts/ on first use and cached outside the clone.
-.PHONY: demo demo-runner test test-fast bench bench-airflow images venvs clean-demo
+.PHONY: demo demo-runner stack stack-down test test-fast bench bench-airflow images venvs clean-demo
 
 demo:  ## the main job through Airflow on the embedded default (local S3 stand-in, tiny model, synthetic cells)
 	bash scripts/airflow-demo.sh
 
 demo-runner:  ## the same job with the runner CLI alone (no Airflow): chunk -> finetune -> predict
 	bash scripts/demo.sh
+
+stack:  ## the stack from the compose files (docker-compose, images built here): writes .env, waits for health, prints URLs
+	bash scripts/stack.sh up
+
+stack-down:  ## remove the stack's containers, networks and volumes
+	bash scripts/stack.sh down
 
 test:  ## the whole test suite, as CI runs it
 	bash scripts/test.sh

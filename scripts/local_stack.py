@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -215,6 +213,8 @@ class Stack:
                             aws_access_key_id="e2e-key", aws_secret_access_key="e2e-secret")
 
     def token(self) -> str:
+        import httpx  # the Airflow venv's; wait_for and free_port serve clients without it (tests/stack)
+
         if not self._token:
             response = httpx.post(f"http://127.0.0.1:{self.ports['api']}/auth/token",
                                   json={"username": "admin", "password": self.password}, timeout=30)
@@ -222,7 +222,9 @@ class Stack:
             self._token = response.json()["access_token"]
         return self._token
 
-    def api(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def api(self, method: str, path: str, **kwargs):
+        import httpx
+
         headers = {"Authorization": f"Bearer {self.token()}"} if path.startswith("/api/v2/") and \
             path != "/api/v2/version" else {}
         return httpx.request(method, f"http://127.0.0.1:{self.ports['api']}{path}", headers=headers,

@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
-SUITES=(runner browser monitoring airflow docker e2e fresh)
+SUITES=(runner browser monitoring airflow docker e2e fresh stack)
 rm -rf "$REPO_ROOT/build/test-results"
 failed=()
 for suite in "${SUITES[@]}"; do

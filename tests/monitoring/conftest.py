@@ -1,6 +1,6 @@
 """Fixtures for the monitoring tests: the project's Prometheus config run by a real Prometheus (Debian's
 `prometheus`) against real local targets — a Pushgateway (Debian's), node-exporter (Debian's), and
-stand-ins for the exporters no reachable registry ships (statsd_exporter: tests/monitoring/statsd_mapper.py;
+stand-ins for the exporters no reachable registry ships (statsd_exporter: monitoring/statsd/statsd_exporter.py;
 cAdvisor: a fixed exposition in cAdvisor's documented format) — plus helpers to evaluate dashboard queries.
 """
 
@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -28,6 +29,7 @@ os.environ.pop("PUSHGATEWAY_URL", None)
 
 REPO = Path(__file__).resolve().parents[2]
 MON = REPO / "monitoring"
+sys.path.insert(0, str(MON / "statsd"))  # statsd_exporter.py, the exporter stand-in
 PROM_DIR = MON / "prometheus"
 DASHBOARDS = MON / "grafana" / "dashboards"
 MAPPING = MON / "statsd" / "mapping.yml"
@@ -184,7 +186,7 @@ def pushgateway(work_dir):
 @pytest.fixture(scope="session")
 def statsd_exporter():
     """The statsd_exporter stand-in fed with the committed packets a real Airflow 3.3.2 sent."""
-    from statsd_mapper import Exporter, Mapping
+    from statsd_exporter import Exporter, Mapping
 
     exporter = Exporter(Mapping(MAPPING))
     for line in PACKETS.read_text().splitlines():

@@ -1,6 +1,6 @@
 """Live: a real Airflow 3.3 (api-server, dag-processor, scheduler, LocalExecutor; .venv-airflow) runs a
 succeeding and a failing DAG with the StatsD settings docs/monitoring.md asks for, and the packets it sends go
-through monitoring/statsd/mapping.yml (statsd_exporter stand-in: tests/monitoring/statsd_mapper.py). Every
+through monitoring/statsd/mapping.yml (statsd_exporter stand-in: monitoring/statsd/statsd_exporter.py). Every
 Airflow metric the dashboards and rules use must come out, with the labels the panels group by, and the
 committed capture in tests/monitoring/data/ must still be representative of what Airflow sends."""
 

@@ -1,6 +1,6 @@
 """monitoring/statsd/mapping.yml against the StatsD packets a real Airflow 3.3.2 sends.
 
-statsd_exporter is not installable here: tests/monitoring/statsd_mapper.py implements its documented mapping
+statsd_exporter is not installable here: monitoring/statsd/statsd_exporter.py implements its documented mapping
 semantics (checked first against the examples of the exporter's README), and the packets captured from a real
 Airflow (tests/monitoring/data/, refreshed live by test_airflow_capture.py) go through the project's mapping.
 Every Airflow metric a dashboard, a rule or a promtool test input names must come out of that.
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import MAPPING, PACKETS, PROM_DIR, load_dashboards, queries
-from statsd_mapper import Event, Exporter, Mapping, parse_line
+from statsd_exporter import Event, Exporter, Mapping, parse_line
 
 
 

@@ -1,4 +1,7 @@
-"""A stand-in for prometheus/statsd_exporter, which no reachable registry ships here.
+"""A stand-in for prometheus/statsd_exporter, which no reachable registry (and no Debian package) ships here.
+
+The local compose stack runs it as the statsd-exporter service (docker/local/statsd-exporter.Dockerfile,
+docker-compose-local.yaml) with the compose file's own flags; tests/monitoring feed it Airflow's packets.
 
 It implements the parts of the exporter's documented behaviour that our mapping relies on (README of
 github.com/prometheus/statsd_exporter, sections "Tagging Extensions", "Glob matching", "Ordering glob rules",
@@ -15,12 +18,18 @@ mapping"):
   - `action: drop` discards; an unmatched metric keeps its name with non-alphanumerics turned into `_`.
 `Exporter` keeps the resulting series and renders Prometheus' text format, so a real Prometheus can scrape
 what Airflow's packets would become.
+
+  python statsd_exporter.py --statsd.mapping-config=mapping.yml [--statsd.listen-udp=:9125]
+                            [--statsd.listen-tcp=:9125] [--web.listen-address=:9102]
+(the exporter's own flag names; an empty host means every address).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
+import socketserver
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -200,7 +209,8 @@ class Exporter:
                 lines.append(_sample(name, labels, state["value"]))
         return "\n".join(lines) + "\n"
 
-    def serve(self, port: int) -> ThreadingHTTPServer:
+    def serve(self, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+        """/metrics (any path) in Prometheus' text format, from a daemon thread."""
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -215,9 +225,34 @@ class Exporter:
             def log_message(self, *args):
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server = ThreadingHTTPServer((host, port), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server
+
+    def listen(self, host: str, udp_port: int | None, tcp_port: int | None) -> list[socketserver.BaseServer]:
+        """StatsD lines over UDP (one or more per datagram) and TCP (one per line), from daemon threads."""
+        exporter = self
+
+        class Datagrams(socketserver.BaseRequestHandler):
+            def handle(self):
+                for line in self.request[0].decode(errors="replace").splitlines():
+                    if line.strip():
+                        exporter.feed(line.strip())
+
+        class Stream(socketserver.StreamRequestHandler):
+            def handle(self):
+                for raw in self.rfile:
+                    if raw.strip():
+                        exporter.feed(raw.decode(errors="replace").strip())
+
+        servers = []
+        if udp_port is not None:
+            servers.append(socketserver.ThreadingUDPServer((host, udp_port), Datagrams))
+        if tcp_port is not None:
+            servers.append(socketserver.ThreadingTCPServer((host, tcp_port), Stream))
+        for server in servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        return servers
 
 
 def _fmt(value: float) -> str:
@@ -228,3 +263,32 @@ def _sample(name: str, labels: tuple, value: float) -> str:
     body = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
                     for k, v in labels)
     return f"{name}{{{body}}} {value}" if body else f"{name} {value}"
+
+
+def _address(text: str) -> tuple[str, int]:
+    """":9125" or "host:9125" (the exporter's flag syntax) -> (host, port); an empty host is every address."""
+    host, _, port = text.rpartition(":")
+    return host or "0.0.0.0", int(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--statsd.mapping-config", dest="mapping", required=True, type=Path)
+    parser.add_argument("--statsd.listen-udp", dest="udp", default=":9125")
+    parser.add_argument("--statsd.listen-tcp", dest="tcp", default=":9125")
+    parser.add_argument("--web.listen-address", dest="web", default=":9102")
+    args = parser.parse_args(argv)
+    exporter = Exporter(Mapping(args.mapping))
+    udp_host, udp_port = _address(args.udp)
+    tcp_host, tcp_port = _address(args.tcp)
+    exporter.listen(udp_host, udp_port, None)
+    exporter.listen(tcp_host, None, tcp_port)
+    web_host, web_port = _address(args.web)
+    server = exporter.serve(web_port, web_host)
+    print(f"statsd_exporter stand-in: StatsD on udp {args.udp} and tcp {args.tcp}, metrics on {args.web}",
+          flush=True)
+    threading.Event().wait()  # the servers run in daemon threads
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# `make stack` / `make stack-down`: the stack from the compose files on this machine, with Debian's
+# docker-compose 1.29 and the images scripts/build-local-images.sh builds (no registry here).
+#
+#   scripts/stack.sh up      write .env if absent, build what is missing, up -d, wait for every healthcheck,
+#                            print the URLs and the admin login
+#   scripts/stack.sh down    remove the stack's containers (and runner containers left on its network),
+#                            networks and volumes
+#   scripts/stack.sh compose ARGS...   docker-compose with the stack's files, e.g. `compose ps`, `compose logs`
+#
+# .env (never committed) is written once from .env-template: fresh random secrets, HELICAL_DATA_DIR = the
+# absolute path of ./data, the *_IMAGE variables pointing at the local images, and the template's host ports
+# where they are free (free ones otherwise). An existing .env is used as it is: edit it to change a port,
+# an image or a secret (a changed Postgres password needs `make stack-down` first: the volume keeps the old).
+#
+# Settings (environment): HELICAL_STACK_WAIT (seconds to wait for health, default 600).
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+PROJECT=helical-airflow
+FILES=(docker-compose-storage.yaml docker-compose-monitoring.yaml docker-compose-airflow.yaml docker-compose-local.yaml)
+WAIT=${HELICAL_STACK_WAIT:-600}
+
+ensure_apt docker-compose
+SOCKET=$(bash scripts/docker-engine.sh)
+export DOCKER_HOST=unix://$SOCKET
+compose() { docker-compose --project-name "$PROJECT" --project-directory "$REPO_ROOT" "${FILES[@]/#/-f}" "$@"; }
+env_value() { sed -n "s/^$1=//p" .env | tail -n1; }
+
+write_env() {
+    # the template, with every <placeholder> filled, the data folder, local images and free ports
+    bash scripts/build-local-images.sh --env >"$CACHE_ROOT/stack-images.env"
+    python3 - "$REPO_ROOT" "$CACHE_ROOT/stack-images.env" <<'PY'
+import base64, os, re, secrets, socket, sys
+from pathlib import Path
+
+repo, images = Path(sys.argv[1]), dict(l.split("=", 1) for l in Path(sys.argv[2]).read_text().split())
+PORTS = ("AIRFLOW_API_PORT", "MINIO_API_PORT", "MINIO_CONSOLE_PORT", "PROMETHEUS_PORT", "PUSHGATEWAY_PORT",
+         "GRAFANA_PORT")
+
+def free(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+def any_free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def secret(name):
+    if name == "AIRFLOW_FERNET_KEY":  # a Fernet key is 32 random bytes, urlsafe base64
+        return base64.urlsafe_b64encode(os.urandom(32)).decode()
+    if name.endswith(("_USER", "_ACCESS_KEY")):
+        return f"helical-{secrets.token_hex(4)}"
+    return secrets.token_hex(24)
+
+out = ["# written by `make stack` (scripts/stack.sh) from .env-template: local images, fresh secrets"]
+for line in (repo / ".env-template").read_text().splitlines():
+    m = re.match(r"^([A-Z_][A-Z0-9_]*)=(.*)$", line)
+    if not m:
+        out.append(line)
+        continue
+    name, value = m.groups()
+    if name == "HELICAL_DATA_DIR":
+        value = str(repo / "data")
+    elif name in images:
+        value = images[name]
+    elif name in PORTS and not free(int(value)):
+        value = str(any_free_port())
+    elif value.startswith("<") and value.endswith(">"):
+        value = secret(name)
+    out.append(f"{name}={value}")
+env = repo / ".env"
+env.write_text("\n".join(out) + "\n")
+env.chmod(0o600)
+PY
+    log "wrote .env (fresh secrets, local images, data folder $REPO_ROOT/data)"
+}
+
+# build_images: the local images .env names (a tag set to anything else is used as it is), and the
+# runner image of the default profile.
+build_images() {
+    local names=() name var tag
+    while read -r name var tag; do
+        [ "$(env_value "$var")" = "$tag" ] || continue
+        case " ${names[*]} " in *" $name "*) ;; *) names+=("$name") ;; esac
+    done < <(bash scripts/build-local-images.sh --list)
+    [ ${#names[@]} -eq 0 ] || bash scripts/build-local-images.sh "${names[@]}" >/dev/null
+    bash scripts/build-runner-image.sh cpu >/dev/null
+}
+
+# wait_healthy: every service container healthy (or running, without a healthcheck) and every one-shot
+# job exited 0; fails on a job that failed or a container that went unhealthy, with its last log lines.
+wait_healthy() {
+    local deadline=$((SECONDS + WAIT)) pending
+    while :; do
+        pending=()
+        local id name state health code
+        for id in $(compose ps -q); do
+            IFS='|' read -r name state health code < <(docker inspect -f \
+                '{{index .Config.Labels "com.docker.compose.service"}}|{{.State.Status}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{.State.ExitCode}}' "$id")
+            case "$state/$health" in
+                running/healthy|running/) ;;
+                exited/*)
+                    # one-shot jobs have no restart policy; a service that stopped is a failure even at 0
+                    case "$code/$(docker inspect -f '{{.HostConfig.RestartPolicy.Name}}' "$id")" in
+                        0/|0/no) ;;
+                        *) docker logs --tail 30 "$id" >&2; die "$name exited with code $code" ;;
+                    esac ;;
+                running/unhealthy)
+                    docker logs --tail 30 "$id" >&2
+                    docker inspect -f '{{range .State.Health.Log}}{{.Output}}{{end}}' "$id" | tail -n 5 >&2
+                    die "$name is unhealthy" ;;
+                *) pending+=("$name:$state${health:+/$health}") ;;
+            esac
+        done
+        [ ${#pending[@]} -eq 0 ] && return 0
+        [ $SECONDS -lt $deadline ] || die "not healthy after ${WAIT}s: ${pending[*]}"
+        sleep 3
+    done
+}
+
+case ${1:-} in
+    up)
+        start=$SECONDS
+        [ -f .env ] || write_env
+        mkdir -p data/scratch data/helical
+        build_images
+        log "starting the stack (${FILES[*]})"
+        compose up -d --remove-orphans >"$CACHE_ROOT/stack-up.log" 2>&1 \
+            || { grep -v -e '^Creating' -e '^Starting' "$CACHE_ROOT/stack-up.log" | tail -n 30 >&2; die "docker-compose up failed"; }
+        wait_healthy
+        log "the stack is up and healthy in $((SECONDS - start))s"
+        s3_port=$(env_value MINIO_API_PORT)
+        cat <<MSG
+Airflow UI and REST API  http://127.0.0.1:$(env_value AIRFLOW_API_PORT)  (login $(env_value _AIRFLOW_WWW_USER_USERNAME) / $(env_value _AIRFLOW_WWW_USER_PASSWORD))
+S3 (moto, MinIO's port)  http://127.0.0.1:$s3_port  bucket $(env_value HELICAL_BUCKET); upload with
+                         AWS_ACCESS_KEY_ID=$(env_value HELICAL_S3_ACCESS_KEY) AWS_SECRET_ACCESS_KEY=$(env_value HELICAL_S3_SECRET_KEY) \\
+                         aws s3 cp cells.h5ad s3://$(env_value HELICAL_BUCKET)/incoming/ --endpoint-url http://127.0.0.1:$s3_port
+Prometheus               http://127.0.0.1:$(env_value PROMETHEUS_PORT)
+Pushgateway              http://127.0.0.1:$(env_value PUSHGATEWAY_PORT)
+Data folder              $(env_value HELICAL_DATA_DIR)  (model cache in helical/, mounted at /data in runners)
+Not run here (no registry, no Debian package): cAdvisor, Grafana (docker-compose-local.yaml)
+MSG
+        ;;
+    down)
+        [ -f .env ] || die "no .env: nothing was started by make stack here"
+        network=$(env_value HELICAL_NETWORK)
+        # runner containers that failed are kept for debugging; they hold the network open
+        ids=$(docker ps -aq --filter "network=${network:-helical}" --filter label=app=helical-runner)
+        [ -z "$ids" ] || docker rm -f $ids >/dev/null
+        compose --profile registry down --volumes --remove-orphans >"$CACHE_ROOT/stack-down.log" 2>&1 \
+            || { tail -n 30 "$CACHE_ROOT/stack-down.log" >&2; die "docker-compose down failed"; }
+        log "the stack is down (containers, networks and volumes removed)"
+        ;;
+    compose) shift; compose "$@" ;;
+    *) die "usage: $0 up|down|compose ARGS..." ;;
+esac

@@ -1,0 +1,165 @@
+"""`make stack` for real: the compose files up on this machine's engine, an upload through the AWS CLI
+fine-tuned by runner containers started through the docker-socket-proxy, watched through the REST API and
+Prometheus; then `make stack-down`. The browser half is test_browser.py; the last test takes the stack down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import REPO, compose_containers, docker, make, save_logs, wait_for
+
+pytestmark = pytest.mark.slow
+
+# Services docker-compose-local.yaml leaves out (no local build) and the GPU extras (`--profile gpu`).
+NOT_RUN_HERE = {"cadvisor", "grafana", "dcgm-exporter", "airflow-worker-gpu"}
+ONE_SHOT = {"storage-secrets", "minio-init", "monitoring-secrets", "airflow-init"}
+# Services that need root: the socket proxy reads docker.sock, airflow-init chowns the data folder.
+ROOT_SERVICES = {"docker-socket-proxy", "airflow-init"}
+RUNNER_STEPS = ("on_cpu.chunk", "on_cpu.finetune", "on_cpu.predict")
+
+
+def compose_config() -> dict:
+    done = subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), "compose", "config"], capture_output=True,
+                          text=True, check=True, timeout=120)
+    return yaml.safe_load(done.stdout)
+
+
+def by_service() -> dict[str, dict]:
+    return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in compose_containers()}
+
+
+def test_every_service_runs_and_passes_its_healthcheck(stack):
+    services = compose_config()["services"]
+    containers = by_service()
+    expected = {name for name, spec in services.items() if not spec.get("profiles")}
+    assert set(containers) == expected
+    assert not NOT_RUN_HERE & set(containers)
+    for name in ONE_SHOT:
+        state = containers[name]["State"]
+        assert (state["Status"], state["ExitCode"]) == ("exited", 0), name
+    with_healthcheck = {name for name in expected if "healthcheck" in services[name]}
+    assert with_healthcheck == expected - ONE_SHOT  # every long-running service has one
+    for name in with_healthcheck:
+        health = containers[name]["State"]["Health"]
+        # healthy, and Docker ran the compose files' own command (it passed at least once)
+        declared = [part.replace("$$", "$") for part in services[name]["healthcheck"]["test"]]  # compose's escape
+        assert containers[name]["Config"]["Healthcheck"]["Test"] == declared, name
+        assert health["Status"] == "healthy", (name, health["Log"][-1:])
+        assert any(entry["ExitCode"] == 0 for entry in health["Log"]), (name, health["Log"])
+    as_root = {name for name, c in containers.items() if c["Config"]["User"].split(":")[0] in ("", "0", "root")}
+    assert as_root == ROOT_SERVICES
+
+
+@pytest.fixture(scope="module")
+def upload_run(stack, data_dir, cells):
+    """Upload with the AWS CLI to incoming/; helical_ingest triggers helical_finetune. Watches the engine
+    for the run's runner containers while it runs. -> (run, key, containers seen by task id)."""
+    key = f"incoming/stack-{int(time.time())}.h5ad"
+    url = f"s3://{stack.bucket}/{key}"
+    stack.aws("s3", "cp", str(cells), url)
+
+    def triggered():
+        runs = stack.get("/api/v2/dags/helical_finetune/dagRuns", limit=100)["dag_runs"]
+        return next((r for r in runs if (r.get("conf") or {}).get("data") == url), None)
+
+    run = wait_for(triggered, 180, f"a helical_finetune run for {url}")
+    run_id = run["dag_run_id"]
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        ids = docker("ps", "-aq", "--filter", "label=app=helical-runner", "--filter", f"label=run_id={run_id}").split()
+        # a container that succeeded may be removed between ps and inspect: inspect prints the others
+        found = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=60).stdout \
+            if ids else ""
+        for info in json.loads(found or "[]"):
+            seen.setdefault(info["Config"]["Labels"]["task_id"], info)
+        run = stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}")
+        if run["state"] in ("success", "failed"):
+            break
+        time.sleep(1)
+    return run, key, seen
+
+
+def test_upload_is_fine_tuned_by_runner_containers_through_the_proxy(stack, upload_run):
+    run, key, seen = upload_run
+    run_id = run["dag_run_id"]
+    assert run["state"] == "success", stack.task_states("helical_finetune", run_id)
+    assert set(seen) == set(RUNNER_STEPS)
+    for task_id, info in seen.items():
+        assert info["Config"]["Labels"] == {**info["Config"]["Labels"], "app": "helical-runner",
+                                             "dag_id": "helical_finetune", "task_id": task_id,
+                                             "run_id": run_id, "profile": "cpu-small"}
+        assert info["Config"]["Image"] == "helical-runner:cpu"
+        assert info["Config"]["User"] == stack.env.get("HELICAL_RUNNER_USER", "50000:0")
+        assert info["HostConfig"]["NetworkMode"] == stack.env.get("HELICAL_NETWORK", "helical")
+        data = [m for m in info["Mounts"] if m["Destination"] == "/data"]
+        assert [(m["Source"], m["RW"]) for m in data] == [(stack.env["HELICAL_DATA_DIR"], False)]
+    # succeeded containers are removed; the proxy created each of them (its HTTP log, 201 Created)
+    assert not docker("ps", "-aq", "--filter", f"label=run_id={run_id}").split()
+    proxy_log = docker("logs", by_service()["docker-socket-proxy"]["Id"])
+    for info in seen.values():
+        name = info["Name"].lstrip("/")
+        assert re.search(rf" 201 .*POST /v[0-9.]+/containers/create\?name={re.escape(name)}", proxy_log), name
+    # the upload was recorded as handed on
+    assert key in stack.aws("s3", "ls", f"s3://{stack.bucket}/ledger/", "--recursive")
+
+
+def test_rest_api_shows_every_task_state(stack, upload_run):
+    run_id = upload_run[0]["dag_run_id"]
+    tasks = {t["task_id"] for t in stack.get("/api/v2/dags/helical_finetune/tasks")["tasks"]}
+    ran = {"check_input", "route", *RUNNER_STEPS, "publish_summary"}
+    assert ran < tasks
+    # the other queues' branches and the quarantine step are skipped
+    assert stack.task_states("helical_finetune", run_id) == {t: "success" if t in ran else "skipped" for t in tasks}
+
+
+def test_summary_is_published_to_s3(stack, upload_run):
+    run_id = upload_run[0]["dag_run_id"]
+    plan = stack.plan(run_id)
+    summary = json.loads(stack.aws("s3", "cp", f"{plan['run']}/summary.json", "-"))
+    assert plan["run"].startswith(f"s3://{stack.bucket}/runs/")
+    assert 0 <= summary["accuracy"] <= 1, summary
+    files = stack.aws("s3", "ls", f"{plan['run']}/", "--recursive")
+    assert "report.json" in files and "predict/predictions.csv" in files
+
+
+def test_prometheus_has_the_runs_metrics_and_its_targets_are_up(stack, upload_run):
+    runner_run_id = stack.plan(upload_run[0]["dag_run_id"])["run_id"]
+
+    def statuses():
+        found = stack.query(f'helical_runner_status{{run_id="{runner_run_id}",status="succeeded"}} == 1')
+        return found if {s["metric"]["command"] for s in found} >= {"chunk", "finetune", "predict"} else None
+
+    found = wait_for(statuses, 120, "the run's runner metrics in Prometheus")
+    assert {s["metric"]["job"] for s in found} == {"helical_runner"}  # the push group's, kept by honor_labels
+    trained = stack.query(f'helical_runner_cells_processed{{run_id="{runner_run_id}",command="finetune"}}')
+    assert trained and float(trained[0]["value"][1]) > 0, trained
+    # Airflow's own metrics: StatsD from the workers through the statsd-exporter, mapped by mapping.yml
+    finished = wait_for(lambda: stack.query('airflow_ti_finish_total{dag_id="helical_finetune",'
+                                            'task_id="on_cpu.finetune",state="success"}'), 120,
+                        "Airflow's task metrics in Prometheus")
+    assert float(finished[0]["value"][1]) >= 1, finished
+    health = {}
+    for target in stack.targets():
+        health.setdefault(target["labels"]["job"], set()).add(target["health"])
+    for job in ("prometheus", "airflow", "pushgateway", "node"):  # airflow: the statsd-exporter
+        assert health.get(job) == {"up"}, (job, health)
+
+
+@pytest.mark.skipif(os.environ.get("HELICAL_STACK_KEEP") == "1", reason="HELICAL_STACK_KEEP=1 keeps the stack up")
+def test_stack_down_leaves_nothing_behind(stack):
+    network = stack.env.get("HELICAL_NETWORK", "helical")
+    save_logs()
+    make("stack-down", "make-stack-down.log", timeout=600)
+    assert compose_containers() == []
+    assert not docker("ps", "-aq", "--filter", f"network={network}").split()  # runner containers too
+    assert network not in docker("network", "ls", "--format", "{{.Name}}").split()
+    assert not docker("volume", "ls", "-q", "--filter", "label=com.docker.compose.project=helical-airflow").split()

@@ -168,51 +168,6 @@ def cmd_padding(args) -> dict:
                if args.tokens_per_batch else {})}
 
 
-def cmd_gpu(args) -> dict:
-    """fp16 AMP vs fp32 step time and peak CUDA memory, gf-12L-38M-i4096's shape, the runner's Trainer."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"skipped": "not run: no CUDA device"}
-    import numpy as np
-    from transformers import BertConfig, BertModel
-
-    from helical_runner.model import GeneformerClassifier
-    from helical_runner.precision import resolve
-    from helical_runner.training import TrainConfig, Trainer
-
-    device = torch.device("cuda")
-    # gf-12L-38M-i4096: 12 layers, hidden 512, 8 heads, intermediate 1024, 20,275 tokens, 4,096 positions
-    config = BertConfig(vocab_size=20_275, hidden_size=512, num_hidden_layers=12, num_attention_heads=8,
-                        intermediate_size=1024, max_position_embeddings=4096, pad_token_id=0,
-                        hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.02)
-    rng = np.random.default_rng(0)
-    lengths = np.clip(rng.normal(args.tokens, args.tokens / 4, size=args.batch_size), 64, 4096).astype(int)
-    batch = [np.concatenate([[2], rng.integers(4, 20_275, size=n - 2), [3]]) for n in lengths]
-    labels = rng.integers(0, 8, size=args.batch_size)
-    result = {"batch_size": args.batch_size, "mean_tokens": float(lengths.mean()),
-              "device": torch.cuda.get_device_name(0)}
-    for name in args.order.split(","):
-        torch.manual_seed(0)
-        config._attn_implementation = "sdpa"  # as load_encoder asks for it
-        encoder = BertModel(config, add_pooling_layer=False)
-        net = GeneformerClassifier(encoder, 8, special_token=True).to(device)
-        trainer = Trainer(net, TrainConfig(batch_size=args.batch_size), resolve(name, device), 0, 10_000)
-        for _ in range(args.warmup):
-            trainer.step(batch, labels)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        started = time.monotonic()
-        for _ in range(args.steps):
-            trainer.step(batch, labels)
-        torch.cuda.synchronize()
-        result[name] = {"step_seconds": (time.monotonic() - started) / args.steps,
-                        "peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
-        del trainer, net, encoder
-        torch.cuda.empty_cache()
-    return result
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.child")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -257,15 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--tokens-per-batch", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("gpu")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--tokens", type=int, default=2048)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--order", default="fp32,fp16")
     args = parser.parse_args(argv)
     handler = {"model": cmd_model, "data": cmd_data, "varlen-data": cmd_varlen_data, "read-h5ad": cmd_read_h5ad,
-               "helical-train": cmd_helical_train, "padding": cmd_padding, "gpu": cmd_gpu}[args.cmd]
+               "helical-train": cmd_helical_train, "padding": cmd_padding}[args.cmd]
     emit(handler(args))
 
 

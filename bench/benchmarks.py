@@ -20,6 +20,7 @@ SIZES = {
         "train_cells": 48, "train_genes_per_cell": 800, "reps": 2,
         "padding_cells": 4_000,
         "stream_cells": 96, "stream_chunk": 24, "stream_reps": 2,
+        "predict_cells": 96,
     },
     "full": {
         "memory_cells": (50_000, 200_000), "memory_genes_per_cell": 2_000, "memory_finetune_chunks": 2,
@@ -30,6 +31,8 @@ SIZES = {
         # 20 chunks: the first, which nothing can prefetch, must not be the whole measurement (with 4
         # chunks its ~60 ms read was 5-10% of a 1 s run of this light model)
         "stream_cells": 1_200, "stream_chunk": 60, "stream_reps": 3,
+        # enough cells that inference, not imports and model loading, is most of both sides' wall time
+        "predict_cells": 400,
     },
 }
 
@@ -40,6 +43,7 @@ TOKEN_BUDGET = 16_384  # --tokens-per-batch of the padding benchmark: 4 cells of
 TINY = {"layers": 2, "hidden": 64, "heads": 4}  # memory benchmark: the data path, not the model, is measured
 STREAM_TOKENS = 256  # streaming benchmark: short cells keep the training step short
 BENCH_MODEL = {"layers": 6, "hidden": 256, "heads": 4}  # the issue's random 6-layer, 256-hidden model
+PREDICT_BATCH = 24  # cells per forward pass on both sides: helical's default batch_size (ours: --batch-size x 4)
 
 
 # --- inputs, cached outside the clone ---------------------------------------------------------------
@@ -280,6 +284,72 @@ def bench_streaming(ctx: Context) -> list[Row]:
     ]
 
 
+# --- 7. prediction: `predict` vs helical's get_embeddings + the same head --------------------------------
+
+def bench_predict(ctx: Context) -> list[Row]:
+    n = ctx.params["predict_cells"]
+    prefix = ensure_model(ctx, **BENCH_MODEL)
+    env = {"CACHE_DIR_HELICAL_PREFIX": str(prefix)}
+    data = ensure_h5ad(ctx, n, ctx.params["train_genes_per_cell"], seed=4)
+    classifier = ctx.results / "predict-classifier"
+    shutil.rmtree(classifier, ignore_errors=True)
+    ctx.child("predict-classifier", "classifier", "--output", str(classifier), "--model", MODEL, **env).check()
+    sides = {k: {"cps": [], "inference": [], "rss": []} for k in ("ours", "helical")}
+    agreement = []
+    for rep in range(ctx.reps):
+        log(f"predict rep {rep + 1}/{ctx.reps}: runner on {n} cells")
+        out = ctx.results / f"predict-runner-{rep}"
+        shutil.rmtree(out, ignore_errors=True)
+        result = ctx.runner(f"predict-runner-{rep}", "predict", "--model", str(classifier), "--data", str(data),
+                            "--output", str(out), "--profile", "cpu-small", "--precision", "fp32",
+                            "--batch-size", str(PREDICT_BATCH // 4), "--max-input-size", "4096", **env).check()
+        report = read_report(out)
+        cells = report["cells"]["predicted"]
+        sides["ours"]["cps"].append(cells / result.seconds)
+        sides["ours"]["inference"].append(cells / report["durations"]["inference_seconds"])
+        sides["ours"]["rss"].append(result.peak_rss_bytes)
+        log(f"predict rep {rep + 1}/{ctx.reps}: helical get_embeddings + head on {n} cells")
+        theirs = ctx.results / f"predict-helical-{rep}.csv"
+        result = ctx.child(f"predict-helical-{rep}", "helical-annotate", "--path", str(data), "--classifier",
+                           str(classifier), "--output", str(theirs), "--model", MODEL,
+                           "--hidden", str(BENCH_MODEL["hidden"]), "--batch-size", str(PREDICT_BATCH), **env).check()
+        sides["helical"]["cps"].append(result.output["cells"] / result.seconds)
+        sides["helical"]["inference"].append(result.output["cells"] / result.output["inference_seconds"])
+        sides["helical"]["rss"].append(result.peak_rss_bytes)
+        agreement.append(_same_labels(out / "predictions.csv", theirs))
+    ours, theirs = sides["ours"], sides["helical"]
+    ratio = median(ours["cps"]) / median(theirs["cps"])
+    setting = (f"{n} cells of ~800 tokens, the random 6-layer 256-hidden model with the same linear head on both "
+               f"sides, fp32, CPU, 2 threads, {PREDICT_BATCH} cells a forward pass; predicted labels agree on "
+               f"{min(agreement):.1%} of cells")
+    gb = lambda values: spread([v / 2**30 for v in values]) + " GiB"  # noqa: E731
+    return [
+        Row("7. Prediction", "cells/s end to end: `predict` vs helical read_h5ad + process_data + "
+            "get_embeddings + head", spread(ours["cps"]), spread(theirs["cps"]), ratio, ">= 1.5", ratio >= 1.5,
+            f"{setting}. Each side's whole child process (imports, model load, reading, tokenizing, inference, "
+            "writing predictions.csv)"),
+        Row("7. Prediction", "cells/s of inference alone: encoder + head vs get_embeddings + head",
+            spread(ours["inference"]), spread(theirs["inference"]),
+            median(ours["inference"]) / median(theirs["inference"]), "(reference)", None,
+            "ours: report.json durations.inference_seconds; helical: get_embeddings and the head"),
+        Row("7. Prediction", "peak RSS: `predict` vs helical's path", gb(ours["rss"]), gb(theirs["rss"]),
+            median(ours["rss"]) / median(theirs["rss"]), "(reference)", None, "ru_maxrss of each child process"),
+    ]
+
+
+def _same_labels(ours: Path, theirs: Path) -> float:
+    """Share of cells both sides gave the same label (the head is the same; pooling and rounding may differ)."""
+    import csv
+
+    def labels(path: Path) -> dict:
+        with open(path, newline="") as handle:
+            return {row["cell_id"]: row["predicted_label"] for row in csv.DictReader(handle)}
+
+    a, b = labels(ours), labels(theirs)
+    common = set(a) & set(b)
+    return sum(a[c] == b[c] for c in common) / max(1, len(common))
+
+
 # --- 6. GPU: fp16 AMP vs fp32 ---------------------------------------------------------------------
 
 def bench_gpu(ctx: Context) -> list[Row]:
@@ -310,4 +380,5 @@ BENCHMARKS = {
     "padding": bench_padding,
     "streaming": bench_streaming,
     "gpu": bench_gpu,
+    "predict": bench_predict,
 }

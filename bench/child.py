@@ -77,6 +77,26 @@ def cmd_varlen_data(args) -> dict:
     return {"path": str(out), "bytes": out.stat().st_size}
 
 
+def cmd_classifier(args) -> dict:
+    """A saved classifier (predict's model folder) over the cached base model: its encoder, a seeded random
+    head for the file's cell types. Throughput does not depend on what the head learnt."""
+    import torch
+
+    from helical_runner import model as model_io
+    from helical_runner.model_files import locate
+    from helical_runner.synthetic import CELL_TYPES
+
+    files = locate(args.model, fetch_missing=False)
+    torch.manual_seed(args.seed)
+    labels = sorted(CELL_TYPES[: args.types])
+    net = model_io.GeneformerClassifier(model_io.load_encoder(files.model_dir), len(labels), files.special_token)
+    meta = model_io.ClassifierMeta(labels=labels, label_column="cell_type", base_model=files.name,
+                                   model_version=files.version, input_size=files.input_size,
+                                   special_token=files.special_token)
+    model_io.save(net, meta, files, Path(args.output))
+    return {"model": args.output, "labels": labels}
+
+
 # --- measured sides --------------------------------------------------------------------------------
 
 def cmd_read_h5ad(args) -> dict:
@@ -120,6 +140,46 @@ def cmd_helical_train(args) -> dict:
             "load_seconds": load_seconds, "tokenize_seconds": tokenize_seconds,
             "mean_tokens": sum(lengths) / len(lengths), "threads": torch.get_num_threads(),
             "backbone_training_mode": bool(model.model.training)}
+
+
+def cmd_helical_annotate(args) -> dict:
+    """helical's annotation path on a whole .h5ad: read_h5ad, process_data, get_embeddings (cell embeddings),
+    then the saved model's linear head on them, predictions written as a CSV like `predict` writes."""
+    import csv
+
+    import anndata
+    import numpy as np
+    import torch
+    from helical.models.geneformer import Geneformer, GeneformerConfig
+    from safetensors.torch import load_file
+
+    started = time.monotonic()
+    meta = json.loads((Path(args.classifier) / "classifier.json").read_text())
+    head = load_file(Path(args.classifier) / "classifier.safetensors")
+    adata = anndata.read_h5ad(args.path)
+    adata.var["ensembl_id"] = adata.var.index.astype(str)
+    config = GeneformerConfig(model_name=args.model, batch_size=args.batch_size, device="cpu", emb_mode="cell")
+    config.config["embsize"] = args.hidden  # the random model's hidden size (ENVIRONMENT.md)
+    model = Geneformer(configurer=config)
+    tokenize_started = time.monotonic()
+    dataset = model.process_data(adata, gene_names="ensembl_id")
+    inference_started = time.monotonic()
+    embeddings = model.get_embeddings(dataset)
+    with torch.no_grad():
+        logits = torch.from_numpy(np.asarray(embeddings, dtype=np.float32)) @ head["classifier.weight"].T \
+            + head["classifier.bias"]
+    probs = torch.softmax(logits, dim=1).numpy()
+    inference_seconds = time.monotonic() - inference_started
+    best = probs.argmax(axis=1)
+    labels = np.asarray(meta["labels"])[best]
+    with open(args.output, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell_id", "predicted_label", "probability"])
+        for cell, label, p in zip(adata.obs_names, labels, probs[np.arange(len(best)), best]):
+            writer.writerow([cell, label, f"{p:.4f}"])
+    return {"cells": len(best), "seconds": time.monotonic() - started,
+            "tokenize_seconds": inference_started - tokenize_started, "inference_seconds": inference_seconds,
+            "threads": torch.get_num_threads()}
 
 
 def cmd_padding(args) -> dict:
@@ -203,6 +263,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label-column", default="cell_type")
     p.add_argument("--freeze-layers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("classifier")
+    p.add_argument("--output", required=True)
+    p.add_argument("--model", default="gf-12L-38M-i4096")
+    p.add_argument("--types", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("helical-annotate")
+    p.add_argument("--path", required=True)
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--model", default="gf-12L-38M-i4096")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=24)
     p = sub.add_parser("padding")
     p.add_argument("--path", required=True)
     p.add_argument("--model", default="gf-12L-38M-i4096")
@@ -214,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     handler = {"model": cmd_model, "data": cmd_data, "varlen-data": cmd_varlen_data, "read-h5ad": cmd_read_h5ad,
-               "helical-train": cmd_helical_train, "padding": cmd_padding}[args.cmd]
+               "helical-train": cmd_helical_train, "padding": cmd_padding, "classifier": cmd_classifier,
+               "helical-annotate": cmd_helical_annotate}[args.cmd]
     emit(handler(args))
 
 

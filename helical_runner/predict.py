@@ -62,6 +62,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
         has_truth = meta.label_column in dataset.obs_value_counts
         metrics.update(chunks_total=dataset.n_chunks, memory_limit_bytes=profile.memory_limit_bytes)
         n_predicted = n_correct = n_dropped = 0
+        inference_seconds = 0.0  # the encoder and head alone: what helical's get_embeddings + a classifier does
 
         def prepare(i: int):
             chunk = dataset.load(i)
@@ -76,8 +77,10 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
                 writer.writerow(["cell_id", "predicted_label", "probability"] + (["true_label"] if has_truth else []))
                 loaders = [lambda i=i: prepare(i) for i in range(dataset.n_chunks)]
                 for done, (tokens, truth) in enumerate(prefetched(loaders), start=1):
+                    inference_started = time.monotonic()
                     probs = runner.predict(tokens.input_ids, profile.batch_size * 4) if tokens.input_ids else \
                         np.zeros((0, len(meta.labels)))
+                    inference_seconds += time.monotonic() - inference_started
                     best = probs.argmax(axis=1)
                     predicted = np.asarray(meta.labels)[best]
                     for row, cell in enumerate(tokens.cell_ids):
@@ -100,7 +103,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
         "precision": precision.name, "device": str(device),
         "cells": {"predicted": n_predicted, "dropped": n_dropped},
         "accuracy": n_correct / n_predicted if has_truth and n_predicted else None,
-        "durations": {"total_seconds": time.monotonic() - started},
+        "durations": {"total_seconds": time.monotonic() - started, "inference_seconds": inference_seconds},
         "peak_memory": {"rss_bytes": peak_rss_bytes()},
         "outputs": {"predictions": str(output.join(PREDICTIONS_NAME))},
         "versions": versions(),

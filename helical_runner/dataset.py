@@ -163,3 +163,27 @@ def prefetched(loaders: Sequence[Callable[[], T]], depth: int = 1) -> Iterator[T
             if i + depth < len(loaders):
                 pending.append(pool.submit(loaders[i + depth]))
             yield pending.pop(0).result()
+
+
+class HeadStart:
+    """One load started now, on its own thread, for a loop that will ask for it later (finetune reads and
+    tokenizes its first chunk while the model loads). `serve(load)` is `load` that hands over the early
+    result when the first index asked for is the one started, and otherwise drops it (a resumed run may
+    begin elsewhere). An error of the early load is raised where the loop asks for that index."""
+
+    def __init__(self, load: Callable[[int], T], index: int):
+        self.index = index
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="head-start")
+        self._future: Future | None = self._pool.submit(load, index)
+        self._pool.shutdown(wait=False)  # the thread ends with its one task
+
+    def serve(self, load: Callable[[int], T]) -> Callable[[int], T]:
+        def served(i: int) -> T:
+            future, self._future = self._future, None  # only the loop's first request can use it
+            if future is not None and i == self.index:
+                return future.result()
+            if future is not None:
+                log.info("first chunk is %d, not the early-read %d (a resumed run): reading it now", i, self.index)
+            return load(i)
+
+        return served

@@ -17,7 +17,7 @@ import torch
 
 from helical_runner import checkpoint, model as model_io, storage
 from helical_runner.batching import is_validation
-from helical_runner.dataset import Dataset, open_dataset, prefetched
+from helical_runner.dataset import Dataset, HeadStart, open_dataset, prefetched
 from helical_runner.distributed import DistContext
 from helical_runner.errors import InputError
 from helical_runner.metrics import RunMetrics
@@ -29,7 +29,8 @@ from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
 from helical_runner.runs import previous_report, versions
 from helical_runner.storage import Location
 from helical_runner.tokenizer import GeneformerTokenizer
-from helical_runner.training import (PreparedChunk, Trainer, TrainConfig, TrainState, estimate_training_cells, fit)
+from helical_runner.training import (PreparedChunk, Trainer, TrainConfig, TrainState, chunk_order,
+                                     estimate_training_cells, fit)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,9 @@ def _fingerprint(dataset: Dataset, files: ModelFiles, classes, label_column, con
 
 
 def finetune(data_url: str, label_column: str, output_url: str, model_name: str, profile: Profile,
-             config: TrainConfig, run_id: str, scratch: Path, metrics: RunMetrics) -> dict:
+             config: TrainConfig, run_id: str, scratch: Path, metrics: RunMetrics, early_prefetch: bool = True) -> dict:
+    """Fine-tune and publish (see the module docstring). With `early_prefetch` the first chunk is read and
+    tokenized on a background thread while the model loads, so training starts sooner."""
     started = time.monotonic()
     output = storage.parse(output_url)
     previous = previous_report(output)
@@ -116,6 +119,11 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         genes_known = check_vocabulary(dataset, tokenizer, files.name)
         log.info("%s: %d cells in %d chunks, %d genes in the vocabulary, %d classes of '%s'", dataset.url,
                  dataset.n_cells, dataset.n_chunks, genes_known, len(classes), label_column)
+        prepare = chunk_preparer(dataset, tokenizer, label_column, {c: i for i, c in enumerate(classes)},
+                                 config.val_fraction)
+        if early_prefetch:  # a fresh run's first chunk; a resumed run that starts elsewhere reads its own
+            early = HeadStart(prepare, chunk_order(config.seed, 0, dataset.n_chunks)[0])
+            prepare = early.serve(prepare)
 
         torch.manual_seed(config.seed)
         encoder = model_io.load_encoder(files.model_dir)
@@ -142,14 +150,20 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
 
         metrics.update(chunks_total=dataset.n_chunks * config.epochs, memory_limit_bytes=profile.memory_limit_bytes,
                        chunks_done=state.epoch * dataset.n_chunks + state.chunk_pos, cells=state.cells_seen)
-        prepare = chunk_preparer(dataset, tokenizer, label_column, {c: i for i, c in enumerate(classes)},
-                                 config.val_fraction)
-        state = fit(trainer, dataset.n_chunks, prepare, state, save_checkpoint, metrics.update, prefetched)
+        first_step: list[float] = []
+
+        def progress(**values) -> None:
+            if "step" in values and not first_step:
+                first_step.append(time.monotonic() - started)
+                log.info("first training step done %.2f s after start", first_step[0])
+            metrics.update(**values)
+
+        state = fit(trainer, dataset.n_chunks, prepare, state, save_checkpoint, progress, prefetched)
         if not dist.is_main:
             dist.barrier()  # wait for rank 0 to publish, so no rank exits while another may still need it
             return {"status": "succeeded", "steps": state.step, "accuracy": None, "rank": dist.rank}
         report = _publish(output, trainer, state, dataset, files, classes, label_column, config, profile,
-                        precision.name, run_id, started, data_url)
+                          precision.name, run_id, started, data_url, first_step[0] if first_step else None)
         dist.barrier()
         return report
     finally:
@@ -176,7 +190,7 @@ def _resume(store: checkpoint.CheckpointStore, trainer: Trainer, fingerprint: di
 
 def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dataset, files: ModelFiles,
              classes: list[str], label_column: str, config: TrainConfig, profile: Profile, precision: str,
-             run_id: str, started: float, data_url: str) -> dict:
+             run_id: str, started: float, data_url: str, first_step_seconds: float | None) -> dict:
     labels = np.asarray(state.val_labels, dtype=np.int64)
     if len(labels):
         predictions = trainer.predict(state.val_ids, config.batch_size * 4).argmax(axis=1)
@@ -221,7 +235,8 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
             "padding_efficiency": state.real_tokens / state.padded_tokens if state.padded_tokens else None,
         },
         "durations": {"total_seconds": time.monotonic() - started, "train_seconds": state.train_seconds,
-                      "data_wait_seconds": state.data_wait_seconds},
+                      "data_wait_seconds": state.data_wait_seconds,
+                      "first_step_seconds": first_step_seconds},  # start -> first optimisation step done
         "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": allocated,
                         "cuda_reserved_bytes": reserved},
         "resumed_from": state.resumed_from,

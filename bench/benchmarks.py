@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import re
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import MODEL, PYTHON, Context, Row, data_dir, free_port, gib, log, median, spread, wait_port
@@ -21,6 +23,7 @@ SIZES = {
         "padding_cells": 4_000,
         "stream_cells": 96, "stream_chunk": 24, "stream_reps": 2,
         "predict_cells": 96,
+        "first_step_cells": 4_000,
     },
     "full": {
         "memory_cells": (50_000, 200_000), "memory_genes_per_cell": 2_000, "memory_finetune_chunks": 2,
@@ -33,6 +36,7 @@ SIZES = {
         "stream_cells": 1_200, "stream_chunk": 60, "stream_reps": 3,
         # enough cells that inference, not imports and model loading, is most of both sides' wall time
         "predict_cells": 400,
+        "first_step_cells": 4_000,
     },
 }
 
@@ -227,23 +231,33 @@ def bench_padding(ctx: Context) -> list[Row]:
 
 # --- 4 + 5. S3 streaming with prefetch vs local disk, and the data-stall fraction -----------------------
 
+@contextmanager
+def moto_s3(ctx: Context, why: str):
+    """moto's S3 server on a free port with a bucket 'bench'; yields the environment a child needs."""
+    port = free_port()
+    log(f"{why}: moto S3 server on 127.0.0.1:{port}")
+    server = subprocess.Popen([str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ctx.child_env())
+    try:
+        wait_port(port)
+        s3 = {"S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+              "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "S3_RETRY_SECONDS": "20"}
+        ctx.run("s3-bucket", [PYTHON, "-c", "import boto3, os; boto3.client('s3', endpoint_url="
+                              "os.environ['S3_ENDPOINT_URL']).create_bucket(Bucket='bench')"], **s3).check()
+        yield s3
+    finally:
+        server.terminate()  # our own child only
+        server.wait(timeout=30)
+
+
 def bench_streaming(ctx: Context) -> list[Row]:
     n, per_chunk = ctx.params["stream_cells"], ctx.params["stream_chunk"]
     reps = ctx.params["stream_reps"]
     # A light model and short cells: training is fast, so the data path has the least time to hide in
     prefix = ensure_model(ctx, **TINY)
     data = ensure_h5ad(ctx, n, ctx.params["train_genes_per_cell"], seed=2)
-    port = free_port()
-    log(f"streaming: moto S3 server on 127.0.0.1:{port}")
-    server = subprocess.Popen([str(Path(PYTHON).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ctx.child_env())
-    try:
-        wait_port(port)
-        s3 = {"S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-              "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "S3_RETRY_SECONDS": "20",
-              "CACHE_DIR_HELICAL_PREFIX": str(prefix)}
-        ctx.run("s3-bucket", [PYTHON, "-c", "import boto3, os; boto3.client('s3', endpoint_url="
-                              "os.environ['S3_ENDPOINT_URL']).create_bucket(Bucket='bench')"], **s3).check()
+    with moto_s3(ctx, "streaming") as s3:
+        s3["CACHE_DIR_HELICAL_PREFIX"] = str(prefix)
         local = ctx.results / "stream-chunks"
         shutil.rmtree(local, ignore_errors=True)
         sources = {"local": str(local / "manifest.json"), "s3": "s3://bench/chunks/manifest.json"}
@@ -264,9 +278,6 @@ def bench_streaming(ctx: Context) -> list[Row]:
                 throughput = read_report(out)["throughput"]
                 cps[where].append(throughput["cells_per_second"])
                 wait[where].append(throughput["data_wait_fraction"])
-    finally:
-        server.terminate()  # our own child only
-        server.wait(timeout=30)
     setting = (f"{n} cells in {n // per_chunk} chunks of {per_chunk} (~800 expressed genes, cut to {STREAM_TOKENS} "
                f"tokens), the tiny 2-layer 64-hidden model, fp32, batch {BATCH}, 2 threads, 10% held out; "
                "moto S3 server on 127.0.0.1")
@@ -350,6 +361,45 @@ def _same_labels(ours: Path, theirs: Path) -> float:
     return sum(a[c] == b[c] for c in common) / max(1, len(common))
 
 
+# --- 8. time to the first training step, with and without reading the first chunk while the model loads ----
+
+FIRST_STEP = re.compile(r"first training step done ([0-9.]+) s after start")
+REAL_SHAPE = {"layers": 12, "hidden": 512, "heads": 8}  # gf-12L-38M-i4096's shape: a real model's load time
+
+
+def bench_first_step(ctx: Context) -> list[Row]:
+    n, per_chunk = ctx.params["first_step_cells"], CELLS_PER_CHUNK
+    prefix = ensure_model(ctx, **REAL_SHAPE)
+    data = ensure_h5ad(ctx, n, ctx.params["train_genes_per_cell"], seed=5)
+    seconds = {"early": [], "after": []}
+    with moto_s3(ctx, "first step") as s3:
+        s3["CACHE_DIR_HELICAL_PREFIX"] = str(prefix)
+        ctx.runner("first-step-chunk", "chunk", "--input", str(data), "--output", "s3://bench/first-step",
+                   "--cells-per-chunk", str(per_chunk), **s3).check()
+        for rep in range(ctx.reps):
+            for side, flags in (("early", ()), ("after", ("--no-early-prefetch",))):
+                log(f"first step rep {rep + 1}/{ctx.reps}: finetune, first chunk read {side} the model load")
+                out = ctx.results / f"first-step-{side}-{rep}"
+                shutil.rmtree(out, ignore_errors=True)
+                result = ctx.runner(f"first-step-{side}-{rep}", "finetune", "--data",
+                                    "s3://bench/first-step/manifest.json", "--label-column", "cell_type",
+                                    "--output", str(out), "--model", MODEL, "--profile", "cpu-small",
+                                    "--precision", "fp32", "--batch-size", str(BATCH), "--max-input-size",
+                                    str(STREAM_TOKENS), *flags, stop_after=("first training step done", 1),
+                                    **s3).check()
+                found = FIRST_STEP.search(result.stderr_path.read_text(errors="replace"))
+                if not found:
+                    raise RuntimeError(f"no first-step line in {result.stderr_path}")
+                seconds[side].append(float(found.group(1)))
+    ratio = median(seconds["early"]) / median(seconds["after"])
+    return [Row("8. Start-up", "seconds to the first training step: first chunk read while the model loads vs "
+                "after it", spread(seconds["early"]) + " s", spread(seconds["after"]) + " s", ratio, "(reported)", None,
+                f"finetune from an S3 chunk manifest (moto, chunks of {per_chunk} cells, ~800 genes a cell), a random "
+                f"model of gf-12L-38M-i4096's shape ({REAL_SHAPE['layers']} layers, {REAL_SHAPE['hidden']} hidden), "
+                f"fp32, CPU; from finetune's start (after imports) to its first optimisation step; the second side "
+                f"is `--no-early-prefetch`")]
+
+
 # --- 6. GPU: fp16 AMP vs fp32 ---------------------------------------------------------------------
 
 def bench_gpu(ctx: Context) -> list[Row]:
@@ -381,4 +431,5 @@ BENCHMARKS = {
     "streaming": bench_streaming,
     "gpu": bench_gpu,
     "predict": bench_predict,
+    "first_step": bench_first_step,
 }

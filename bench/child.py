@@ -58,7 +58,7 @@ def cmd_varlen_data(args) -> dict:
     import pandas as pd
     import scipy.sparse as sp
 
-    from helical_runner.synthetic import CELL_TYPES, gene_ids
+    from helical_runner.synthetic import CELL_TYPES, panel
 
     rng = np.random.default_rng(args.seed)
     sizes = np.clip(rng.lognormal(np.log(args.median_genes), args.sigma, size=args.cells), 100, 4000).astype(int)
@@ -69,7 +69,7 @@ def cmd_varlen_data(args) -> dict:
     types = rng.integers(0, 4, size=args.cells)
     obs = pd.DataFrame({"cell_type": pd.Categorical([CELL_TYPES[t] for t in types], categories=CELL_TYPES[:4])},
                        index=pd.Index([f"cell-{i:07d}" for i in range(args.cells)]))
-    var = pd.DataFrame(index=pd.Index(gene_ids()[: args.genes]))
+    var = pd.DataFrame(index=pd.Index(panel(args.genes)["ensembl_id"].to_numpy()))
     out = Path(args.output)
     partial = out.with_name(out.name + ".partial.h5ad")
     anndata.AnnData(X=X, obs=obs, var=var).write_h5ad(partial)
@@ -201,7 +201,7 @@ def cmd_padding(args) -> dict:
     ours_real = ours_padded = theirs_padded = budget_padded = budget_batches = 0
     file_order = []
     with H5adRows(Path(args.path), args.path) as rows:
-        ids = rows.var.index.astype(str).to_numpy()  # the synthetic files' var names are Ensembl ids
+        ids = rows.gene_ids
         for index, start in enumerate(range(0, rows.n_obs, args.cells_per_chunk)):
             part = rows.rows(start, min(start + args.cells_per_chunk, rows.n_obs))
             tokens = tokenizer.tokenize(part.X, ids, part.obs.index)

@@ -30,7 +30,8 @@ def existing_manifest(output: Location) -> dict | None:
 
 
 def chunk(input_url: str, output_url: str, cells_per_chunk: int, scratch: Path,
-          max_input_bytes: str | None = None, progress=None) -> dict:
+          max_input_bytes: str | None = None, progress=None, counts: str | None = None,
+          gene_column: str | None = None) -> dict:
     if cells_per_chunk < 1:
         raise InputError(f"--cells-per-chunk must be at least 1, got {cells_per_chunk}")
     output = storage.parse(output_url)
@@ -44,7 +45,7 @@ def chunk(input_url: str, output_url: str, cells_per_chunk: int, scratch: Path,
                          "choose a new output prefix")
 
     started = time.monotonic()
-    dataset = open_dataset(input_url, scratch, cells_per_chunk, max_input_bytes)
+    dataset = open_dataset(input_url, scratch, cells_per_chunk, max_input_bytes, counts, gene_column)
     if dataset.url.endswith(".json"):
         dataset.close()
         raise InputError(f"{input_url} is already a chunk manifest")
@@ -76,6 +77,8 @@ def chunk(input_url: str, output_url: str, cells_per_chunk: int, scratch: Path,
             "chunks": entries,
             "obs_columns": list(dataset.obs_value_counts),
             "obs_value_counts": dataset.obs_value_counts,
+            "obs_missing": dataset.obs_missing,
+            "layout": dataset.layout,  # where the counts and gene ids were found (h5ad_layout)
             "genes": dataset.genes,
             "gene_ids": [str(g) for g in var["ensembl_id"]],
             "duration_seconds": round(time.monotonic() - started, 3),

@@ -1,4 +1,4 @@
-"""`helical-runner info | chunk | finetune | predict`: the runner image's entrypoint.
+"""`helical-runner info | inspect | chunk | finetune | predict`: the runner image's entrypoint.
 
 Every failure ends with exactly one line on stderr, `helical-runner: error: <what went wrong>`, and a
 sysexits code (65 bad input: don't retry; 69 a service was unreachable: retry may help; 70 a bug). On
@@ -30,6 +30,15 @@ def _common_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-input-size", type=int, help="tokens kept per cell (overrides the profile)")
 
 
+def _input_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--counts", metavar="X|raw|layers/NAME",
+                        help="where the raw counts are (default: the first of X, raw/X, layers/counts, "
+                             "layers/raw_counts, other layers that holds non-negative integers)")
+    parser.add_argument("--gene-column", metavar="NAME",
+                        help="var column with the gene ids or symbols, or 'index' (default: the var names or the "
+                             "first of ensembl_id, gene_ids, gene_id, feature_id, ensembl, _index holding Ensembl ids)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helical-runner",
@@ -37,11 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "URLs are s3://bucket/key (endpoint from S3_ENDPOINT_URL, credentials from AWS_*) or paths.")
     parser.add_argument("--version", action="version", version=f"helical-runner {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,chunk,finetune,predict}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,inspect,chunk,finetune,predict}")
 
     info = sub.add_parser("info", help="model metadata as JSON (offline, from helical's cache)")
     info.add_argument("--model", default="gf-12L-38M-i4096", help="Geneformer model name")
     info.add_argument("--profile", help="resource profile for the device shown")
+
+    inspect = sub.add_parser("inspect", help="what the runner will use in an .h5ad: counts, gene ids, labels, problems")
+    inspect.add_argument("--data", required=True, help=".h5ad URL")
+    inspect.add_argument("--label-column", help="obs column the run will train on (checked for 2+ classes)")
+    inspect.add_argument("--model", default="gf-12L-38M-i4096", help="Geneformer model whose vocabulary is counted")
+    inspect.add_argument("--output", help="also write inspect.json (or error.json) under this prefix")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    inspect.add_argument("--run-id", help="id for the scratch folder (default: $HELICAL_RUN_ID)")
+    _input_flags(inspect)
 
     chunk = sub.add_parser("chunk", help="split an .h5ad into row chunks plus a manifest, without loading it whole")
     chunk.add_argument("--input", required=True, help=".h5ad URL")
@@ -49,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     chunk.add_argument("--cells-per-chunk", type=int, help="rows per chunk (default: the profile's)")
     chunk.add_argument("--profile", help="resource profile (chunk size and input size cap)")
     chunk.add_argument("--run-id", help="id for metrics (default: $HELICAL_RUN_ID or the output's name)")
+    _input_flags(chunk)
 
     finetune = sub.add_parser("finetune", help="fine-tune a Geneformer cell-type classifier on streamed chunks")
     finetune.add_argument("--data", required=True, help="chunk manifest.json or .h5ad URL")
@@ -75,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--nproc", type=int, help="data-parallel processes (default: the profile's gpus when > 1; "
                                                     "on CPU, gloo processes)")
     _common_run_flags(finetune)
+    _input_flags(finetune)
 
     predict = sub.add_parser("predict", help="annotate cells with a fine-tuned model")
     predict.add_argument("--model", required=True, help="model folder written by finetune (<output>/model)")
     predict.add_argument("--data", required=True, help="chunk manifest.json or .h5ad URL")
     predict.add_argument("--output", required=True, help="prefix for predictions.csv and report.json")
     _common_run_flags(predict)
+    _input_flags(predict)
     return parser
 
 
@@ -106,7 +127,7 @@ def run_command(args, profile, scratch, metrics) -> dict:
         from helical_runner.chunking import chunk
 
         return chunk(args.input, args.output, profile.cells_per_chunk, scratch.path, profile.max_input_bytes,
-                     progress=metrics.update)
+                     progress=metrics.update, counts=args.counts, gene_column=args.gene_column)
     if args.command == "finetune":
         from helical_runner.finetune import finetune
         from dataclasses import replace
@@ -126,10 +147,12 @@ def run_command(args, profile, scratch, metrics) -> dict:
             if rate is not None:
                 config = merge_config(replace(config, **{name: None if rate < 0 else rate}))  # checks the rate
         return finetune(args.data, args.label_column, args.output, args.model, profile, config,
-                        metrics.run_id, scratch.path, metrics, early_prefetch=not args.no_early_prefetch)
+                        metrics.run_id, scratch.path, metrics, args.counts, args.gene_column,
+                        early_prefetch=not args.no_early_prefetch)
     from helical_runner.predict import predict
 
-    return predict(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics)
+    return predict(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics,
+                   args.counts, args.gene_column)
 
 
 def _summary(command: str, result: dict) -> str:
@@ -151,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         except RunnerError as exc:
             return _fail(exc)
+    if args.command == "inspect":
+        return run_inspect(args)
     from helical_runner.distributed import in_rank, launch
 
     if not in_rank():
@@ -162,6 +187,35 @@ def main(argv: list[str] | None = None) -> int:
             log.info("starting %d data-parallel processes", world)
             return launch(sys.argv[1:] if argv is None else argv, world)
     return _run(args)
+
+
+def run_inspect(args) -> int:
+    """Print what the runner will use (exit 0), or the facts and then the problem's one line (exit 65)."""
+    from helical_runner import inspection, storage
+    from helical_runner.report import ERROR_NAME, write_json
+    from helical_runner.runs import Scratch
+
+    output = storage.parse(args.output) if args.output else None
+    scratch = Scratch.create(args.run_id or os.environ.get("HELICAL_RUN_ID") or "inspect")
+    try:
+        facts = inspection.inspect(args.data, scratch.path, args.model, args.label_column, args.counts,
+                                   args.gene_column)
+        print(json.dumps(facts, indent=1) if args.json else inspection.text(facts), flush=True)
+        if output is not None:
+            write_json(output, "inspect.json", facts)
+        inspection.check(facts)
+    except RunnerError as exc:
+        if output is not None:
+            return _record_failure(output, "inspect", args.run_id or "", exc)
+        return _fail(exc)
+    finally:
+        scratch.cleanup()
+    if output is not None:
+        try:  # a stale error report from an earlier attempt would contradict this success
+            storage.delete(output.join(ERROR_NAME))
+        except RunnerError:
+            pass
+    return 0
 
 
 def _configure_logging(verbose: bool) -> None:

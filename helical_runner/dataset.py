@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from helical_runner import storage
 from helical_runner.errors import InputError
-from helical_runner.h5ad_io import H5adRows, check_counts, gene_ids
+from helical_runner.h5ad_io import H5adRows, check_counts
 from helical_runner.profiles import parse_size
 from helical_runner.storage import Location
 
@@ -53,6 +53,8 @@ class Dataset:
     genes: list[str]  # as in var (index)
     gene_ids: np.ndarray  # gene ids the tokenizer looks up (Ensembl ids, or symbols it maps)
     obs_value_counts: dict[str, dict[str, int]]
+    obs_missing: dict[str, int]  # per summarised obs column: cells without a value (unlabelled)
+    layout: dict  # where counts and gene ids were found (h5ad_layout.Layout.summary())
     _load: Callable[[int], Chunk] = field(repr=False)
     _close: Callable[[], None] = field(repr=False, default=lambda: None)
     source: str = ""  # the user's .h5ad when url is its chunk manifest: what error messages name
@@ -78,20 +80,39 @@ class Dataset:
         self._close()
 
 
-def summarise_obs(obs: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """Value counts of each obs column with few distinct values (the candidate label columns)."""
-    summary = {}
+def label_values(values: pd.Series) -> pd.Series:
+    """obs values as label strings, missing ones (NaN, None, pandas NA) as None: unlabelled, never a class.
+
+    Numbers keep their spelling ("3", not "3.0", for integer labels stored as floats because of a NaN)."""
+    missing = values.isna().to_numpy()
+    if pd.api.types.is_float_dtype(values) and np.all(np.mod(values.to_numpy()[~missing], 1) == 0):
+        values = values.astype("Int64")
+    text = values.astype(object).map(str)
+    text[missing] = None
+    return text
+
+
+def summarise_obs(obs: pd.DataFrame) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Value counts of each obs column with few distinct values (the candidate label columns), and how many
+    cells each leaves unlabelled (missing values). Unused categories are not counted: they are no class."""
+    summary, missing = {}, {}
     for column in obs.columns:
         values = obs[column]
-        if pd.api.types.is_float_dtype(values):
-            continue
-        counts = values.astype(str).value_counts()
+        if pd.api.types.is_float_dtype(values) and not np.all(np.mod(values.dropna().to_numpy(), 1) == 0):
+            continue  # measurements (n_counts, percent_mito), not labels
+        labels = label_values(values)
+        counts = labels.value_counts(dropna=True)
         if len(counts) <= MAX_SUMMARISED_VALUES:
-            summary[str(column)] = {str(k): int(v) for k, v in counts.items()}
-    return summary
+            summary[str(column)] = {str(k): int(v) for k, v in counts.items() if v > 0}
+            missing[str(column)] = int(labels.isna().sum())
+    return summary, missing
 
 
-def open_dataset(url: str, scratch: Path, cells_per_chunk: int, max_input_bytes: str | int | None = None) -> Dataset:
+def open_dataset(url: str, scratch: Path, cells_per_chunk: int, max_input_bytes: str | int | None = None,
+                 counts: str | None = None, gene_column: str | None = None,
+                 prefer_gene_column: str | None = None) -> Dataset:
+    """A manifest or .h5ad as a Dataset; `counts`/`gene_column` force h5ad_layout's choices (.h5ad only),
+    `prefer_gene_column` is tried first (see H5adRows)."""
     loc = storage.parse(url)
     info = storage.stat(loc)
     if max_input_bytes is not None and info.size > parse_size(max_input_bytes):
@@ -99,24 +120,23 @@ def open_dataset(url: str, scratch: Path, cells_per_chunk: int, max_input_bytes:
                          "use a larger profile or split the file")
     if loc.name.endswith(".json"):
         return _open_manifest(loc, info, scratch)
-    return _open_h5ad(loc, info, scratch, cells_per_chunk)
+    return _open_h5ad(loc, info, scratch, cells_per_chunk, counts, gene_column, prefer_gene_column)
 
 
-def _open_h5ad(loc: Location, info: storage.ObjectInfo, scratch: Path, cells_per_chunk: int) -> Dataset:
+def _open_h5ad(loc: Location, info: storage.ObjectInfo, scratch: Path, cells_per_chunk: int,
+               counts: str | None, gene_column: str | None, prefer_gene_column: str | None) -> Dataset:
     local = storage.download(loc, scratch / f"input-{info.etag}.h5ad")
-    rows = H5adRows(local, str(loc))
-    if rows.n_obs == 0:
-        rows.close()
-        raise InputError(f"{loc} has zero cells")
-    if len(rows.var) == 0:
-        rows.close()
-        raise InputError(f"{loc} has zero genes")
-    ids = gene_ids(rows.var)
+    rows = H5adRows(local, str(loc), counts, gene_column, prefer_gene_column)
+    ids = rows.gene_ids
+    place = rows.layout.counts
+    log.info("%s: counts from %s (%s), gene ids from %s (%s)", loc, place, rows.layout.counts_encoding,
+             rows.layout.gene_source, rows.layout.gene_kind)
     starts = list(range(0, rows.n_obs, cells_per_chunk))
+    value_counts, missing = summarise_obs(rows.obs)
 
     def load(i: int) -> Chunk:
         part = rows.rows(starts[i], min(starts[i] + cells_per_chunk, rows.n_obs))
-        check_counts(part.X, part.obs, str(loc))
+        check_counts(part.X, part.obs, str(loc), place)
         return Chunk(index=i, X=part.X, obs=part.obs, gene_ids=ids)
 
     def close() -> None:
@@ -126,8 +146,8 @@ def _open_h5ad(loc: Location, info: storage.ObjectInfo, scratch: Path, cells_per
 
     return Dataset(url=str(loc), etag=info.etag, size=info.size, n_cells=rows.n_obs,
                    chunk_sizes=[min(cells_per_chunk, rows.n_obs - s) for s in starts],
-                   genes=[str(g) for g in rows.var.index], gene_ids=ids, obs_value_counts=summarise_obs(rows.obs),
-                   _load=load, _close=close)
+                   genes=rows.var_names, gene_ids=ids, obs_value_counts=value_counts, obs_missing=missing,
+                   layout=rows.layout.summary(), _load=load, _close=close)
 
 
 def _open_manifest(loc: Location, info: storage.ObjectInfo, scratch: Path) -> Dataset:
@@ -151,7 +171,8 @@ def _open_manifest(loc: Location, info: storage.ObjectInfo, scratch: Path) -> Da
 
     return Dataset(url=str(loc), etag=info.etag, size=manifest["source"]["size"], n_cells=manifest["n_cells"],
                    chunk_sizes=[c["n_cells"] for c in chunks], genes=manifest["genes"], gene_ids=ids,
-                   obs_value_counts=manifest["obs_value_counts"], _load=load,
+                   obs_value_counts=manifest["obs_value_counts"],
+                   obs_missing=manifest.get("obs_missing", {}), layout=manifest.get("layout", {}), _load=load,
                    source=str(manifest["source"].get("url") or ""))
 
 

@@ -17,7 +17,7 @@ import torch
 
 from helical_runner import checkpoint, model as model_io, storage
 from helical_runner.batching import is_validation
-from helical_runner.dataset import Dataset, HeadStart, open_dataset, prefetched
+from helical_runner.dataset import Dataset, HeadStart, label_values, open_dataset, prefetched
 from helical_runner.distributed import DistContext
 from helical_runner.errors import InputError
 from helical_runner.metrics import RunMetrics
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def label_classes(dataset: Dataset, column: str) -> list[str]:
-    counts = dataset.label_counts(column)
-    classes = sorted(label for label in counts if label not in ("nan", "None", ""))
+    counts = dataset.label_counts(column)  # missing values and unused categories are not in it
+    classes = sorted(label for label in counts if label != "")
     if len(classes) < 2:
         raise InputError(f"{dataset.name}: label column '{column}' has {len(classes)} class(es) "
                          f"({', '.join(classes) or 'none'}); a classifier needs at least 2")
@@ -55,6 +55,13 @@ def check_vocabulary(dataset: Dataset, tokenizer: GeneformerTokenizer, model_nam
     return known
 
 
+def gene_summary(dataset: Dataset, tokenizer: GeneformerTokenizer) -> dict:
+    """How the file's genes met the vocabulary: for report.json and `inspect`."""
+    columns = tokenizer.columns(dataset.gene_ids)
+    return {"in_file": len(dataset.gene_ids), "in_vocabulary": columns.n_genes + columns.collapsed,
+            "tokens": columns.n_genes, "collapsed": columns.collapsed}
+
+
 def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_column: str,
                    label_index: dict[str, int], val_fraction: float):
     """A function chunk index -> PreparedChunk (runs on the prefetch thread: read, check, tokenize, split)."""
@@ -68,7 +75,7 @@ def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_colum
         if "filter_pass" in obs.columns:  # helical's QC convention: only cells with filter_pass == 1
             keep &= (obs["filter_pass"] == 1).to_numpy()
         n_counts = obs["n_counts"].to_numpy()[keep] if "n_counts" in obs.columns else None
-        labels = obs[label_column].astype(str).map(label_index)
+        labels = label_values(obs[label_column]).map(label_index)  # missing -> NaN: unlabelled, dropped
         tokens = tokenizer.tokenize(chunk.X[keep], chunk.gene_ids, obs.index[keep], n_counts)
         y = labels.to_numpy()[keep][tokens.kept]
         labelled = ~np.isnan(y.astype(float))
@@ -93,9 +100,11 @@ def _fingerprint(dataset: Dataset, files: ModelFiles, classes, label_column, con
 
 
 def finetune(data_url: str, label_column: str, output_url: str, model_name: str, profile: Profile,
-             config: TrainConfig, run_id: str, scratch: Path, metrics: RunMetrics, early_prefetch: bool = True) -> dict:
-    """Fine-tune and publish (see the module docstring). With `early_prefetch` the first chunk is read and
-    tokenized on a background thread while the model loads, so training starts sooner."""
+             config: TrainConfig, run_id: str, scratch: Path, metrics: RunMetrics, counts: str | None = None,
+             gene_column: str | None = None, early_prefetch: bool = True) -> dict:
+    """Fine-tune on `data_url` (manifest or .h5ad; `counts`/`gene_column` as `--counts`/`--gene-column`).
+    With `early_prefetch` the first chunk is read and tokenized on a background thread while the model
+    loads, so training starts sooner."""
     started = time.monotonic()
     output = storage.parse(output_url)
     previous = previous_report(output)
@@ -112,7 +121,7 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
     files = locate(model_name) if dist.is_main else None
     dist.barrier()  # rank 0 fetches missing model files once; the others then find them in the cache
     files = files or locate(model_name, fetch_missing=False)
-    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes)
+    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes, counts, gene_column)
     try:
         classes = label_classes(dataset, label_column)
         tokenizer = GeneformerTokenizer(files, profile.max_input_size)
@@ -163,7 +172,8 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
             dist.barrier()  # wait for rank 0 to publish, so no rank exits while another may still need it
             return {"status": "succeeded", "steps": state.step, "accuracy": None, "rank": dist.rank}
         report = _publish(output, trainer, state, dataset, files, classes, label_column, config, profile,
-                          precision.name, run_id, started, data_url, first_step[0] if first_step else None)
+                          precision.name, run_id, started, data_url, tokenizer,
+                          first_step[0] if first_step else None)
         dist.barrier()
         return report
     finally:
@@ -190,7 +200,8 @@ def _resume(store: checkpoint.CheckpointStore, trainer: Trainer, fingerprint: di
 
 def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dataset, files: ModelFiles,
              classes: list[str], label_column: str, config: TrainConfig, profile: Profile, precision: str,
-             run_id: str, started: float, data_url: str, first_step_seconds: float | None) -> dict:
+             run_id: str, started: float, data_url: str, tokenizer: GeneformerTokenizer,
+             first_step_seconds: float | None) -> dict:
     labels = np.asarray(state.val_labels, dtype=np.int64)
     if len(labels):
         predictions = trainer.predict(state.val_ids, config.batch_size * 4).argmax(axis=1)
@@ -200,7 +211,9 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
     meta = model_io.ClassifierMeta(labels=classes, label_column=label_column, base_model=files.name,
                                    model_version=files.version,
                                    input_size=min(profile.max_input_size, files.input_size),
-                                   special_token=files.special_token, dropout=trainer.core.dropout.p)
+                                   special_token=files.special_token, dropout=trainer.core.dropout.p,
+                                   gene_column=dataset.layout.get("gene_column", ""),
+                                   counts=dataset.layout.get("counts", ""))
     with tempfile.TemporaryDirectory() as tmp:
         model_io.save(trainer.core, meta, files, Path(tmp))
         for path in sorted(Path(tmp).iterdir()):
@@ -220,7 +233,9 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         "config": asdict(config),
         "label_column": label_column,
         "labels": classes,
-        "cells": {"total": dataset.n_cells, "trained_per_epoch": state.cells_seen // max(1, config.epochs),
+        "data_layout": dataset.layout,  # where the counts and gene ids were found (h5ad_layout)
+        "genes": gene_summary(dataset, tokenizer),
+        "cells": {"total": dataset.n_cells, "unlabelled": dataset.obs_missing.get(label_column, 0), "trained_per_epoch": state.cells_seen // max(1, config.epochs),
                   "trained_total": state.cells_seen, "validation": int(len(labels)), "dropped": state.cells_dropped},
         "epochs": config.epochs,
         "steps": state.step,

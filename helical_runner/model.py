@@ -44,6 +44,8 @@ class ClassifierMeta:
     input_size: int
     special_token: bool
     dropout: float = 0.02
+    gene_column: str = ""  # var column the training file's gene ids came from ('' = var names): predict looks there first
+    counts: str = ""  # where the training file's counts were (X, raw/X, layers/NAME), for the report
 
 
 def load_encoder(model_dir: Path):

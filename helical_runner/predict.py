@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from helical_runner import model as model_io, storage
-from helical_runner.dataset import open_dataset, prefetched
-from helical_runner.finetune import check_vocabulary
+from helical_runner.dataset import label_values, open_dataset, prefetched
+from helical_runner.finetune import check_vocabulary, gene_summary
 from helical_runner.metrics import RunMetrics
 from helical_runner.precision import resolve, select_device
 from helical_runner.profiles import Profile
@@ -46,7 +46,9 @@ def fetch_model(model_url: str, dest: Path) -> Path:
 
 
 def predict(model_url: str, data_url: str, output_url: str, profile: Profile, run_id: str, scratch: Path,
-            metrics: RunMetrics) -> dict:
+            metrics: RunMetrics, counts: str | None = None, gene_column: str | None = None) -> dict:
+    """Annotate `data_url`'s cells. Gene ids are looked for first where the model's training file had them
+    (its saved `gene_column`), so another file of the same kind gives the same tokens."""
     started = time.monotonic()
     output = storage.parse(output_url)
     device = select_device(profile.device)
@@ -56,18 +58,20 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
     net.to(device)
     tokenizer = GeneformerTokenizer(model_io.files_of_saved_model(model_dir, meta), meta.input_size)
     runner = Trainer(net, TrainConfig(), precision, tokenizer.pad_id, total_cells=1)
-    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes)
+    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes, counts, gene_column,
+                           prefer_gene_column=meta.gene_column or None)
     try:
         check_vocabulary(dataset, tokenizer, meta.base_model)
+        genes = gene_summary(dataset, tokenizer)
         has_truth = meta.label_column in dataset.obs_value_counts
         metrics.update(chunks_total=dataset.n_chunks, memory_limit_bytes=profile.memory_limit_bytes)
-        n_predicted = n_correct = n_dropped = 0
+        n_predicted = n_correct = n_dropped = n_labelled = 0
         inference_seconds = 0.0  # the encoder and head alone: what helical's get_embeddings + a classifier does
 
         def prepare(i: int):
             chunk = dataset.load(i)
             tokens = tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index)
-            truth = chunk.obs[meta.label_column].astype(str).to_numpy()[tokens.kept] if has_truth else None
+            truth = label_values(chunk.obs[meta.label_column]).to_numpy()[tokens.kept] if has_truth else None
             return tokens, truth
 
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
@@ -88,8 +92,10 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
                                         + ([truth[row]] if has_truth else []))
                     n_predicted += len(best)
                     n_dropped += tokens.dropped_empty
-                    if has_truth:
-                        n_correct += int((predicted == truth).sum())
+                    if has_truth:  # cells without a label are predicted but not scored
+                        labelled = np.array([t is not None for t in truth], dtype=bool)
+                        n_labelled += int(labelled.sum())
+                        n_correct += int((predicted[labelled] == truth[labelled]).sum())
                     metrics.update(chunks_done=done, cells=n_predicted)
                     log.info("predicted chunk %d/%d (%d cells so far)", done, dataset.n_chunks, n_predicted)
             storage.upload(table, output.join(PREDICTIONS_NAME))
@@ -101,8 +107,10 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
                                                   "cells": dataset.n_cells}},
         "model": {"base_model": meta.base_model, "labels": meta.labels, "label_column": meta.label_column},
         "precision": precision.name, "device": str(device),
-        "cells": {"predicted": n_predicted, "dropped": n_dropped},
-        "accuracy": n_correct / n_predicted if has_truth and n_predicted else None,
+        "data_layout": dataset.layout,
+        "genes": genes,
+        "cells": {"predicted": n_predicted, "dropped": n_dropped, "labelled": n_labelled},
+        "accuracy": n_correct / n_labelled if has_truth and n_labelled else None,
         "durations": {"total_seconds": time.monotonic() - started, "inference_seconds": inference_seconds},
         "peak_memory": {"rss_bytes": peak_rss_bytes()},
         "outputs": {"predictions": str(output.join(PREDICTIONS_NAME))},

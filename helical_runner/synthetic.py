@@ -1,14 +1,17 @@
 """Stand-ins for what can't be downloaded here: a tiny random Geneformer in helical's cache layout, and
-synthetic single-cell counts with cell types a classifier can learn. Used by the tests, `make demo` and
-the benchmarks; also handy on a laptop:
+synthetic single-cell counts with cell types a classifier can learn. Both speak real human genes: the
+vocabulary is the ~19,400 protein-coding Ensembl ids of helical_runner.genes (with their symbols in the
+mapping file), and each cell type expresses its real marker genes. Used by the tests, `make demo` and the
+benchmarks; also handy on a laptop:
 
-    python -m helical_runner.synthetic model --cache-prefix data/demo/helical
+    python -m helical_runner.synthetic model --cache-prefix data/demo/helical [--gene-table FILE]
     python -m helical_runner.synthetic data --output data/demo/cells.h5ad --cells 2000
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -17,27 +20,54 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from helical_runner import genes as gene_table
+
 SPECIAL_TOKENS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
-VOCAB_SIZE = 20_275  # Geneformer v2's vocabulary size, special tokens included
-CELL_TYPES = ["B cell", "CD4 T cell", "monocyte", "erythroblast", "NK cell", "macrophage", "HSC", "endothelial"]
+# Canonical markers (PanglaoDB / the PBMC3k tutorial's lists), so cell types look like real ones.
+MARKERS = {
+    "B cell": ["MS4A1", "CD79A", "CD79B", "CD19", "PAX5", "BANK1", "CD22", "FCRL1", "BLK", "TCL1A"],
+    "CD4 T cell": ["CD3E", "IL7R", "CD3D", "CD4", "CD2", "LCK", "CD28", "TRAT1", "CCR7", "LEF1"],
+    "monocyte": ["LYZ", "CD14", "S100A8", "S100A9", "FCN1", "VCAN", "CSF1R", "CD68", "LST1", "MNDA"],
+    "erythroblast": ["HBB", "GYPA", "HBA1", "ALAS2", "KLF1", "GATA1", "CA1", "SLC4A1", "EPOR", "TFRC"],
+    "NK cell": ["NKG7", "GNLY", "KLRD1", "NCAM1", "PRF1", "GZMB", "KLRF1", "FCGR3A", "GZMA", "KLRB1"],
+    "macrophage": ["CD163", "MRC1", "C1QA", "C1QB", "C1QC", "APOE", "MARCO", "MSR1", "SPP1", "FCGR1A"],
+    "HSC": ["CD34", "PROM1", "KIT", "CRHBP", "HLF", "MECOM", "SPINK2", "AVP", "THY1", "MEIS1"],
+    "endothelial": ["PECAM1", "VWF", "CDH5", "KDR", "TEK", "CLDN5", "EMCN", "ESAM", "PLVAP", "ENG"],
+}
+CELL_TYPES = list(MARKERS)
+N_MARKERS = len(MARKERS["B cell"])
 DEFAULT_MODEL = "gf-12L-38M-i4096"
 
 
-def gene_ids(n: int = VOCAB_SIZE - len(SPECIAL_TOKENS)) -> list[str]:
-    """Ensembl-looking human gene ids, stable across calls (ENSG + 11 digits)."""
-    return [f"ENSG{(i * 7919) % 10**9 + 10**5:011d}" for i in range(n)]
+@functools.lru_cache(maxsize=2)
+def _table(path: str | None) -> gene_table.GeneTable:
+    return gene_table.load(Path(path) if path else None)
 
 
-def gene_symbols(genes: list[str]) -> dict[str, str]:
-    """Made-up gene symbols for the stand-in's mapping file (Geneformer's maps real symbols the same way)."""
-    return {f"GENE{i}": g for i, g in enumerate(genes)}
+def panel(n: int | None = None, genes: Path | None = None) -> pd.DataFrame:
+    """The genes synthetic files measure, in column order: every cell type's markers first, then the other
+    protein-coding genes in a fixed shuffled order. Columns `ensembl_id`, `symbol`; `n` rows (default all)."""
+    table = _table(str(genes) if genes else None)
+    markers = [(table.id_of(s), s) for symbols in MARKERS.values() for s in symbols]
+    symbol_of = {}
+    for symbol, ensembl_id in sorted(table.symbols.items()):
+        symbol_of.setdefault(ensembl_id, symbol)
+    taken = {i for i, _ in markers}
+    rest = [i for i in table.ids if i not in taken]
+    rest = [rest[k] for k in np.random.default_rng(20_275).permutation(len(rest))]  # fixed: every call agrees
+    rows = markers + [(i, symbol_of[i]) for i in rest]
+    return pd.DataFrame(rows[:n] if n is not None else rows, columns=["ensembl_id", "symbol"])
 
 
 def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, layers: int = 2,
-                          hidden: int = 64, heads: int = 4, seed: int = 0, dropout: float = 0.02) -> Path:
-    """A random BertForMaskedLM with Geneformer's vocabulary where helical looks for `model_name`.
+                          hidden: int = 64, heads: int = 4, seed: int = 0, dropout: float = 0.02,
+                          genes: Path | None = None) -> Path:
+    """A random BertForMaskedLM over real human genes where helical looks for `model_name`.
 
-    `cache_prefix` plays the role of $CACHE_DIR_HELICAL_PREFIX. Returns the model folder.
+    `cache_prefix` plays the role of $CACHE_DIR_HELICAL_PREFIX; `genes` is a gene table (helical_runner.genes;
+    default: the cached one, built when missing). Its files: token_dictionary.json (special tokens, then the
+    protein-coding Ensembl ids, sorted), gene_median_dictionary.json (random medians, seeded),
+    ensembl_mapping_dict.json (id -> id and upper-cased symbol -> id, as Geneformer's own). Returns the model folder.
     """
     import torch
     from transformers import BertConfig, BertForMaskedLM
@@ -47,13 +77,16 @@ def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, l
     version_dir = Path(cache_prefix, ".cache", "helical", "models", "geneformer", facts["model_version"])
     model_dir = version_dir / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
-    genes = gene_ids()
+    table = _table(str(genes) if genes else None)
+    ids = table.ids
     tokens = dict(SPECIAL_TOKENS) if facts["special_token"] else {"<pad>": 0, "<mask>": 1}
-    tokens.update({g: i + len(tokens) for i, g in enumerate(genes)})
+    tokens.update({g: i + len(tokens) for i, g in enumerate(ids)})
+    # symbols upper-cased, as Geneformer's mapping keys are: tokenizers look up name.upper()
+    upper_symbols = {s.upper(): i for s, i in table.symbols.items()}
     rng = np.random.default_rng(seed)
-    medians = {g: float(m) for g, m in zip(genes, rng.lognormal(mean=0.5, sigma=0.6, size=len(genes)))}
+    medians = {g: float(m) for g, m in zip(ids, rng.lognormal(mean=0.5, sigma=0.6, size=len(ids)))}
     for name, content in (("token_dictionary.json", tokens), ("gene_median_dictionary.json", medians),
-                          ("ensembl_mapping_dict.json", {**{g: g for g in genes}, **gene_symbols(genes)})):
+                          ("ensembl_mapping_dict.json", {**{g: g for g in ids}, **upper_symbols})):
         (version_dir / name).write_text(json.dumps(content))
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokens), hidden_size=hidden, num_hidden_layers=layers,
@@ -67,9 +100,9 @@ def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, l
     return model_dir
 
 
-def _block(rng, n_cells: int, n_genes: int, types: np.ndarray, n_markers: int, genes_per_cell: int):
+def _block(rng, n_cells: int, n_genes: int, types: np.ndarray, genes_per_cell: int, n_markers: int = N_MARKERS):
     """CSR counts for one block of cells: marker genes of the cell's type high, random genes low."""
-    reserved = n_markers * len(CELL_TYPES)  # marker genes occupy the first columns
+    reserved = n_markers * len(CELL_TYPES)  # marker genes occupy the first columns (see panel())
     k = min(genes_per_cell, n_genes - reserved)
     random_cols = np.sort(rng.integers(reserved, n_genes, size=(n_cells, k)), axis=1)
     keep = np.ones_like(random_cols, dtype=bool)
@@ -84,26 +117,32 @@ def _block(rng, n_cells: int, n_genes: int, types: np.ndarray, n_markers: int, g
 
 
 def make_h5ad(path: Path, n_cells: int, n_genes: int = 2000, n_types: int = 4, genes_per_cell: int = 300,
-              n_markers: int = 20, seed: int = 0, block_cells: int = 5000, label_column: str = "cell_type") -> Path:
-    """Write a synthetic raw-count .h5ad block by block, so even 200,000 cells never sit in memory at once."""
+              seed: int = 0, block_cells: int = 5000, label_column: str = "cell_type",
+              genes: Path | None = None) -> Path:
+    """Write a synthetic raw-count .h5ad block by block, so even 200,000 cells never sit in memory at once.
+
+    Laid out as CELLxGENE does: Ensembl ids as var names, symbols in var['feature_name']; n_genes of panel()."""
     from anndata.io import sparse_dataset, write_elem
 
     rng = np.random.default_rng(seed)
-    genes = gene_ids()[:n_genes]
+    if n_genes < N_MARKERS * len(CELL_TYPES):
+        raise ValueError(f"n_genes must be at least {N_MARKERS * len(CELL_TYPES)} (the marker genes)")
+    measured = panel(n_genes, genes)
     types = rng.integers(0, n_types, size=n_cells)
     obs = pd.DataFrame(
         {label_column: pd.Categorical([CELL_TYPES[t] for t in types], categories=CELL_TYPES[:n_types]),
          "donor": pd.Categorical(rng.choice(["donor-1", "donor-2", "donor-3"], size=n_cells))},
         index=pd.Index([f"cell-{i:07d}" for i in range(n_cells)]),
     )
-    var = pd.DataFrame(index=pd.Index(genes))
+    var = pd.DataFrame({"feature_name": measured["symbol"].to_numpy()},
+                       index=pd.Index(measured["ensembl_id"].to_numpy()))
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
         for start in range(0, max(n_cells, 1), block_cells):
             stop = min(start + block_cells, n_cells)
-            X = _block(rng, stop - start, n_genes, types[start:stop], n_markers, genes_per_cell)
+            X = _block(rng, stop - start, n_genes, types[start:stop], genes_per_cell)
             if start == 0:
                 write_elem(f, "X", X)  # anndata makes sparse datasets resizable
             else:
@@ -124,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--layers", type=int, default=2)
     m.add_argument("--hidden", type=int, default=64)
     m.add_argument("--heads", type=int, default=4)
+    m.add_argument("--gene-table", type=Path, help="gene table (python -m helical_runner.genes; default: the cached one)")
     d = sub.add_parser("data", help="write a synthetic .h5ad of raw counts with cell types")
     d.add_argument("--output", type=Path, required=True)
     d.add_argument("--cells", type=int, default=2000)
@@ -131,11 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--types", type=int, default=4)
     d.add_argument("--genes-per-cell", type=int, default=300)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
     args = parser.parse_args(argv)
     if args.what == "model":
-        print(write_tiny_geneformer(args.cache_prefix, args.model, args.layers, args.hidden, args.heads))
+        print(write_tiny_geneformer(args.cache_prefix, args.model, args.layers, args.hidden, args.heads,
+                                    genes=args.gene_table))
     else:
-        print(make_h5ad(args.output, args.cells, args.genes, args.types, args.genes_per_cell, seed=args.seed))
+        print(make_h5ad(args.output, args.cells, args.genes, args.types, args.genes_per_cell, seed=args.seed,
+                        genes=args.gene_table))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@ can be tokenized off the training thread. The expressions below are helical's ow
 dtypes: `np.argsort` is not stable, so equal scores must be equal bit for bit to rank the same way
 (tests/test_tokenizer.py checks against helical on data with ties).
 
-Differences, by design: duplicate Ensembl ids are an input error (helical sums them), and cells with no
-expressed vocabulary gene are dropped and counted (helical would emit a `<cls><eos>` cell).
+Genes that map to one Ensembl id (two symbols of one gene, an id listed twice) are summed into one column,
+as helical's `sum_ensembl_ids` does with `collapse_gene_ids=True` (its default): the summed genes go after
+the others, in order of first appearance, as helical orders them (the order ties are ranked in). Differences, by design: helical 3.1.4 sums only when two different
+names map to one id (an id listed twice is tokenized twice) and its `tokenize_anndata` then fails on the
+summed AnnData; here every duplicate is summed. Cells with no expressed vocabulary gene are dropped and
+counted (helical would emit a `<cls><eos>` cell).
 """
 
 from __future__ import annotations
@@ -22,6 +26,22 @@ from helical_runner.h5ad_io import ENSEMBL_ID
 from helical_runner.model_files import ModelFiles, read_json
 
 TARGET_SUM = 10_000  # helical's normalisation target (counts per cell)
+
+
+@dataclass(frozen=True)
+class GeneColumns:
+    """How a file's genes become the tokenizer's columns (see the module docstring)."""
+
+    tokens: np.ndarray  # one token per output column
+    medians: np.ndarray  # its median normaliser
+    combine: sp.csr_matrix  # [file genes, output columns] 0/1: X @ combine gives the columns
+    collapsed: int  # file genes folded into another's column
+    positions: np.ndarray  # file column of each output column when none is summed (identity)
+    identity: bool  # no gene summed: columns are picked, not summed
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.tokens)
 
 
 @dataclass
@@ -47,39 +67,57 @@ class GeneformerTokenizer:
         # Symbols (not Ensembl ids) are looked up in the model's own mapping file, offline. Ensembl ids
         # are used as they are, as helical does, so retired ids are not silently remapped.
         mapping = read_json(files.ensembl_mapping)
-        self.symbol_map = {k.upper(): v for k, v in mapping.items() if v in self.token_dict}
-        self._columns_cache: tuple[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+        # helical looks up the upper-cased name among the keys as the file spells them (Geneformer's are upper case)
+        self.symbol_map = {k: v for k, v in mapping.items() if v in self.token_dict}
+        self._columns_cache: tuple[tuple, GeneColumns] | None = None
 
     def known_genes(self, ids) -> int:
-        """How many of these gene ids the model's vocabulary knows (after symbol mapping)."""
-        return len(self.vocabulary_columns(ids)[0])
+        """How many distinct vocabulary genes these gene ids give (after symbol mapping and collapsing)."""
+        return self.columns(ids).n_genes
 
-    def vocabulary_columns(self, gene_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(column positions, their tokens, their median normalisers) of the genes in the vocabulary."""
+    def resolve(self, gene_ids) -> list[str]:
+        """Each gene id as the vocabulary's Ensembl id, or '' when the model does not know it.
+
+        Ensembl ids are used as they are, as helical does, so retired ids are not silently remapped; symbols
+        go through the model's own mapping file, offline."""
+        return [g if g in self.token_dict or ENSEMBL_ID.match(g) else self.symbol_map.get(g.upper(), "")
+                for g in map(str, gene_ids)]
+
+    def columns(self, gene_ids) -> GeneColumns:
+        """The vocabulary columns of a file's genes, duplicates summed (see the module docstring)."""
         key = tuple(gene_ids)
         if self._columns_cache is not None and self._columns_cache[0] == key:
             return self._columns_cache[1]
-        resolved = [g if g in self.token_dict or ENSEMBL_ID.match(g) else self.symbol_map.get(g.upper(), "")
-                    for g in key]
-        positions = np.where([gene in self.token_dict for gene in resolved])[0]
-        in_vocab = [resolved[i] for i in positions]
-        if len(set(in_vocab)) != len(in_vocab):
-            duplicates = sorted({g for g in in_vocab if in_vocab.count(g) > 1})[:3]
-            raise InputError(f"duplicate gene ids in var (e.g. {', '.join(duplicates)}): each gene must appear once")
-        missing_median = [g for g in in_vocab if g not in self.median_dict]
+        resolved = self.resolve(key)
+        first: dict[str, list[int]] = {}
+        for position, gene in enumerate(resolved):
+            if gene in self.token_dict:
+                first.setdefault(gene, []).append(position)
+        singles = [g for g, p in first.items() if len(p) == 1]
+        summed = [g for g, p in first.items() if len(p) > 1]
+        order = sorted(singles, key=lambda g: first[g][0]) + summed  # helical's order after collapsing
+        missing_median = [g for g in order if g not in self.median_dict]
         if missing_median:
             raise InputError(f"model files: genes without a median in the median dictionary (e.g. {missing_median[0]})")
-        tokens = np.array([self.token_dict[g] for g in in_vocab])
-        medians = np.array([self.median_dict[g] for g in in_vocab])
-        self._columns_cache = (key, (positions, tokens, medians))
-        return positions, tokens, medians
+        rows = [p for g in order for p in first[g]]
+        cols = [j for j, g in enumerate(order) for _ in first[g]]
+        combine = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(key), len(order)))
+        result = GeneColumns(tokens=np.array([self.token_dict[g] for g in order], dtype=np.int64),
+                             medians=np.array([self.median_dict[g] for g in order]), combine=combine,
+                             collapsed=len(rows) - len(order),
+                             positions=np.array([first[g][0] for g in order], dtype=np.int64), identity=not summed)
+        self._columns_cache = (key, result)
+        return result
 
     def tokenize(self, X: sp.csr_matrix, gene_ids, cell_ids, n_counts=None) -> TokenizedCells:
         """Rank-encode each cell: genes by descending count / cell total * 10,000 / gene median."""
-        positions, tokens, medians = self.vocabulary_columns(gene_ids)
+        columns = self.columns(gene_ids)
+        tokens, medians = columns.tokens, columns.medians
         if n_counts is None:
             n_counts = X.sum(axis=1)  # over all genes, as helical does
-        X_norm = (X[:, positions] / np.asarray(n_counts).reshape(-1, 1)) * TARGET_SUM / medians.reshape(1, -1)
+        # picked columns keep X's dtype, as helical's arithmetic does; summed ones are float32 sums like its own
+        X_genes = X[:, columns.positions] if columns.identity else X @ columns.combine
+        X_norm = (X_genes / np.asarray(n_counts).reshape(-1, 1)) * TARGET_SUM / medians.reshape(1, -1)
         X_norm = sp.csr_matrix(X_norm)
 
         body = self.input_size - 2 if self.special_token else self.input_size

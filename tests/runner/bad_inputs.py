@@ -3,7 +3,8 @@ end-to-end tests upload them to incoming/ (`python tests/runner/bad_inputs.py OU
 reasons.json: name -> the words its reason must contain).
 
 Each entry: name -> (bytes from a valid file's bytes, the words the one-line reason must contain).
-Gene ids are the tiny test model's (helical_runner.synthetic), so only the intended fault is wrong.
+Genes are real human ones the stand-in model knows (helical_runner.synthetic.panel), so only the intended
+fault is wrong.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from helical_runner.synthetic import gene_ids, make_h5ad
+from helical_runner.synthetic import make_h5ad, panel
 
 
 def h5ad_bytes(X, genes=None, obs=None) -> bytes:
     n_cells, n_genes = X.shape
-    genes = genes if genes is not None else gene_ids()[:n_genes]
+    genes = genes if genes is not None else list(panel(n_genes)["ensembl_id"])
     obs = obs if obs is not None else pd.DataFrame(
         {"cell_type": pd.Categorical(["B cell", "T cell"] * (n_cells // 2) + ["B cell"] * (n_cells % 2))},
         index=[f"c{i}" for i in range(n_cells)])
@@ -59,8 +60,6 @@ BAD_FILES = {
                     "none of its 50 genes is in gf-12L-38M-i4096's vocabulary"),
     "unmapped-symbols": (lambda ok: h5ad_bytes(counts(), genes=[f"NOTAGENE{i}" for i in range(50)]),
                          "none of its 50 genes is in"),
-    "duplicate-genes": (lambda ok: h5ad_bytes(counts(), genes=gene_ids()[:49] + gene_ids()[:1]),
-                        "duplicate gene ids in var (e.g. ENSG"),
     "missing-label": (lambda ok: h5ad_bytes(counts(), obs=pd.DataFrame({"celltype": ["B cell", "T cell"] * 20},
                                                                        index=cells_index(40))),
                       "no obs column 'cell_type' usable as labels"),

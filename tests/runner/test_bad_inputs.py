@@ -93,7 +93,9 @@ def test_unreachable_s3_fails_with_exit_69_after_retrying(tiny_model, capfd, mon
 
 
 def test_gene_symbols_are_mapped_through_the_models_own_mapping(s3, tiny_model, capfd):
-    genes = [f"GENE{i}" for i in range(300)]  # symbols the stand-in model's mapping file knows
+    from helical_runner.synthetic import panel
+
+    genes = list(panel(300)["symbol"])  # real symbols, mapped through the stand-in's mapping file
     X = counts(n_cells=60, n_genes=300)
     s3.put_object(Bucket=BUCKET, Key="incoming/symbols.h5ad", Body=h5ad_bytes(X, genes=genes))
     code, lines = run_main(capfd, ["finetune", "--data", f"s3://{BUCKET}/incoming/symbols.h5ad", "--label-column",

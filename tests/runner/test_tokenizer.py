@@ -14,12 +14,12 @@ from helical_runner.model_files import ModelFiles
 from helical_runner.tokenizer import GeneformerTokenizer
 
 
-def _files(tmp_path, genes, medians, special=True, input_size=4096) -> ModelFiles:
+def _files(tmp_path, genes, medians, special=True, input_size=4096, symbols=None) -> ModelFiles:
     tokens = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3} if special else {"<pad>": 0, "<mask>": 1}
     tokens.update({g: i + len(tokens) for i, g in enumerate(genes)})
     paths = {}
     for name, content in (("token_dictionary.json", tokens), ("gene_median_dictionary.json", medians),
-                          ("ensembl_mapping_dict.json", {g: g for g in genes})):
+                          ("ensembl_mapping_dict.json", {**{g: g for g in genes}, **(symbols or {})})):
         paths[name] = tmp_path / name
         paths[name].write_text(json.dumps(content))
     return ModelFiles(name="test", version="v2" if special else "v1", input_size=input_size, special_token=special,
@@ -79,12 +79,64 @@ def test_cells_without_vocabulary_genes_are_dropped_and_counted(tmp_path):
     assert list(ours.cell_ids) == ["c0", "c1", "c3", "c4"]
 
 
-def test_duplicate_gene_ids_are_rejected(tmp_path):
-    from helical_runner.errors import InputError
+def _helical_tokens_collapsed(files: ModelFiles, adata: anndata.AnnData) -> list[np.ndarray]:
+    """helical's own collapse (`sum_ensembl_ids`, collapse_gene_ids=True), then its tokenizer.
 
+    helical 3.1.4's `tokenize_anndata` collapses the same way but then looks up var['ensembl_id'], which its
+    summed AnnData no longer has (KeyError): the collapsed ids are put there, and nothing else changes."""
+    from helical.models.geneformer.geneformer_tokenizer import TranscriptomeTokenizer, sum_ensembl_ids
+
+    tk = TranscriptomeTokenizer(model_input_size=files.input_size, special_token=files.special_token,
+                                gene_median_file=files.gene_median_dictionary, token_dictionary_file=files.token_dictionary,
+                                gene_mapping_file=files.ensembl_mapping)
+    collapsed = sum_ensembl_ids(adata.copy(), True, tk.gene_mapping_dict, tk.gene_token_dict)
+    assert collapsed.n_vars < adata.n_vars  # helical did sum something
+    collapsed.var["ensembl_id"] = collapsed.var["ensembl_id_collapsed"].astype(str)
+    cells, _ = tk.tokenize_anndata(collapsed)
+    return [np.asarray(row["input_ids"]) for row in tk.create_dataset(cells, None)]
+
+
+def _pbmc_like(tmp_path, n_cells=200, seed=0):
+    """A 10x-style file: real symbols as var names, two of which name one Ensembl id (readthrough genes:
+    PAK6 and BUB1B-PAK6 are ENSG00000137843 in NCBI's annotation), plus a symbol no model knows."""
+    from helical_runner.synthetic import panel
+
+    genes = panel(300)
+    pairs = {"PAK6": "ENSG00000137843", "BUB1B-PAK6": "ENSG00000137843", "GNMT": "ENSG00000124713",
+             "CNPY3-GNMT": "ENSG00000124713"}
+    symbols = list(genes["symbol"]) + list(pairs) + ["NOT-A-GENE"]
+    ids = list(dict.fromkeys(list(genes["ensembl_id"]) + list(pairs.values())))
+    rng = np.random.default_rng(seed)
+    X = sp.random(n_cells, len(symbols), density=0.3, format="csr", random_state=seed, dtype=np.float32)
+    X.data = rng.integers(1, 4, size=X.nnz).astype(np.float32)  # small counts: ties in the ranking
+    adata = anndata.AnnData(X=X, obs=pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
+                            var=pd.DataFrame(index=symbols))
+    adata.var["ensembl_id"] = adata.var_names  # what helical's mapping looks up: the symbols
+    mapping = {**{s.upper(): i for s, i in zip(genes["symbol"], genes["ensembl_id"])}, **pairs}  # Geneformer's keys
+    medians = {g: (1.0 if i % 2 else 2.5) for i, g in enumerate(ids)}
+    return adata, _files(tmp_path, ids, medians, symbols=mapping)
+
+
+@pytest.mark.parametrize("input_size", [4096, 40])
+def test_genes_sharing_an_id_are_summed_as_helical_does(tmp_path, input_size):
+    adata, files = _pbmc_like(tmp_path)
+    files = ModelFiles(**{**files.__dict__, "input_size": input_size})
+    tokenizer = GeneformerTokenizer(files)
+    ours = tokenizer.tokenize(adata.X, adata.var_names, adata.obs_names)
+    theirs = _helical_tokens_collapsed(files, adata)
+    assert tokenizer.columns(adata.var_names).collapsed == 2
+    assert len(ours.input_ids) == len(theirs) == adata.n_obs
+    for mine, helical in zip(ours.input_ids, theirs):
+        assert np.array_equal(mine, helical)
+
+
+def test_an_id_listed_twice_is_one_summed_gene(tmp_path):
     adata, genes = _adata(n_cells=3, with_unknown=False)
     ids = list(adata.var["ensembl_id"])
     ids[5] = ids[4]
     files = _files(tmp_path, genes, {g: 1.0 for g in genes})
-    with pytest.raises(InputError, match="duplicate gene ids"):
-        GeneformerTokenizer(files).tokenize(adata.X, ids, adata.obs_names)
+    tokenizer = GeneformerTokenizer(files)
+    ours = tokenizer.tokenize(adata.X, ids, adata.obs_names)
+    token = tokenizer.token_dict[ids[4]]
+    assert tokenizer.columns(ids).collapsed == 1
+    assert all(list(cell).count(token) <= 1 for cell in ours.input_ids)  # one token, never two

@@ -1,0 +1,341 @@
+"""Where an .h5ad keeps what the runner needs: raw counts, gene ids, obs. One place decides; every caller asks.
+
+Users' files hold raw counts in different places (X for 10x/CellRanger exports, `raw/X` under the CELLxGENE
+schema, `layers['counts']` by scanpy habit) and gene ids in different places (var names, `var['gene_ids']`
+from scanpy's `read_10x_h5`, `var['feature_id']`, `_index` from R converters). `find_layout` looks, in a fixed
+order, and returns a `Layout` saying what it chose and what every other place holds, so `inspect`, the
+chunk manifest and report.json can all say it. Counts are judged on a sample of rows, never the whole matrix.
+
+Groups are read like anndata's registry reads them (`anndata.io.read_elem` by their encoding attributes),
+with named fallbacks for layouts it refuses: R converters' groups without encoding attributes (SeuratDisk,
+sceasy), anndata 0.7's categoricals (codes with a `categories` reference into `uns` or `__categories`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from helical_runner.errors import InputError
+
+# A full Ensembl gene id (ENSG00000141510, ENSMUSG..., with an optional version); the symbol ENSA is not one.
+ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{11}(\.\d+)?(_PAR_Y)?$")
+# Where gene ids may live, after the index: CellRanger/scanpy, CELLxGENE, R converters, and common spellings.
+GENE_ID_COLUMNS = ("ensembl_id", "gene_ids", "gene_id", "feature_id", "ensembl", "_index")
+# Layers named like raw counts are tried first, then any other layer.
+COUNT_LAYERS = ("counts", "raw_counts")
+SAMPLE_ROWS = 200  # rows judged per place, in up to three windows (start, middle, end)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What `find_layout` chose in one .h5ad. Places are h5 paths: 'X', 'raw/X', 'layers/counts'."""
+
+    counts: str  # the matrix read as raw counts
+    counts_encoding: str  # csr_matrix | csc_matrix | dense
+    counts_dtype: str  # numpy dtype name on disk
+    counts_forced: bool  # chosen by --counts rather than found
+    x_encoding: str  # how X itself is stored (csr_matrix | csc_matrix | dense | absent | unsupported ...)
+    places: dict[str, str]  # every place looked at -> what it holds, in plain words
+    n_obs: int
+    n_vars: int  # columns of the counts matrix
+    gene_source: str  # 'index' or "var['gene_ids']" (of raw/var when counts are raw/X)
+    gene_column: str  # the var column itself ('' for the index): what --gene-column would name
+    gene_kind: str  # ensembl | symbol
+    gene_ids: list[str] = field(repr=False)  # one per counts column; Ensembl version suffixes dropped
+    var_names: list[str] = field(repr=False)  # the var index of the counts matrix
+
+    def summary(self) -> dict:
+        """JSON-ready description (manifest, report.json, `inspect --json`), gene lists left out."""
+        facts = asdict(self)
+        facts.pop("gene_ids"), facts.pop("var_names")
+        return facts
+
+
+# ---------------------------------------------------------------- dataframes (obs, var)
+
+def read_frame(group: h5py.Group, name: str) -> pd.DataFrame:
+    """obs/var as a DataFrame: anndata's reader when the group carries its encoding, else the fallbacks."""
+    if group.attrs.get("encoding-type") == "dataframe":
+        from anndata.io import read_elem
+
+        try:
+            return read_elem(group)
+        except Exception:  # noqa: BLE001 - anndata refuses some writers' variants; the fallback reads them
+            pass
+    return _read_frame_by_hand(group, name)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_frame_by_hand(group: h5py.Group, name: str) -> pd.DataFrame:
+    index_key = _text(group.attrs.get("_index", "_index"))
+    if index_key not in group:
+        index_key = next((k for k in ("_index", "index", "obs_names", "var_names") if k in group), None)
+    if isinstance(group, h5py.Dataset):  # anndata < 0.7 wrote obs/var as one compound dataset
+        table = pd.DataFrame.from_records(group[()])
+        table = table.apply(lambda c: c.map(_text) if c.dtype == object else c)
+        return table.set_index(table.columns[0]) if len(table.columns) else table
+    order = [_text(c) for c in np.atleast_1d(group.attrs.get("column-order", []))]
+    columns = order or [k for k in group if k not in (index_key, "__categories")]
+    data = {}
+    for column in columns:
+        if column not in group:
+            continue
+        try:
+            data[column] = _read_column(group, column)
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise InputError(f"{name}/{column} cannot be read: {exc}") from None
+    index = _strings(group[index_key][()]) if index_key else None
+    frame = pd.DataFrame(data, index=pd.Index(index) if index is not None else None)
+    if index_key and index_key != "_index" and index_key in frame.columns:
+        frame = frame.drop(columns=index_key)
+    return frame
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+    return np.array([_text(v) for v in values], dtype=object) if values.dtype.kind in "OS" else values
+
+
+def _read_column(group: h5py.Group, column: str):
+    node = group[column]
+    if isinstance(node, h5py.Group):
+        if node.attrs.get("encoding-type"):
+            from anndata.io import read_elem
+
+            try:
+                return read_elem(node)
+            except Exception:  # noqa: BLE001 - fall through to the by-hand readers below
+                pass
+        if "codes" in node and "categories" in node:
+            categories = _strings(node["categories"][()])
+            return pd.Categorical.from_codes(node["codes"][()], categories=categories,
+                                             ordered=bool(node.attrs.get("ordered", False)))
+        if "values" in node and "mask" in node:  # nullable integer / boolean / string
+            values, mask = node["values"][()], node["mask"][()].astype(bool)
+            if values.dtype.kind == "b":
+                return pd.arrays.BooleanArray(values, mask)
+            if values.dtype.kind in "iu":
+                return pd.arrays.IntegerArray(values, mask)
+            return pd.array([None if m else _text(v) for v, m in zip(values, mask)], dtype="string")
+        raise ValueError(f"unknown column layout (members: {', '.join(node)})")
+    values = node[()]
+    reference = node.attrs.get("categories")
+    if isinstance(reference, h5py.Reference):  # anndata 0.7: codes here, categories in uns/ or __categories/
+        categories = _strings(group.file[reference][()])
+        return pd.Categorical.from_codes(values, categories=categories,
+                                         ordered=bool(node.attrs.get("ordered", False)))
+    if isinstance(group.get("__categories"), h5py.Group) and column in group["__categories"]:
+        return pd.Categorical.from_codes(values, categories=_strings(group["__categories"][column][()]))
+    return _strings(values)
+
+
+# ---------------------------------------------------------------- matrices
+
+class RowReader:
+    """Row ranges of one stored matrix (X, raw/X or a layer), as CSR, read straight from h5py."""
+
+    def __init__(self, node, place: str, name: str):
+        self.place, self.name = place, name
+        if isinstance(node, h5py.Dataset):
+            if node.ndim != 2:
+                raise InputError(f"{name}: {place} is not a matrix")
+            self.encoding, self.shape, self._node = "dense", tuple(node.shape), node
+            self.dtype = np.dtype(node.dtype)
+            return
+        encoding = _text(node.attrs.get("encoding-type", "")) or \
+            {"csr": "csr_matrix", "csc": "csc_matrix"}.get(_text(node.attrs.get("h5sparse_format", "")), "")
+        if not encoding and {"data", "indices", "indptr"} <= set(node):
+            encoding = "csr_matrix"  # R writers that drop attributes keep CSR (dgRMatrix -> scipy csr)
+        if encoding not in ("csr_matrix", "csc_matrix"):
+            raise InputError(f"{name}: {place} has unsupported encoding '{encoding or 'none'}'")
+        shape = node.attrs.get("shape", node.attrs.get("h5sparse_shape"))
+        if shape is None:
+            raise InputError(f"{name}: {place} is a sparse matrix without a shape attribute")
+        self.encoding, self.shape, self._node = encoding, tuple(int(s) for s in shape), node
+        self.dtype = np.dtype(node["data"].dtype)
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows [start, stop) as CSR (dtype as stored); raises InputError naming the file if unreadable."""
+        try:
+            if self.encoding == "dense":
+                return sp.csr_matrix(np.asarray(self._node[start:stop]))
+            if self.encoding == "csc_matrix":
+                return read_csc_rows(self._node, self.shape, start, stop, self.name, self.place)
+            indptr = self._node["indptr"][start:stop + 1].astype(np.int64)
+            lo, hi = int(indptr[0]), int(indptr[-1])
+            return sp.csr_matrix((self._node["data"][lo:hi], self._node["indices"][lo:hi], indptr - lo),
+                                 shape=(stop - start, self.shape[1]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{self.name} is truncated or corrupt ({self.place} rows {start}-{stop}): "
+                             f"{_reason(exc)}") from None
+
+
+def read_csc_rows(node: h5py.Group, shape: tuple[int, int], start: int, stop: int, name: str,
+                  place: str) -> sp.csr_matrix:
+    """Rows of a CSC matrix. A CSC matrix keeps each gene's cells together, so a row range touches every
+    column; streaming it needs an out-of-core regrouping pass (issue 15) that is not built yet."""
+    raise InputError(f"{name}: {place} is stored as CSC, whose rows cannot be streamed yet; "
+                     "save it as CSR (adata.X = adata.X.tocsr()) and upload again")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).split("\n")[0]
+    return text[:200] or type(exc).__name__
+
+
+# ---------------------------------------------------------------- counts
+
+def _sample(reader: RowReader) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Up to SAMPLE_ROWS rows in three windows (start, middle, end) and their row numbers."""
+    n = reader.shape[0]
+    size = max(1, SAMPLE_ROWS // 3)
+    starts = sorted({0, max(0, n // 2 - size // 2), max(0, n - size)})
+    blocks, rows, seen = [], [], set()
+    for s in starts:
+        stop = min(n, s + size)
+        picked = [r for r in range(s, stop) if r not in seen]
+        if not picked:
+            continue
+        block = reader.rows(picked[0], picked[-1] + 1)
+        seen.update(picked)
+        blocks.append(block)
+        rows.extend(range(picked[0], picked[-1] + 1))
+    if not blocks:
+        return sp.csr_matrix((0, reader.shape[1])), np.zeros(0, dtype=int)
+    return sp.vstack(blocks, format="csr"), np.asarray(rows)
+
+
+def judge_counts(X: sp.csr_matrix, cells) -> str | None:
+    """None when X holds finite, non-negative integers (raw counts), else what it holds instead."""
+    data = X.data
+    if data.size == 0:
+        return None
+    for bad, what in ((~np.isfinite(data) if data.dtype.kind == "f" else None, "NaN or infinite values"),
+                      (data < 0, "negative counts"),
+                      (data != np.round(data) if data.dtype.kind == "f" else None, "non-integer values")):
+        if bad is not None and bad.any():
+            position = int(np.argmax(bad))
+            cell = cells[int(np.searchsorted(X.indptr, position, side="right") - 1)]
+            example = f" such as {data[bad][0]:.4g}" if what == "non-integer values" else ""
+            return f"{what}{example} (cell '{cell}')"
+    return None
+
+
+def _candidates(f: h5py.File) -> list[str]:
+    places = ["X", "raw/X"]
+    layers = f.get("layers")
+    if isinstance(layers, h5py.Group):
+        named = [f"layers/{k}" for k in COUNT_LAYERS if k in layers]
+        places += named + sorted(f"layers/{k}" for k in layers if f"layers/{k}" not in named)
+    return places
+
+
+def _var_of(f: h5py.File, place: str, var: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The var that labels a matrix's columns: raw/var for raw/X (it may hold more genes than var)."""
+    if place == "raw/X" and "raw/var" in f:
+        return read_frame(f["raw/var"], f"{name}: raw/var")
+    return var
+
+
+def find_counts(f: h5py.File, obs_names, name: str, forced: str | None = None) -> tuple[RowReader, dict, bool]:
+    """The first place holding raw counts (or the forced one): its reader, what every place holds, forced."""
+    places: dict[str, str] = {}
+    order = _candidates(f)
+    if forced:
+        forced = forced.strip("/")
+        forced = "raw/X" if forced == "raw" else forced
+        if forced not in f:
+            raise InputError(f"{name}: --counts {forced}: no such matrix (places: {', '.join(p for p in order if p in f) or 'none'})")
+        order = [forced]
+    for place in order:
+        if place not in f:
+            places[place] = "absent"
+            continue
+        reader = RowReader(f[place], place, name)
+        if reader.shape[0] != len(obs_names):
+            places[place] = f"{reader.shape[0]} rows for {len(obs_names)} cells"
+            continue
+        sample, rows = _sample(reader)
+        problem = judge_counts(sample, np.asarray(obs_names)[rows] if len(rows) else [])
+        places[place] = problem or f"integer counts ({reader.dtype.name})"
+        if problem is None or forced:
+            if problem and forced:
+                raise InputError(f"{name}: {place} (chosen by --counts) holds {problem}; raw integer counts are needed")
+            return reader, places, bool(forced)
+    held = "; ".join(f"{p} holds {h}" if h != "absent" else f"no {p}" for p, h in places.items())
+    raise InputError(f"{name}: no raw integer counts found: {held}; Geneformer needs raw counts")
+
+
+# ---------------------------------------------------------------- gene ids
+
+def normalise_ids(values) -> np.ndarray:
+    """Strings, with Ensembl version (and GENCODE _PAR_Y) suffixes dropped."""
+    out = []
+    for g in values:
+        g = _text(g)
+        out.append(g.split(".")[0] if ENSEMBL_ID.match(g) else g)
+    return np.array(out, dtype=object)
+
+
+def find_gene_ids(var: pd.DataFrame, name: str, column: str | None = None,
+                  prefer: str | None = None) -> tuple[str, str, np.ndarray]:
+    """(where, ensembl|symbol, ids): the var column or index whose values are Ensembl ids, else the index.
+
+    The first of the index and GENE_ID_COLUMNS in which most values are full Ensembl ids wins; a file
+    without ids anywhere is read by symbols (var names), which the tokenizer maps through the model's
+    mapping file. `column` (--gene-column) forces a var column ('index' for var names); `prefer` (the column
+    a model was trained from) is looked at first when the file has it.
+    """
+    sources = {f"var['{prefer}']": var[prefer]} if prefer and prefer in var.columns else {}
+    sources["index"] = var.index
+    sources.update({f"var['{c}']": var[c] for c in GENE_ID_COLUMNS if c in var.columns})
+    if column:
+        if column not in ("index", "_index") and column not in var.columns:
+            raise InputError(f"{name}: --gene-column {column}: var has no such column "
+                             f"(columns: {', '.join(map(str, var.columns)) or 'none'})")
+        key = "index" if column in ("index", "_index") and column not in var.columns else f"var['{column}']"
+        values = var.index if key == "index" else var[column]
+        sources = {key: values}
+    for where, values in sources.items():
+        text = pd.Series(values).astype(str)
+        if len(text) and text.str.match(ENSEMBL_ID).mean() > 0.5:
+            return where, "ensembl", normalise_ids(text)
+    where, values = next(iter(sources.items()))
+    return where, "symbol", normalise_ids(pd.Series(values).astype(str))
+
+
+# ---------------------------------------------------------------- the decision
+
+def _encoding_of(f: h5py.File, place: str, name: str) -> str:
+    if place not in f:
+        return "absent"
+    try:
+        return RowReader(f[place], place, name).encoding
+    except InputError as exc:
+        return str(exc).split(": ", 1)[-1]
+
+
+def find_layout(f: h5py.File, obs: pd.DataFrame, var: pd.DataFrame, name: str, counts: str | None = None,
+                gene_column: str | None = None, prefer_gene_column: str | None = None) -> tuple[Layout, RowReader]:
+    """Decide where counts and gene ids are (see the module docstring); InputError with one line if nowhere."""
+    reader, places, forced = find_counts(f, obs.index, name, counts)
+    genes = _var_of(f, reader.place, var, name)
+    if len(genes) != reader.shape[1]:
+        raise InputError(f"{name} is inconsistent: {reader.place} has {reader.shape[1]} columns, "
+                         f"its var {len(genes)} genes")
+    where, kind, ids = find_gene_ids(genes, name, gene_column, prefer_gene_column)
+    if reader.place == "raw/X" and "raw/var" in f:
+        where = f"raw/var {where}"
+    layout = Layout(counts=reader.place, counts_encoding=reader.encoding, counts_dtype=reader.dtype.name,
+                    counts_forced=forced, x_encoding=_encoding_of(f, "X", name), places=places, n_obs=len(obs), n_vars=reader.shape[1],
+                    gene_source=where, gene_column=where.split("'")[1] if "'" in where else "", gene_kind=kind, gene_ids=[str(g) for g in ids],
+                    var_names=[str(g) for g in genes.index])
+    return layout, reader

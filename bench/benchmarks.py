@@ -24,6 +24,7 @@ SIZES = {
         "stream_cells": 96, "stream_chunk": 24, "stream_reps": 2,
         "predict_cells": 96,
         "first_step_cells": 4_000,
+        "layout_cells": (4_000, 16_000), "layout_genes_per_cell": 500, "ranged_reps": 2,
     },
     "full": {
         "memory_cells": (50_000, 200_000), "memory_genes_per_cell": 2_000, "memory_finetune_chunks": 2,
@@ -37,6 +38,9 @@ SIZES = {
         # enough cells that inference, not imports and model loading, is most of both sides' wall time
         "predict_cells": 400,
         "first_step_cells": 4_000,
+        # counts in X as CSR and as CSC, and in raw/X; 500 genes a cell keeps the in-memory CSC conversion that
+        # makes the test file (not the runner) within this machine's memory
+        "layout_cells": (50_000, 200_000), "layout_genes_per_cell": 500, "ranged_reps": 3,
     },
 }
 
@@ -47,6 +51,7 @@ TOKEN_BUDGET = 16_384  # --tokens-per-batch of the padding benchmark: 4 cells of
 TINY = {"layers": 2, "hidden": 64, "heads": 4}  # memory benchmark: the data path, not the model, is measured
 STREAM_TOKENS = 256  # streaming benchmark: short cells keep the training step short
 BENCH_MODEL = {"layers": 6, "hidden": 256, "heads": 4}  # the issue's random 6-layer, 256-hidden model
+GENES = 19_000  # genes measured by the synthetic files: most of the stand-in's ~19,400 real protein-coding genes
 PREDICT_BATCH = 24  # cells per forward pass on both sides: helical's default batch_size (ours: --batch-size x 4)
 
 
@@ -67,12 +72,15 @@ def ensure_model(ctx: Context, layers: int, hidden: int, heads: int, attention_d
     return prefix
 
 
-def ensure_h5ad(ctx: Context, cells: int, genes_per_cell: int, seed: int) -> Path:
-    path = data_dir() / f"cells-{cells}-genes-20000-gpc-{genes_per_cell}-seed-{seed}.h5ad"
+def ensure_h5ad(ctx: Context, cells: int, genes_per_cell: int, seed: int, layout: str = "csr") -> Path:
+    """A cached synthetic file; layout csr (counts in X), csc (X stored CSC) or raw (counts in raw/X)."""
+    stem = f"cells-{cells}-genes-{GENES}-gpc-{genes_per_cell}-seed-{seed}"
+    path = data_dir() / (f"{stem}.h5ad" if layout == "csr" else f"{stem}-{layout}.h5ad")
     if not path.exists():
         log(f"generating {path.name} (cached for later runs)")
-        ctx.child("data", "data", "--output", str(path), "--cells", str(cells), "--genes", "20000",
-                  "--genes-per-cell", str(genes_per_cell), "--seed", str(seed), timeout=7200).check()
+        ctx.child("data", "data", "--output", str(path), "--cells", str(cells), "--genes", str(GENES),
+                  "--genes-per-cell", str(genes_per_cell), "--seed", str(seed), "--layout", layout,
+                  timeout=7200).check()
     return path
 
 
@@ -400,6 +408,91 @@ def bench_first_step(ctx: Context) -> list[Row]:
                 f"is `--no-early-prefetch`")]
 
 
+# --- 9. chunk: memory per layout, scratch and speed from S3 -----------------------------------------------
+
+LAYOUTS = {"csr": "CSR X", "csc": "CSC X", "raw": "counts in raw/X (CSR), normalised X"}
+
+
+def bench_layouts(ctx: Context) -> list[Row]:
+    small_n, big_n = ctx.params["layout_cells"]
+    gpc = ctx.params["layout_genes_per_cell"]
+    rows = []
+    for layout, title in LAYOUTS.items():
+        rss, seconds, scratch = {}, {}, {}
+        for n in (small_n, big_n):
+            path = ensure_h5ad(ctx, n, gpc, seed=6, layout=layout)
+            out = ctx.results / f"layout-chunks-{layout}-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            watched = ctx.results / f"scratch-layout-{layout}-{n}"
+            log(f"layouts: chunk {n:,} cells, {title}")
+            result = ctx.runner(f"layout-chunk-{layout}-{n}", "chunk", "--input", str(path), "--output", str(out),
+                                "--cells-per-chunk", str(CELLS_PER_CHUNK), "--profile", "cpu-large",
+                                watch=watched, HELICAL_SCRATCH=str(watched)).check()
+            rss[n], seconds[n], scratch[n] = result.peak_rss_bytes, result.seconds, result.peak_dir_bytes
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(watched, ignore_errors=True)
+        ratio = rss[big_n] / rss[small_n]
+        rows.append(Row("9. Chunk memory", f"peak RSS of `chunk`, {big_n // 1000}k vs {small_n // 1000}k cells, {title}",
+                        gib(rss[big_n]), gib(rss[small_n]), ratio, "< 1.15", ratio < 1.15,
+                        f"~{gpc} genes a cell, chunks of {CELLS_PER_CHUNK}, local file to a local folder; "
+                        f"{seconds[big_n]:.0f} s and {seconds[small_n]:.0f} s wall; peak scratch "
+                        f"{scratch[big_n] / 1e9:.2f} GB and {scratch[small_n] / 1e9:.2f} GB"))
+    return rows
+
+
+def bench_chunk_s3(ctx: Context) -> list[Row]:
+    small_n, big_n = ctx.params["layout_cells"]
+    gpc = ctx.params["layout_genes_per_cell"]
+    big, small = ensure_h5ad(ctx, big_n, gpc, seed=6), ensure_h5ad(ctx, small_n, gpc, seed=6)
+    rows = []
+    with moto_s3(ctx, "chunk from S3") as s3:
+        for path in (big, small):
+            ctx.run(f"s3-put-{path.stem}", [PYTHON, "-c", "import boto3, os, sys; boto3.client('s3', endpoint_url="
+                    "os.environ['S3_ENDPOINT_URL']).upload_file(sys.argv[1], 'bench', sys.argv[2])", str(path),
+                    f"in/{path.name}"], **s3).check()
+        # scratch: the big file, read in place, chunks written to S3 as the DAG does
+        watched = ctx.results / "scratch-chunk-s3"
+        log(f"chunk from S3: {big_n:,} cells read in place, scratch watched")
+        result = ctx.runner("chunk-s3-scratch", "chunk", "--input", f"s3://bench/in/{big.name}", "--output",
+                            "s3://bench/out/scratch", "--cells-per-chunk", str(CELLS_PER_CHUNK), "--profile",
+                            "cpu-large", watch=watched, HELICAL_SCRATCH=str(watched), **s3).check()
+        chunk_bytes = _largest_chunk(ctx, s3, "out/scratch/manifest.json")
+        peak = result.peak_dir_bytes
+        rows.append(Row("9. Chunk from S3", f"peak scratch bytes of `chunk` from S3, {big_n // 1000}k-cell CSR file",
+                        f"{peak / 1e6:.1f} MB", f"{chunk_bytes / 1e6:.1f} MB (largest chunk)", peak / chunk_bytes,
+                        "<= 3 chunks", peak <= 3 * chunk_bytes,
+                        f"file of {big.stat().st_size / 1e9:.2f} GB, ~{gpc} genes a cell, chunks of {CELLS_PER_CHUNK} "
+                        f"written to S3; disk use of $HELICAL_SCRATCH sampled every 50 ms; before issue 15 the input "
+                        f"was downloaded there first (1.05x the file). {result.seconds:.0f} s wall"))
+        # speed: the small file, interleaved, chunks to a local folder so both sides differ only in reading
+        cps = {"ranged": [], "download": []}
+        for rep in range(ctx.params["ranged_reps"]):
+            for side in ("ranged", "download"):
+                out = ctx.results / f"chunk-s3-{side}-{rep}"
+                shutil.rmtree(out, ignore_errors=True)
+                log(f"chunk from S3 rep {rep + 1}: {small_n:,} cells, {side}")
+                result = ctx.runner(f"chunk-s3-{side}-{rep}", "chunk", "--input", f"s3://bench/in/{small.name}",
+                                    "--output", str(out), "--cells-per-chunk", str(CELLS_PER_CHUNK), "--profile",
+                                    "cpu-large", HELICAL_S3_INPUT=side, **s3).check()
+                cps[side].append(small_n / result.seconds)
+                shutil.rmtree(out, ignore_errors=True)
+    ratio = median(cps["ranged"]) / median(cps["download"])
+    rows.append(Row("9. Chunk from S3", f"`chunk` cells/s from S3, read in place (ranged GETs) vs download-then-chunk",
+                    spread(cps["ranged"]), spread(cps["download"]), ratio, ">= 0.8", ratio >= 0.8,
+                    f"{small_n:,} cells (file of {small.stat().st_size / 1e6:.0f} MB), moto S3 server on 127.0.0.1, "
+                    f"chunks to a local folder; whole `chunk` wall time; download = HELICAL_S3_INPUT=download. moto "
+                    f"reads the whole object for every GET, ranged or not (S3 and MinIO read only the range)"))
+    return rows
+
+
+def _largest_chunk(ctx: Context, s3: dict, key: str) -> int:
+    result = ctx.run("s3-manifest", [PYTHON, "-c", "import boto3, os, sys, json; m = json.loads(boto3.client('s3', "
+                     "endpoint_url=os.environ['S3_ENDPOINT_URL']).get_object(Bucket='bench', Key=sys.argv[1])"
+                     "['Body'].read()); print(json.dumps({'bytes': max(c['bytes'] for c in m['chunks'])}))", key],
+                     **s3).check()
+    return int(result.output["bytes"])
+
+
 # --- 6. GPU: fp16 AMP vs fp32 ---------------------------------------------------------------------
 
 def bench_gpu(ctx: Context) -> list[Row]:
@@ -432,4 +525,6 @@ BENCHMARKS = {
     "gpu": bench_gpu,
     "predict": bench_predict,
     "first_step": bench_first_step,
+    "layouts": bench_layouts,
+    "chunk_s3": bench_chunk_s3,
 }

@@ -40,15 +40,53 @@ def cmd_model(args) -> dict:
 
 
 def cmd_data(args) -> dict:
-    """A synthetic raw-count .h5ad (helical_runner.synthetic.make_h5ad), written block by block."""
+    """A synthetic raw-count .h5ad (helical_runner.synthetic.make_h5ad), written block by block.
+
+    --layout csc: the same counts with X stored as CSC (converted in memory: keep --genes-per-cell modest);
+    --layout raw: counts in raw/X (with raw/var), X holding log1p(counts per 10,000), as CELLxGENE files do."""
     from helical_runner.synthetic import make_h5ad
 
     out = Path(args.output)
     partial = out.with_name(out.name + ".partial")
     make_h5ad(partial, args.cells, n_genes=args.genes, n_types=args.types, genes_per_cell=args.genes_per_cell,
               seed=args.seed)
+    if args.layout == "csc":
+        import anndata
+
+        adata = anndata.read_h5ad(partial)
+        adata.X = adata.X.tocsc()
+        adata.write_h5ad(partial)
+    elif args.layout == "raw":
+        _move_counts_to_raw(partial)
     os.replace(partial, out)
     return {"path": str(out), "bytes": out.stat().st_size}
+
+
+def _move_counts_to_raw(path: Path, block: int = 5000) -> None:
+    """Counts to raw/X and var to raw/var (h5py copies, on disk), then X rewritten as normalised values."""
+    import h5py
+    import numpy as np
+    import scipy.sparse as sp
+    from anndata.io import sparse_dataset, write_elem
+
+    with h5py.File(path, "r+") as f:
+        raw = f.create_group("raw")
+        raw.attrs["encoding-type"], raw.attrs["encoding-version"] = "raw", "0.1.0"
+        f.copy(f["X"], raw, "X")
+        f.copy(f["var"], raw, "var")
+        write_elem(raw, "varm", {})
+        del f["X"]
+        counts = sparse_dataset(raw["X"])
+        n = counts.shape[0]
+        for start in range(0, n, block):
+            part = counts[start:min(start + block, n)].tocsr().astype(np.float32)
+            totals = np.asarray(part.sum(axis=1)).ravel()
+            part = sp.diags(1e4 / np.maximum(totals, 1)) @ part
+            part.data = np.log1p(part.data).astype(np.float32)
+            if start == 0:
+                write_elem(f, "X", sp.csr_matrix(part, dtype=np.float32))
+            else:
+                sparse_dataset(f["X"]).append(sp.csr_matrix(part, dtype=np.float32))
 
 
 def cmd_varlen_data(args) -> dict:
@@ -246,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--types", type=int, default=4)
     p.add_argument("--genes-per-cell", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["csr", "csc", "raw"], default="csr")
     p = sub.add_parser("varlen-data")
     p.add_argument("--output", required=True)
     p.add_argument("--cells", type=int, required=True)

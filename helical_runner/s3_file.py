@@ -4,9 +4,11 @@
 .h5ad on S3/MinIO is read in place: no local copy, no scratch space, and the first chunk is ready long
 before a download of the whole file would be. HDF5 reads a file in many small pieces (superblock,
 object headers, B-tree nodes) and in long runs (the chunks of a dataset slice): the small ones are served
-from cached blocks of `block_size` bytes, and a read that continues where the previous one ended fetches
-ahead, twice as far each time up to `max_readahead`, so a run costs a few large GETs. The cache keeps at
-most `cache_bytes` (least recently used blocks go first), so memory does not grow with the file.
+from cached blocks of `block_size` bytes, and a read that continues a run (the block before it is cached)
+fetches ahead, twice as far at each miss of that run up to `max_readahead`, so a run costs a few large
+GETs. Runs are told apart by where they continue, so a CSR chunk's `data` and `indices` slices, read in
+turn from two places in the file, each keep their read-ahead. The cache keeps at most `cache_bytes`
+(least recently used blocks go first), so memory does not grow with the file.
 
 Each GET names the ETag seen when the file was opened (`If-Match`): an object replaced mid-read fails
 with one clear line instead of mixing two versions. Each GET, body included, runs through
@@ -35,7 +37,7 @@ class S3File(io.RawIOBase):
     UnavailableError (from storage.with_retries) when S3 stays unreachable."""
 
     def __init__(self, loc: Location, info: ObjectInfo | None = None, block_size: int = 4 * MIB,
-                 cache_bytes: int = 64 * MIB, max_readahead: int = 32 * MIB):
+                 cache_bytes: int = 96 * MIB, max_readahead: int = 32 * MIB):
         super().__init__()
         if not loc.is_s3:
             raise ValueError(f"{loc} is not an s3:// URL")
@@ -45,8 +47,7 @@ class S3File(io.RawIOBase):
         self.max_readahead_blocks = max(1, max_readahead // block_size)
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self._pos = 0
-        self._last_end = -1  # where the previous read ended: a read starting there is sequential
-        self._ahead = 1  # blocks fetched past a sequential read's end; doubles while reads stay sequential
+        self._runs: OrderedDict[int, int] = OrderedDict()  # block a run continues at -> its read-ahead (blocks)
         self.requests = 0
         self.bytes_fetched = 0
 
@@ -74,10 +75,8 @@ class S3File(io.RawIOBase):
         n = max(0, min(len(view), self.size - start))
         if n == 0:
             return 0
-        sequential = start == self._last_end
-        self._ahead = min(self._ahead * 2, self.max_readahead_blocks) if sequential else 1
         first, last = start // self.block_size, (start + n - 1) // self.block_size
-        self._fetch_missing(first, last, self._ahead if sequential else 0)
+        self._fetch_missing(first, last)
         done = 0
         for index in range(first, last + 1):
             block = self._blocks[index]
@@ -88,7 +87,7 @@ class S3File(io.RawIOBase):
             done += take
         while len(self._blocks) > self.max_blocks:  # after the copy: a read larger than the cache still works
             self._blocks.popitem(last=False)
-        self._pos = self._last_end = start + n
+        self._pos = start + n
         return n
 
     def close(self) -> None:
@@ -97,11 +96,13 @@ class S3File(io.RawIOBase):
 
     # --- fetching ----------------------------------------------------------------------------------
 
-    def _fetch_missing(self, first: int, last: int, ahead: int) -> None:
-        """One GET from the first missing block of [first, last] to `last + ahead` (within the file)."""
+    def _fetch_missing(self, first: int, last: int) -> None:
+        """One GET from the first missing block of [first, last] to past `last` by the run's read-ahead."""
         missing = [i for i in range(first, last + 1) if i not in self._blocks]
         if not missing:
             return
+        previous = self._runs.pop(missing[0], 1 if missing[0] - 1 in self._blocks else None)
+        ahead = 0 if previous is None else min(previous * 2, self.max_readahead_blocks)  # random reads: none
         final_block = (self.size - 1) // self.block_size
         stop = min(final_block, last + ahead)
         while stop > last and stop in self._blocks:  # don't fetch again what read-ahead already holds
@@ -113,6 +114,9 @@ class S3File(io.RawIOBase):
             offset = index * self.block_size - lo
             self._blocks[index] = data[offset:offset + self.block_size]
             self._blocks.move_to_end(index)
+        self._runs[stop + 1] = max(ahead, 1)
+        while len(self._runs) > 64:
+            self._runs.popitem(last=False)
 
     def _get(self, lo: int, hi: int) -> bytes:
         """Bytes [lo, hi) of the object as it was at open, retried (body included) on transient failures."""

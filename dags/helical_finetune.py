@@ -2,9 +2,11 @@
 ### Fine-tune Geneformer on an .h5ad and annotate its cells
 
 Trigger from the UI (the form below is validated) or let `helical_ingest` trigger it for every upload to
-`incoming/`. The run checks its input, then runs three `helical-runner` containers through the
+`incoming/`. The run checks its input, then runs four `helical-runner` containers through the
 docker-socket-proxy on a Celery queue chosen by the resource profile (`config/profiles.yaml`):
 
+0. **inspect** the .h5ad: the task log shows where its counts and gene ids are, how many genes the model
+   knows, its label columns, and stops the run in seconds if the file can't be used;
 1. **chunk** the .h5ad into row chunks under `chunks/<dataset>/` (streamed, never loaded whole);
 2. **finetune** a cell-type classifier on the streamed chunks → `runs/<run_id>/` (model, checkpoint,
    report.json, pictures);
@@ -23,13 +25,13 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, task
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, task
 
 from helical_lib import profiles
 from helical_lib.runner import PLAN_TASK, RunnerOperator
 
 DEFAULT_PROFILE, PROFILES = profiles.load_all()
-STEPS = ("chunk", "finetune", "predict")
+STEPS = ("inspect", "chunk", "finetune", "predict")
 GENEFORMER_MODEL = "gf-12L-38M-i4096"
 
 
@@ -61,6 +63,10 @@ PARAMS = {
                    maximum=1),
     "cells_per_chunk": optional("integer", "Cells per chunk", "Rows per streamed chunk (overrides the profile)",
                                 minimum=1, maximum=1_000_000),
+    "counts": optional("string", "Counts", "Where the raw counts are: X, raw or layers/NAME (default: found, "
+                       "see the inspect step's log)", pattern=r"^(X|raw|raw/X|layers/.+)$", maxLength=200),
+    "gene_column": optional("string", "Gene column", "var column with the gene ids or symbols, or 'index' "
+                            "(default: found)", maxLength=200),
     "etag": optional("string", "ETag", "Set by helical_ingest: the upload this run was triggered for; the run "
                                        "fails if the object has changed since", maxLength=200),
 }
@@ -88,7 +94,7 @@ with DAG(
     @task.branch
     def route(plan: dict) -> str:
         """Send the runner steps to the Celery queue of the run's profile."""
-        return f"on_{plan['queue']}.chunk"
+        return f"on_{plan['queue']}.{STEPS[0]}"
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def publish_summary(plan: dict) -> dict:
@@ -113,7 +119,7 @@ with DAG(
         with TaskGroup(f"on_{queue}") as group:
             steps = [RunnerOperator(task_id=step, step=step, queue=queue,
                                     image=PROFILES[DEFAULT_PROFILE]["image"]) for step in STEPS]
-            steps[0] >> steps[1] >> steps[2]
+            chain(*steps)
         branches.append(group)
     route(plan) >> branches >> publish_summary(plan)
     branches >> quarantine_bad_input()

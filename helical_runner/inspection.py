@@ -8,13 +8,11 @@ the task log, so a wrong file fails in seconds, not after chunking.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from helical_runner.dataset import open_dataset
 from helical_runner.errors import InputError, RunnerError
 
-log = logging.getLogger(__name__)
 SHOWN_VALUES = 6  # label values listed per column in the text form
 
 
@@ -50,7 +48,10 @@ def _vocabulary(dataset, model_name: str) -> dict:
     from helical_runner.model_files import locate
     from helical_runner.tokenizer import GeneformerTokenizer
 
-    tokenizer = GeneformerTokenizer(locate(model_name, fetch_missing=False))
+    files = locate(model_name, fetch_missing=False)
+    if not files.token_dictionary.is_file():  # a first run of a real model: finetune downloads it later
+        return {"model": model_name, "note": "model files not in the cache yet: vocabulary not checked"}
+    tokenizer = GeneformerTokenizer(files)
     check_vocabulary(dataset, tokenizer, model_name)
     return {"model": model_name, **gene_summary(dataset, tokenizer)}
 
@@ -66,11 +67,13 @@ def text(facts: dict) -> str:
              f"X: {layout['x_encoding']}, {layout['places'].get('X', 'not looked at')}",
              f"gene ids: {layout['gene_source']} ({'Ensembl ids' if layout['gene_kind'] == 'ensembl' else 'symbols'})"]
     vocabulary = facts.get("vocabulary")
-    if vocabulary:
+    if vocabulary and "note" in vocabulary:
+        lines[-1] += f"; {vocabulary['note']}"
+    elif vocabulary:
         lines[-1] += (f"; {vocabulary['in_vocabulary']} in {vocabulary['model']}'s vocabulary, "
                       f"{vocabulary['collapsed']} collapsed into another gene's token")
     for column, info in facts["labels"].items():
-        values = sorted(info["values"].items(), key=lambda kv: -kv[1])
+        values = sorted(info["values"].items(), key=lambda kv: (-kv[1], kv[0]))
         shown = ", ".join(f"{k} {v}" for k, v in values[:SHOWN_VALUES]) + (", ..." if len(values) > SHOWN_VALUES else "")
         lines.append(f"label column {column}: {len(values)} values ({shown})"
                      + (f"; {info['missing']} cells unlabelled" if info["missing"] else ""))

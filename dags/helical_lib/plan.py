@@ -60,7 +60,8 @@ def make_plan(params: dict, airflow_run_id: str, settings: Settings | None = Non
         "queue": profile["queue"], "chunks": f"s3://{bucket}/{s3.CHUNKS}{s3.dataset_id(data, etag)}",
         "run": f"s3://{bucket}/{s3.RUNS}{run_id}",
         **{name: params.get(name) for name in ("label_column", "model", "epochs", "precision", "batch_size",
-                                               "tokens_per_batch", "lr", "cells_per_chunk")},
+                                               "tokens_per_batch", "lr", "cells_per_chunk", "counts",
+                                               "gene_column")},
     }
 
 

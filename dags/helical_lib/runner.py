@@ -87,9 +87,13 @@ def runner_command(step: str, plan: dict) -> list[str]:
     """The `helical-runner` arguments of one step; optional settings left empty keep the profile's value."""
     common = [("--profile", plan["profile"]), ("--run-id", plan["run_id"])]
     manifest = f"{plan['chunks']}/manifest.json"
+    choices = [("--counts", plan.get("counts")), ("--gene-column", plan.get("gene_column"))]  # read by the first two
+    if step == "inspect":  # its facts go to the task log; a bad file fails here (error.json under the run)
+        return ["inspect", "--data", plan["data"], "--label-column", plan["label_column"], "--output", plan["run"],
+                *_flags([("--model", plan.get("model")), *choices, ("--run-id", plan["run_id"])])]
     if step == "chunk":
         return ["chunk", "--input", plan["data"], "--output", plan["chunks"],
-                *_flags([("--cells-per-chunk", plan.get("cells_per_chunk")), *common])]
+                *_flags([("--cells-per-chunk", plan.get("cells_per_chunk")), *choices, *common])]
     if step == "finetune":
         return ["finetune", "--data", manifest, "--label-column", plan["label_column"], "--output", plan["run"],
                 *_flags([("--model", plan.get("model")), ("--epochs", plan.get("epochs")),

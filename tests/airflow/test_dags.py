@@ -59,15 +59,17 @@ def test_finetune_shape(dagbag):
     dag = dagbag.dags["helical_finetune"]
     queues = {"cpu", "gpu"}
     expected = {"check_input", "route", "publish_summary", "quarantine_bad_input"} | {
-        f"on_{q}.{step}" for q in queues for step in ("chunk", "finetune", "predict")}
+        f"on_{q}.{step}" for q in queues for step in ("inspect", "chunk", "finetune", "predict")}
     assert set(dag.task_ids) == expected
     for queue in queues:
-        chunk, finetune, predict = (dag.get_task(f"on_{queue}.{s}") for s in ("chunk", "finetune", "predict"))
-        assert {t.queue for t in (chunk, finetune, predict)} == {queue}
+        inspect, chunk, finetune, predict = (dag.get_task(f"on_{queue}.{s}")
+                                             for s in ("inspect", "chunk", "finetune", "predict"))
+        assert {t.queue for t in (inspect, chunk, finetune, predict)} == {queue}
+        assert inspect.downstream_task_ids == {chunk.task_id}
         assert chunk.downstream_task_ids == {finetune.task_id}
         assert finetune.downstream_task_ids == {predict.task_id}
         assert predict.downstream_task_ids == {"publish_summary", "quarantine_bad_input"}
-        assert dag.get_task("route").downstream_task_ids >= {chunk.task_id}
+        assert dag.get_task("route").downstream_task_ids >= {inspect.task_id}
         assert chunk.mount_tmp_dir is False and chunk.auto_remove == "never"
     assert dag.get_task("publish_summary").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("quarantine_bad_input").trigger_rule == "one_failed"

@@ -90,6 +90,9 @@ def test_extra_hosts_and_endpoint_override():
 
 
 def test_runner_commands_use_the_runner_flags():
+    assert runner_command("inspect", PLAN) == [
+        "inspect", "--data", "s3://helical/incoming/atlas.h5ad", "--label-column", "cell_type",
+        "--output", "s3://helical/runs/run-1", "--model", "gf-12L-38M-i4096", "--run-id", "run-1"]
     assert runner_command("chunk", PLAN) == [
         "chunk", "--input", "s3://helical/incoming/atlas.h5ad", "--output", "s3://helical/chunks/atlas-abc",
         "--profile", "cpu-small", "--run-id", "run-1"]
@@ -104,6 +107,11 @@ def test_runner_commands_use_the_runner_flags():
     tuned = {**PLAN, "epochs": 3, "precision": "fp16", "batch_size": 32, "tokens_per_batch": 16384, "lr": 0.001,
              "cells_per_chunk": 500}
     assert runner_command("chunk", tuned)[5:7] == ["--cells-per-chunk", "500"]
+    chosen = {**PLAN, "counts": "layers/counts", "gene_column": "gene_ids"}
+    for step in ("inspect", "chunk"):  # finetune and predict read the manifest, which records the choice
+        command = runner_command(step, chosen)
+        assert command[command.index("--counts") + 1] == "layers/counts"
+        assert command[command.index("--gene-column") + 1] == "gene_ids"
     finetune = runner_command("finetune", tuned)
     for flag, value in [("--epochs", "3"), ("--precision", "fp16"), ("--batch-size", "32"),
                         ("--tokens-per-batch", "16384"), ("--lr", "0.001")]:

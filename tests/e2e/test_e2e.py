@@ -158,7 +158,7 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
             INPUT_CAP_BYTES + 1 if name == "too-large.h5ad" else bad_files[name.removesuffix(".h5ad")][0].stat().st_size)
         assert "Contents" not in client.list_objects_v2(Bucket="helical", Prefix=f"incoming/{name}")
     print("\nbad uploads failed at:", json.dumps(outcomes, indent=1))
-    assert outcomes["too-large.h5ad"] == "check_input" and outcomes["not-hdf5.h5ad"] == "on_cpu.chunk"
+    assert outcomes["too-large.h5ad"] == "check_input" and outcomes["not-hdf5.h5ad"] == "on_cpu.inspect"
 
     run = wait_for_run(stack, "helical_finetune", vanishing_run, 900)
     assert run["state"] == "failed"
@@ -175,7 +175,7 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
         assert container["State"]["ExitCode"] == 65
         assert container["Config"]["User"] == "50000:0"
         assert container["Config"]["Labels"]["dag_id"] == "helical_finetune"
-        assert container["Config"]["Labels"]["task_id"] == "on_cpu.chunk"
+        assert container["Config"]["Labels"]["task_id"] == "on_cpu.inspect"
         assert container["Config"]["Labels"]["profile"] == "cpu-small"
         host = container["HostConfig"]
         assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]

@@ -116,7 +116,8 @@ def test_saved_model_loads_in_helical(s3, chunked, tmp_path):
     for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/helical-compat/model/")["Contents"]:
         s3.download_file(BUCKET, obj["Key"], str(tmp_path / obj["Key"].rsplit("/", 1)[-1]))
     model = BertForMaskedLM.from_pretrained(tmp_path)
-    assert model.config.vocab_size == 20275
+    tokens = json.loads((tmp_path / "token_dictionary.json").read_text())  # the stand-in's real-gene vocabulary
+    assert model.config.vocab_size == len(tokens) and "ENSG00000156738" in tokens  # MS4A1
 
 
 def test_finetune_on_plain_h5ad_streams_it_in_chunks(s3, uploaded, tiny_model):

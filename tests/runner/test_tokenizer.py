@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from helical_reference import helical_tokens
 from helical_runner.model_files import ModelFiles
 from helical_runner.tokenizer import GeneformerTokenizer
 
@@ -26,17 +27,6 @@ def _files(tmp_path, genes, medians, special=True, input_size=4096, symbols=None
                       model_dir=tmp_path, token_dictionary=paths["token_dictionary.json"],
                       gene_median_dictionary=paths["gene_median_dictionary.json"],
                       ensembl_mapping=paths["ensembl_mapping_dict.json"])
-
-
-def _helical_tokens(files: ModelFiles, adata: anndata.AnnData) -> list[np.ndarray]:
-    from helical.models.geneformer.geneformer_tokenizer import TranscriptomeTokenizer
-
-    tk = TranscriptomeTokenizer(model_input_size=files.input_size, special_token=files.special_token,
-                                gene_median_file=files.gene_median_dictionary, token_dictionary_file=files.token_dictionary,
-                                gene_mapping_file=files.ensembl_mapping)
-    cells, _ = tk.tokenize_anndata(adata.copy())
-    dataset = tk.create_dataset(cells, None)
-    return [np.asarray(row["input_ids"]) for row in dataset]
 
 
 def _adata(n_cells=300, n_genes=400, seed=0, with_unknown=True):
@@ -60,7 +50,7 @@ def test_tokens_match_helical_exactly(tmp_path, special, input_size):
     medians = {g: (1.0 if i % 2 else 2.5) for i, g in enumerate(genes)}  # two median values: ties galore
     files = _files(tmp_path, genes, medians, special, input_size)
     ours = GeneformerTokenizer(files).tokenize(adata.X, adata.var["ensembl_id"], adata.obs_names)
-    theirs = _helical_tokens(files, adata)
+    theirs = helical_tokens(files, adata)
     assert ours.dropped_empty == 0 and len(ours.input_ids) == len(theirs) == adata.n_obs
     for mine, helical in zip(ours.input_ids, theirs):
         assert np.array_equal(mine, helical)
@@ -77,23 +67,6 @@ def test_cells_without_vocabulary_genes_are_dropped_and_counted(tmp_path):
     ours = GeneformerTokenizer(files).tokenize(X, adata.var["ensembl_id"], adata.obs_names)
     assert ours.dropped_empty == 1
     assert list(ours.cell_ids) == ["c0", "c1", "c3", "c4"]
-
-
-def _helical_tokens_collapsed(files: ModelFiles, adata: anndata.AnnData) -> list[np.ndarray]:
-    """helical's own collapse (`sum_ensembl_ids`, collapse_gene_ids=True), then its tokenizer.
-
-    helical 3.1.4's `tokenize_anndata` collapses the same way but then looks up var['ensembl_id'], which its
-    summed AnnData no longer has (KeyError): the collapsed ids are put there, and nothing else changes."""
-    from helical.models.geneformer.geneformer_tokenizer import TranscriptomeTokenizer, sum_ensembl_ids
-
-    tk = TranscriptomeTokenizer(model_input_size=files.input_size, special_token=files.special_token,
-                                gene_median_file=files.gene_median_dictionary, token_dictionary_file=files.token_dictionary,
-                                gene_mapping_file=files.ensembl_mapping)
-    collapsed = sum_ensembl_ids(adata.copy(), True, tk.gene_mapping_dict, tk.gene_token_dict)
-    assert collapsed.n_vars < adata.n_vars  # helical did sum something
-    collapsed.var["ensembl_id"] = collapsed.var["ensembl_id_collapsed"].astype(str)
-    cells, _ = tk.tokenize_anndata(collapsed)
-    return [np.asarray(row["input_ids"]) for row in tk.create_dataset(cells, None)]
 
 
 def _pbmc_like(tmp_path, n_cells=200, seed=0):
@@ -123,8 +96,8 @@ def test_genes_sharing_an_id_are_summed_as_helical_does(tmp_path, input_size):
     files = ModelFiles(**{**files.__dict__, "input_size": input_size})
     tokenizer = GeneformerTokenizer(files)
     ours = tokenizer.tokenize(adata.X, adata.var_names, adata.obs_names)
-    theirs = _helical_tokens_collapsed(files, adata)
-    assert tokenizer.columns(adata.var_names).collapsed == 2
+    theirs = helical_tokens(files, adata, collapse=True)
+    assert len(theirs[0]) and tokenizer.columns(adata.var_names).collapsed == 2
     assert len(ours.input_ids) == len(theirs) == adata.n_obs
     for mine, helical in zip(ours.input_ids, theirs):
         assert np.array_equal(mine, helical)

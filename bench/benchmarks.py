@@ -469,7 +469,7 @@ def bench_chunk_s3(ctx: Context) -> list[Row]:
                         f"was downloaded there first (1.05x the file). {result.seconds:.0f} s wall"))
         # speed: the small file, interleaved, chunks to a local folder so both sides differ only in reading
         cps = {"ranged": [], "download": []}
-        for rep in range(ctx.params["ranged_reps"]):
+        for rep in range(max(ctx.reps, ctx.params["ranged_reps"])):
             for side in ("ranged", "download"):
                 out = ctx.results / f"chunk-s3-{side}-{rep}"
                 shutil.rmtree(out, ignore_errors=True)

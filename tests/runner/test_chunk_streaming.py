@@ -14,6 +14,8 @@ import pytest
 
 from conftest import BUCKET, run_cli
 
+pytestmark = pytest.mark.slow  # each test runs `chunk` two or three times in a child process
+
 
 @pytest.fixture(scope="module")
 def rich_obs(cells_h5ad, tmp_path_factory):

@@ -1,6 +1,6 @@
 # The two commands a new machine needs (see README): `make demo` and `make test`.
 # Everything they need is installed by scripts/ on first use and cached outside the clone.
-.PHONY: demo demo-runner stack stack-down test test-fast bench bench-airflow images venvs clean-demo
+.PHONY: demo demo-runner stack stack-down test test-fast bench bench-gpu bench-airflow images venvs clean-demo
 
 demo:  ## the main job through Airflow on the embedded default (local S3 stand-in, tiny model, synthetic cells)
 	bash scripts/airflow-demo.sh
@@ -22,6 +22,9 @@ test-fast:  ## the inner loop: unit tests only, no slow integration
 
 bench:  ## benchmarks against helical's own loop; prints a table (see docs/BENCHMARKS.md)
 	bash scripts/bench.sh
+
+bench-gpu:  ## fp16 AMP vs fp32 vs bf16 and data parallel on gf-12L-38M-i4096's shape; runs on a bare GPU host's python3
+	bash scripts/bench-gpu.sh
 
 bench-airflow:  ## upload -> runner started through a real Airflow, beside a default S3KeySensor; DAG parse time
 	bash scripts/bench-airflow.sh

@@ -40,15 +40,53 @@ def cmd_model(args) -> dict:
 
 
 def cmd_data(args) -> dict:
-    """A synthetic raw-count .h5ad (helical_runner.synthetic.make_h5ad), written block by block."""
+    """A synthetic raw-count .h5ad (helical_runner.synthetic.make_h5ad), written block by block.
+
+    --layout csc: the same counts with X stored as CSC (converted in memory: keep --genes-per-cell modest);
+    --layout raw: counts in raw/X (with raw/var), X holding log1p(counts per 10,000), as CELLxGENE files do."""
     from helical_runner.synthetic import make_h5ad
 
     out = Path(args.output)
     partial = out.with_name(out.name + ".partial")
     make_h5ad(partial, args.cells, n_genes=args.genes, n_types=args.types, genes_per_cell=args.genes_per_cell,
               seed=args.seed)
+    if args.layout == "csc":
+        import anndata
+
+        adata = anndata.read_h5ad(partial)
+        adata.X = adata.X.tocsc()
+        adata.write_h5ad(partial)
+    elif args.layout == "raw":
+        _move_counts_to_raw(partial)
     os.replace(partial, out)
     return {"path": str(out), "bytes": out.stat().st_size}
+
+
+def _move_counts_to_raw(path: Path, block: int = 5000) -> None:
+    """Counts to raw/X and var to raw/var (h5py copies, on disk), then X rewritten as normalised values."""
+    import h5py
+    import numpy as np
+    import scipy.sparse as sp
+    from anndata.io import sparse_dataset, write_elem
+
+    with h5py.File(path, "r+") as f:
+        raw = f.create_group("raw")
+        raw.attrs["encoding-type"], raw.attrs["encoding-version"] = "raw", "0.1.0"
+        f.copy(f["X"], raw, "X")
+        f.copy(f["var"], raw, "var")
+        write_elem(raw, "varm", {})
+        del f["X"]
+        counts = sparse_dataset(raw["X"])
+        n = counts.shape[0]
+        for start in range(0, n, block):
+            part = counts[start:min(start + block, n)].tocsr().astype(np.float32)
+            totals = np.asarray(part.sum(axis=1)).ravel()
+            part = sp.diags(1e4 / np.maximum(totals, 1)) @ part
+            part.data = np.log1p(part.data).astype(np.float32)
+            if start == 0:
+                write_elem(f, "X", sp.csr_matrix(part, dtype=np.float32))
+            else:
+                sparse_dataset(f["X"]).append(sp.csr_matrix(part, dtype=np.float32))
 
 
 def cmd_varlen_data(args) -> dict:
@@ -75,6 +113,26 @@ def cmd_varlen_data(args) -> dict:
     anndata.AnnData(X=X, obs=obs, var=var).write_h5ad(partial)
     os.replace(partial, out)
     return {"path": str(out), "bytes": out.stat().st_size}
+
+
+def cmd_classifier(args) -> dict:
+    """A saved classifier (predict's model folder) over the cached base model: its encoder, a seeded random
+    head for the file's cell types. Throughput does not depend on what the head learnt."""
+    import torch
+
+    from helical_runner import model as model_io
+    from helical_runner.model_files import locate
+    from helical_runner.synthetic import CELL_TYPES
+
+    files = locate(args.model, fetch_missing=False)
+    torch.manual_seed(args.seed)
+    labels = sorted(CELL_TYPES[: args.types])
+    net = model_io.GeneformerClassifier(model_io.load_encoder(files.model_dir), len(labels), files.special_token)
+    meta = model_io.ClassifierMeta(labels=labels, label_column="cell_type", base_model=files.name,
+                                   model_version=files.version, input_size=files.input_size,
+                                   special_token=files.special_token)
+    model_io.save(net, meta, files, Path(args.output))
+    return {"model": args.output, "labels": labels}
 
 
 # --- measured sides --------------------------------------------------------------------------------
@@ -120,6 +178,46 @@ def cmd_helical_train(args) -> dict:
             "load_seconds": load_seconds, "tokenize_seconds": tokenize_seconds,
             "mean_tokens": sum(lengths) / len(lengths), "threads": torch.get_num_threads(),
             "backbone_training_mode": bool(model.model.training)}
+
+
+def cmd_helical_annotate(args) -> dict:
+    """helical's annotation path on a whole .h5ad: read_h5ad, process_data, get_embeddings (cell embeddings),
+    then the saved model's linear head on them, predictions written as a CSV like `predict` writes."""
+    import csv
+
+    import anndata
+    import numpy as np
+    import torch
+    from helical.models.geneformer import Geneformer, GeneformerConfig
+    from safetensors.torch import load_file
+
+    started = time.monotonic()
+    meta = json.loads((Path(args.classifier) / "classifier.json").read_text())
+    head = load_file(Path(args.classifier) / "classifier.safetensors")
+    adata = anndata.read_h5ad(args.path)
+    adata.var["ensembl_id"] = adata.var.index.astype(str)
+    config = GeneformerConfig(model_name=args.model, batch_size=args.batch_size, device="cpu", emb_mode="cell")
+    config.config["embsize"] = args.hidden  # the random model's hidden size (ENVIRONMENT.md)
+    model = Geneformer(configurer=config)
+    tokenize_started = time.monotonic()
+    dataset = model.process_data(adata, gene_names="ensembl_id")
+    inference_started = time.monotonic()
+    embeddings = model.get_embeddings(dataset)
+    with torch.no_grad():
+        logits = torch.from_numpy(np.asarray(embeddings, dtype=np.float32)) @ head["classifier.weight"].T \
+            + head["classifier.bias"]
+    probs = torch.softmax(logits, dim=1).numpy()
+    inference_seconds = time.monotonic() - inference_started
+    best = probs.argmax(axis=1)
+    labels = np.asarray(meta["labels"])[best]
+    with open(args.output, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell_id", "predicted_label", "probability"])
+        for cell, label, p in zip(adata.obs_names, labels, probs[np.arange(len(best)), best]):
+            writer.writerow([cell, label, f"{p:.4f}"])
+    return {"cells": len(best), "seconds": time.monotonic() - started,
+            "tokenize_seconds": inference_started - tokenize_started, "inference_seconds": inference_seconds,
+            "threads": torch.get_num_threads()}
 
 
 def cmd_padding(args) -> dict:
@@ -168,51 +266,6 @@ def cmd_padding(args) -> dict:
                if args.tokens_per_batch else {})}
 
 
-def cmd_gpu(args) -> dict:
-    """fp16 AMP vs fp32 step time and peak CUDA memory, gf-12L-38M-i4096's shape, the runner's Trainer."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"skipped": "not run: no CUDA device"}
-    import numpy as np
-    from transformers import BertConfig, BertModel
-
-    from helical_runner.model import GeneformerClassifier
-    from helical_runner.precision import resolve
-    from helical_runner.training import TrainConfig, Trainer
-
-    device = torch.device("cuda")
-    # gf-12L-38M-i4096: 12 layers, hidden 512, 8 heads, intermediate 1024, 20,275 tokens, 4,096 positions
-    config = BertConfig(vocab_size=20_275, hidden_size=512, num_hidden_layers=12, num_attention_heads=8,
-                        intermediate_size=1024, max_position_embeddings=4096, pad_token_id=0,
-                        hidden_dropout_prob=0.02, attention_probs_dropout_prob=0.02)
-    rng = np.random.default_rng(0)
-    lengths = np.clip(rng.normal(args.tokens, args.tokens / 4, size=args.batch_size), 64, 4096).astype(int)
-    batch = [np.concatenate([[2], rng.integers(4, 20_275, size=n - 2), [3]]) for n in lengths]
-    labels = rng.integers(0, 8, size=args.batch_size)
-    result = {"batch_size": args.batch_size, "mean_tokens": float(lengths.mean()),
-              "device": torch.cuda.get_device_name(0)}
-    for name in args.order.split(","):
-        torch.manual_seed(0)
-        config._attn_implementation = "sdpa"  # as load_encoder asks for it
-        encoder = BertModel(config, add_pooling_layer=False)
-        net = GeneformerClassifier(encoder, 8, special_token=True).to(device)
-        trainer = Trainer(net, TrainConfig(batch_size=args.batch_size), resolve(name, device), 0, 10_000)
-        for _ in range(args.warmup):
-            trainer.step(batch, labels)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        started = time.monotonic()
-        for _ in range(args.steps):
-            trainer.step(batch, labels)
-        torch.cuda.synchronize()
-        result[name] = {"step_seconds": (time.monotonic() - started) / args.steps,
-                        "peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
-        del trainer, net, encoder
-        torch.cuda.empty_cache()
-    return result
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.child")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -231,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--types", type=int, default=4)
     p.add_argument("--genes-per-cell", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["csr", "csc", "raw"], default="csr")
     p = sub.add_parser("varlen-data")
     p.add_argument("--output", required=True)
     p.add_argument("--cells", type=int, required=True)
@@ -248,6 +302,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label-column", default="cell_type")
     p.add_argument("--freeze-layers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("classifier")
+    p.add_argument("--output", required=True)
+    p.add_argument("--model", default="gf-12L-38M-i4096")
+    p.add_argument("--types", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("helical-annotate")
+    p.add_argument("--path", required=True)
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--model", default="gf-12L-38M-i4096")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=24)
     p = sub.add_parser("padding")
     p.add_argument("--path", required=True)
     p.add_argument("--model", default="gf-12L-38M-i4096")
@@ -257,15 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--tokens-per-batch", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("gpu")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--tokens", type=int, default=2048)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--order", default="fp32,fp16")
     args = parser.parse_args(argv)
     handler = {"model": cmd_model, "data": cmd_data, "varlen-data": cmd_varlen_data, "read-h5ad": cmd_read_h5ad,
-               "helical-train": cmd_helical_train, "padding": cmd_padding, "gpu": cmd_gpu}[args.cmd]
+               "helical-train": cmd_helical_train, "padding": cmd_padding, "classifier": cmd_classifier,
+               "helical-annotate": cmd_helical_annotate}[args.cmd]
     emit(handler(args))
 
 

@@ -51,6 +51,8 @@ class ChildResult:
     output: dict | None  # the JSON object on the child's last stdout line, if any
     stdout_path: Path
     stderr_path: Path
+    peak_dir_bytes: int = 0  # with run(watch=...): the most disk that folder held at any poll
+
 
     def check(self) -> "ChildResult":
         if self.returncode != 0:
@@ -85,11 +87,12 @@ class Context:
         return env
 
     def run(self, name: str, argv: list[str], timeout: float = 3600, stop_after: tuple[str, int] | None = None,
-            **env: str) -> ChildResult:
+            watch: Path | None = None, **env: str) -> ChildResult:
         """Run argv in a child, wait for it with wait4 and return its peak RSS and JSON output.
 
         stop_after=(text, n): send SIGTERM once n lines of the child's stderr contain text (e.g. after a
         few chunks of a long fine-tune); the returned peak RSS is the peak up to then.
+        watch: a folder whose disk use (allocated blocks) is sampled every poll (50 ms); its peak is returned.
         """
         self._log_counter += 1
         logs = self.results / "logs"
@@ -97,6 +100,7 @@ class Context:
         out_path = logs / f"{self._log_counter:03d}-{name}.out"
         err_path = logs / f"{self._log_counter:03d}-{name}.err"
         started = time.monotonic()
+        peak_dir = 0
         with open(out_path, "w") as out, open(err_path, "w") as err:
             proc = subprocess.Popen(argv, stdout=out, stderr=err, env=self.child_env(**env), cwd=REPO)
             killed = False
@@ -110,6 +114,8 @@ class Context:
                 if stop_after and not killed and _count_lines(err_path, stop_after[0]) >= stop_after[1]:
                     proc.terminate()  # only our own child
                     killed = True
+                if watch is not None:
+                    peak_dir = max(peak_dir, disk_use(watch))
                 time.sleep(0.05 if not stop_after else 0.5)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
         seconds = time.monotonic() - started
@@ -120,7 +126,7 @@ class Context:
                 output = json.loads(lines[-1])
             except json.JSONDecodeError:
                 output = None
-        result = ChildResult(proc.returncode, seconds, usage.ru_maxrss * 1024, output, out_path, err_path)
+        result = ChildResult(proc.returncode, seconds, usage.ru_maxrss * 1024, output, out_path, err_path, peak_dir)
         if stop_after and killed and proc.returncode == -15:
             result.returncode = 0  # stopped on purpose
         return result
@@ -129,9 +135,10 @@ class Context:
         return self.run(name, [PYTHON, "-m", "bench.child", *args], timeout=timeout, **env)
 
     def runner(self, name: str, *args: str, timeout: float = 3600, stop_after: tuple[str, int] | None = None,
-               **env: str) -> ChildResult:
+               watch: Path | None = None, **env: str) -> ChildResult:
         """The real CLI, as the container runs it."""
-        return self.run(name, [PYTHON, "-m", "helical_runner", *args], timeout=timeout, stop_after=stop_after, **env)
+        return self.run(name, [PYTHON, "-m", "helical_runner", *args], timeout=timeout, stop_after=stop_after,
+                        watch=watch, **env)
 
 
 @dataclass
@@ -151,6 +158,18 @@ class Row:
         ratio = "" if self.ratio is None else f"{self.ratio:.2f}"
         verdict = {True: "yes", False: "**no**", None: ""}[self.passed]
         return [self.benchmark, self.measure, self.ours, self.baseline, ratio, self.bar, verdict]
+
+
+def disk_use(folder: Path) -> int:
+    """Bytes of disk the files under a folder take (allocated blocks), 0 if it is gone."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass  # removed between listing and stat
+    return total
 
 
 def median(values: list[float]) -> float:

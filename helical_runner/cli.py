@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="dropout on the encoder's hidden states (default 0, as helical's train(), which runs "
                                "the encoder in eval mode; -1 keeps the model's own rate, Geneformer's 0.02)")
     finetune.add_argument("--no-length-bucketing", action="store_true", help="batch cells in random order only")
+    finetune.add_argument("--no-early-prefetch", action="store_true",
+                          help="read the first chunk only once the model has loaded (by default the two overlap)")
     finetune.add_argument("--nproc", type=int, help="data-parallel processes (default: the profile's gpus when > 1; "
                                                     "on CPU, gloo processes)")
     _common_run_flags(finetune)
@@ -148,7 +150,8 @@ def run_command(args, profile, scratch, metrics) -> dict:
             if rate is not None:
                 config = merge_config(replace(config, **{name: None if rate < 0 else rate}))  # checks the rate
         return finetune(args.data, args.label_column, args.output, args.model, profile, config,
-                        metrics.run_id, scratch.path, metrics, args.counts, args.gene_column)
+                        metrics.run_id, scratch.path, metrics, args.counts, args.gene_column,
+                        early_prefetch=not args.no_early_prefetch)
     from helical_runner.predict import predict
 
     return predict(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics,

@@ -3,17 +3,21 @@
 Both give the same `Dataset`: its size, genes and obs summary up front (so the classifier knows every
 label before training starts), and `load(i)` to read chunk i. `prefetched()` runs the next loads on a
 background thread so the download of chunk i+1 overlaps the work on chunk i.
+
+An .h5ad on S3 is read in place (s3_file.S3File: ranged GETs, nothing on scratch); HELICAL_S3_INPUT=download
+copies it to scratch first instead, the behaviour before issue 15. Local files are always read in place.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -23,6 +27,7 @@ from helical_runner import storage
 from helical_runner.errors import InputError
 from helical_runner.h5ad_io import H5adRows, check_counts
 from helical_runner.profiles import parse_size
+from helical_runner.s3_file import S3File
 from helical_runner.storage import Location
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,7 @@ T = TypeVar("T")
 
 MANIFEST_FORMAT = "helical-runner/chunks/v1"
 MANIFEST_NAME = "manifest.json"
+OBS_BLOCK_ROWS = 20_000  # obs rows summarised at a time (a few MB whatever the file's cell count)
 MAX_SUMMARISED_VALUES = 1000  # obs columns with more distinct values (ids, counts) get no value counts
 
 
@@ -95,17 +101,34 @@ def label_values(values: pd.Series) -> pd.Series:
 def summarise_obs(obs: pd.DataFrame) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """Value counts of each obs column with few distinct values (the candidate label columns), and how many
     cells each leaves unlabelled (missing values). Unused categories are not counted: they are no class."""
-    summary, missing = {}, {}
-    for column in obs.columns:
-        values = obs[column]
-        if pd.api.types.is_float_dtype(values) and not np.all(np.mod(values.dropna().to_numpy(), 1) == 0):
-            continue  # measurements (n_counts, percent_mito), not labels
-        labels = label_values(values)
-        counts = labels.value_counts(dropna=True)
-        if len(counts) <= MAX_SUMMARISED_VALUES:
-            summary[str(column)] = {str(k): int(v) for k, v in counts.items() if v > 0}
-            missing[str(column)] = int(labels.isna().sum())
-    return summary, missing
+    return summarise_obs_blocks([obs])
+
+
+def summarise_obs_blocks(blocks: Iterable[pd.DataFrame]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """summarise_obs of the rows of all blocks together, holding one block at a time: counts are summed, and a
+    column is left out as soon as one block shows it is a measurement or it passes MAX_SUMMARISED_VALUES."""
+    counts: dict[str, dict[str, int]] = {}
+    missing: dict[str, int] = {}
+    dropped: set[str] = set()
+    for obs in blocks:
+        for column in obs.columns:
+            key = str(column)
+            if key in dropped:
+                continue
+            values = obs[column]
+            if pd.api.types.is_float_dtype(values) and not np.all(np.mod(values.dropna().to_numpy(), 1) == 0):
+                dropped.add(key)  # measurements (n_counts, percent_mito), not labels
+                continue
+            labels = label_values(values)
+            seen = counts.setdefault(key, {})
+            for value, n in labels.value_counts(dropna=True).items():
+                if n > 0:
+                    seen[str(value)] = seen.get(str(value), 0) + int(n)
+            missing[key] = missing.get(key, 0) + int(labels.isna().sum())
+            if len(seen) > MAX_SUMMARISED_VALUES:
+                dropped.add(key)
+    summary = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in counts.items() if k not in dropped}
+    return summary, {k: v for k, v in missing.items() if k in summary}
 
 
 def open_dataset(url: str, scratch: Path, cells_per_chunk: int, max_input_bytes: str | int | None = None,
@@ -125,14 +148,23 @@ def open_dataset(url: str, scratch: Path, cells_per_chunk: int, max_input_bytes:
 
 def _open_h5ad(loc: Location, info: storage.ObjectInfo, scratch: Path, cells_per_chunk: int,
                counts: str | None, gene_column: str | None, prefer_gene_column: str | None) -> Dataset:
-    local = storage.download(loc, scratch / f"input-{info.etag}.h5ad")
-    rows = H5adRows(local, str(loc), counts, gene_column, prefer_gene_column)
+    remote = None
+    if loc.is_s3 and os.environ.get("HELICAL_S3_INPUT", "ranged") != "download":
+        source = remote = S3File(loc, info)  # read in place by ranged GETs: no copy on scratch
+    else:
+        source = local = storage.download(loc, scratch / f"input-{info.etag}.h5ad")
+    try:
+        rows = H5adRows(source, str(loc), counts, gene_column, prefer_gene_column)
+    except BaseException:
+        if remote is None and local != loc.path:
+            local.unlink(missing_ok=True)
+        raise
     ids = rows.gene_ids
     place = rows.layout.counts
     log.info("%s: counts from %s (%s), gene ids from %s (%s)", loc, place, rows.layout.counts_encoding,
              rows.layout.gene_source, rows.layout.gene_kind)
     starts = list(range(0, rows.n_obs, cells_per_chunk))
-    value_counts, missing = summarise_obs(rows.obs)
+    value_counts, missing = summarise_obs_blocks(rows.obs.blocks(OBS_BLOCK_ROWS))
 
     def load(i: int) -> Chunk:
         part = rows.rows(starts[i], min(starts[i] + cells_per_chunk, rows.n_obs))
@@ -141,7 +173,11 @@ def _open_h5ad(loc: Location, info: storage.ObjectInfo, scratch: Path, cells_per
 
     def close() -> None:
         rows.close()
-        if local != loc.path:  # a downloaded copy, not the user's own file
+        if remote is not None:
+            log.info("%s read in place: %d ranged GETs, %.1f MB of %.1f MB", loc, remote.requests,
+                     remote.bytes_fetched / 1e6, remote.size / 1e6)
+            remote.close()
+        elif local != loc.path:  # a downloaded copy, not the user's own file
             local.unlink(missing_ok=True)
 
     return Dataset(url=str(loc), etag=info.etag, size=info.size, n_cells=rows.n_obs,
@@ -184,3 +220,27 @@ def prefetched(loaders: Sequence[Callable[[], T]], depth: int = 1) -> Iterator[T
             if i + depth < len(loaders):
                 pending.append(pool.submit(loaders[i + depth]))
             yield pending.pop(0).result()
+
+
+class HeadStart:
+    """One load started now, on its own thread, for a loop that will ask for it later (finetune reads and
+    tokenizes its first chunk while the model loads). `serve(load)` is `load` that hands over the early
+    result when the first index asked for is the one started, and otherwise drops it (a resumed run may
+    begin elsewhere). An error of the early load is raised where the loop asks for that index."""
+
+    def __init__(self, load: Callable[[int], T], index: int):
+        self.index = index
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="head-start")
+        self._future: Future | None = self._pool.submit(load, index)
+        self._pool.shutdown(wait=False)  # the thread ends with its one task
+
+    def serve(self, load: Callable[[int], T]) -> Callable[[int], T]:
+        def served(i: int) -> T:
+            future, self._future = self._future, None  # only the loop's first request can use it
+            if future is not None and i == self.index:
+                return future.result()
+            if future is not None:
+                log.info("first chunk is %d, not the early-read %d (a resumed run): reading it now", i, self.index)
+            return load(i)
+
+        return served

@@ -82,15 +82,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(argv: list[str], world: int) -> int:
-    """Run `helical-runner <argv>` as `world` ranks; the first non-zero exit code wins."""
+def launch(argv: list[str], world: int, module: str = "helical_runner") -> int:
+    """Run `python -m <module> <argv>` (the runner's CLI by default) as `world` ranks; the first non-zero
+    exit code wins."""
     port = _free_port()
     children = []
     for rank in range(world):
         env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world)),  # as torchrun: no oversubscription
                **os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        children.append(subprocess.Popen([sys.executable, "-m", "helical_runner", *argv], env=env))
+        children.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env))
     code = 0
     try:
         while any(child.poll() is None for child in children):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from typing import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from helical_runner import checkpoint, model as model_io, storage
 from helical_runner.batching import is_validation
-from helical_runner.dataset import Dataset, label_values, open_dataset, prefetched
+from helical_runner.dataset import Chunk, Dataset, HeadStart, label_values, open_dataset, prefetched
 from helical_runner.distributed import DistContext
 from helical_runner.errors import InputError
 from helical_runner.metrics import RunMetrics
@@ -30,7 +31,8 @@ from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
 from helical_runner.runs import previous_report, versions
 from helical_runner.storage import Location
 from helical_runner.tokenizer import GeneformerTokenizer
-from helical_runner.training import (PreparedChunk, Trainer, TrainConfig, TrainState, estimate_training_cells, fit)
+from helical_runner.training import (PreparedChunk, Trainer, TrainConfig, TrainState, chunk_order,
+                                     estimate_training_cells, fit)
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,13 @@ def gene_summary(dataset: Dataset, tokenizer: GeneformerTokenizer) -> dict:
 
 
 def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_column: str,
-                   label_index: dict[str, int], val_fraction: float):
-    """A function chunk index -> PreparedChunk (runs on the prefetch thread: read, check, tokenize, split)."""
+                   label_index: dict[str, int], val_fraction: float, load: Callable[[int], Chunk] | None = None):
+    """A function chunk index -> PreparedChunk (runs on the prefetch thread: read, check, tokenize, split);
+    `load` reads a chunk (default: dataset.load)."""
+    load = load or dataset.load
 
     def prepare(i: int) -> PreparedChunk:
-        chunk = dataset.load(i)
+        chunk = load(i)
         if label_column not in chunk.obs.columns:
             raise InputError(f"{dataset.name}: chunk {i} has no obs column '{label_column}'")
         obs = chunk.obs
@@ -101,8 +105,10 @@ def _fingerprint(dataset: Dataset, files: ModelFiles, classes, label_column, con
 
 def finetune(data_url: str, label_column: str, output_url: str, model_name: str, profile: Profile,
              config: TrainConfig, run_id: str, scratch: Path, metrics: RunMetrics, counts: str | None = None,
-             gene_column: str | None = None) -> dict:
-    """Fine-tune on `data_url` (manifest or .h5ad; `counts`/`gene_column` as `--counts`/`--gene-column`)."""
+             gene_column: str | None = None, early_prefetch: bool = True) -> dict:
+    """Fine-tune on `data_url` (manifest or .h5ad; `counts`/`gene_column` as `--counts`/`--gene-column`).
+    With `early_prefetch` the first chunk is read while helical's model files are located (its import takes
+    seconds) and tokenized while the model loads, both on background threads, so training starts sooner."""
     started = time.monotonic()
     output = storage.parse(output_url)
     previous = previous_report(output)
@@ -116,16 +122,23 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         device = torch.device("cuda", dist.local_rank)
     precision = resolve(profile.precision, device)
     dist.init(device)
-    files = locate(model_name) if dist.is_main else None
-    dist.barrier()  # rank 0 fetches missing model files once; the others then find them in the cache
-    files = files or locate(model_name, fetch_missing=False)
     dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes, counts, gene_column)
     try:
+        load, first = dataset.load, chunk_order(config.seed, 0, dataset.n_chunks)[0]  # a fresh run's first chunk
+        if early_prefetch:  # a resumed run that starts at another chunk reads its own (HeadStart.serve)
+            load = HeadStart(dataset.load, first).serve(dataset.load)
+        files = locate(model_name) if dist.is_main else None
+        dist.barrier()  # rank 0 fetches missing model files once; the others then find them in the cache
+        files = files or locate(model_name, fetch_missing=False)
         classes = label_classes(dataset, label_column)
         tokenizer = GeneformerTokenizer(files, profile.max_input_size)
         genes_known = check_vocabulary(dataset, tokenizer, files.name)
         log.info("%s: %d cells in %d chunks, %d genes in the vocabulary, %d classes of '%s'", dataset.url,
                  dataset.n_cells, dataset.n_chunks, genes_known, len(classes), label_column)
+        prepare = chunk_preparer(dataset, tokenizer, label_column, {c: i for i, c in enumerate(classes)},
+                                 config.val_fraction, load)
+        if early_prefetch:
+            prepare = HeadStart(prepare, first).serve(prepare)
 
         torch.manual_seed(config.seed)
         encoder = model_io.load_encoder(files.model_dir)
@@ -152,14 +165,23 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
 
         metrics.update(chunks_total=dataset.n_chunks * config.epochs, memory_limit_bytes=profile.memory_limit_bytes,
                        chunks_done=state.epoch * dataset.n_chunks + state.chunk_pos, cells=state.cells_seen)
-        prepare = chunk_preparer(dataset, tokenizer, label_column, {c: i for i, c in enumerate(classes)},
-                                 config.val_fraction)
-        state = fit(trainer, dataset.n_chunks, prepare, state, save_checkpoint, metrics.update, prefetched)
+        training_start: list[float] = []
+
+        def prefetch(loaders):
+            for item in prefetched(loaders):
+                if not training_start:  # the loop has its model and its first chunk: training starts now
+                    training_start.append(time.monotonic() - started)
+                    log.info("training starts %.2f s after start (model loaded, first chunk ready)",
+                             training_start[0])
+                yield item
+
+        state = fit(trainer, dataset.n_chunks, prepare, state, save_checkpoint, metrics.update, prefetch)
         if not dist.is_main:
             dist.barrier()  # wait for rank 0 to publish, so no rank exits while another may still need it
             return {"status": "succeeded", "steps": state.step, "accuracy": None, "rank": dist.rank}
         report = _publish(output, trainer, state, dataset, files, classes, label_column, config, profile,
-                          precision.name, run_id, started, data_url, tokenizer)
+                          precision.name, run_id, started, data_url, tokenizer,
+                          training_start[0] if training_start else None)
         dist.barrier()
         return report
     finally:
@@ -186,7 +208,8 @@ def _resume(store: checkpoint.CheckpointStore, trainer: Trainer, fingerprint: di
 
 def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dataset, files: ModelFiles,
              classes: list[str], label_column: str, config: TrainConfig, profile: Profile, precision: str,
-             run_id: str, started: float, data_url: str, tokenizer: GeneformerTokenizer) -> dict:
+             run_id: str, started: float, data_url: str, tokenizer: GeneformerTokenizer,
+             training_start_seconds: float | None) -> dict:
     labels = np.asarray(state.val_labels, dtype=np.int64)
     if len(labels):
         predictions = trainer.predict(state.val_ids, config.batch_size * 4).argmax(axis=1)
@@ -238,7 +261,8 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
             "padding_efficiency": state.real_tokens / state.padded_tokens if state.padded_tokens else None,
         },
         "durations": {"total_seconds": time.monotonic() - started, "train_seconds": state.train_seconds,
-                      "data_wait_seconds": state.data_wait_seconds},
+                      "data_wait_seconds": state.data_wait_seconds,
+                      "training_start_seconds": training_start_seconds},  # start -> model and first chunk ready
         "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": allocated,
                         "cuda_reserved_bytes": reserved},
         "resumed_from": state.resumed_from,

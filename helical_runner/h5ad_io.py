@@ -1,8 +1,9 @@
 """Row slices of an .h5ad file without loading it whole, and the checks every slice must pass.
 
-Opens the file with h5py; `h5ad_layout.find_layout` decides where the raw counts (X, raw/X or a layer) and
-the gene ids are, and reads obs/var (small). The counts stay on disk and are read a row range at a time,
-so memory follows the chunk size, not the file size.
+Opens the file with h5py (a path, or a file object such as s3_file.S3File); `h5ad_layout.find_layout`
+decides where the raw counts (X, raw/X or a layer) and the gene ids are, and reads var (small). The counts
+and obs stay in the file and are read a row range at a time (obs_rows), so memory follows the chunk size,
+not the file size.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import scipy.sparse as sp
 
 from helical_runner.errors import InputError
 from helical_runner.h5ad_layout import ENSEMBL_ID, _reason, find_layout, judge_counts, read_frame
+from helical_runner.obs_rows import ObsRows
 
 __all__ = ["ENSEMBL_ID", "H5adRows", "RowSlice", "check_counts"]
 
@@ -46,14 +48,13 @@ class H5adRows:
             missing = [k for k in ("obs", "var") if k not in self._file]
             if missing:
                 raise InputError(f"{name} is HDF5 but not an AnnData .h5ad: no {'/'.join(missing)}")
-            self.obs: pd.DataFrame = read_frame(self._file["obs"], f"{name}: obs")
-            self.obs.index = self.obs.index.astype(str)
+            self.obs = ObsRows(self._file["obs"], f"{name}: obs")  # read a chunk's rows at a time
             var = read_frame(self._file["var"], f"{name}: var")
             if len(self.obs) == 0:
                 raise InputError(f"{name} has zero cells")
             if len(var) == 0:
                 raise InputError(f"{name} has zero genes")
-            self.layout, self._counts = find_layout(self._file, self.obs, var, name, counts, gene_column,
+            self.layout, self._counts = find_layout(self._file, self.obs.names, var, name, counts, gene_column,
                                                       prefer_gene_column)
         except InputError:
             self.close()
@@ -75,9 +76,11 @@ class H5adRows:
         return np.asarray(self.layout.gene_ids, dtype=object)
 
     def rows(self, start: int, stop: int) -> RowSlice:
-        return RowSlice(X=self._counts.rows(start, stop), obs=self.obs.iloc[start:stop], start=start)
+        return RowSlice(X=self._counts.rows(start, stop), obs=self.obs.frame(start, stop), start=start)
 
     def close(self) -> None:
+        if getattr(self, "_counts", None) is not None:
+            self._counts.close()
         self._file.close()
 
     def __enter__(self) -> "H5adRows":

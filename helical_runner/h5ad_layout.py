@@ -59,44 +59,56 @@ class Layout:
 
 # ---------------------------------------------------------------- dataframes (obs, var)
 
-def read_frame(group: h5py.Group, name: str) -> pd.DataFrame:
-    """obs/var as a DataFrame: anndata's reader when the group carries its encoding, else the fallbacks."""
-    if group.attrs.get("encoding-type") == "dataframe":
+ALL_ROWS = slice(None)
+
+
+def read_frame(group: h5py.Group, name: str, rows: slice = ALL_ROWS) -> pd.DataFrame:
+    """obs/var as a DataFrame: anndata's reader when the group carries its encoding, else the fallbacks.
+
+    `rows` (a slice) reads only those rows, column by column, by the fallback readers (anndata's reads whole
+    elements): how obs is read a chunk at a time, so memory does not follow the number of cells."""
+    if group.attrs.get("encoding-type") == "dataframe" and rows == ALL_ROWS:
         from anndata.io import read_elem
 
         try:
             return read_elem(group)
         except Exception:  # noqa: BLE001 - anndata refuses some writers' variants; the fallback reads them
             pass
-    return _read_frame_by_hand(group, name)
+    return _read_frame_by_hand(group, name, rows)
 
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _read_frame_by_hand(group: h5py.Group, name: str) -> pd.DataFrame:
+def index_key(group: h5py.Group) -> str | None:
+    """The member holding a frame's index (row names): the `_index` attribute's, else a usual name."""
+    key = _text(group.attrs.get("_index", "_index"))
+    if key not in group:
+        key = next((k for k in ("_index", "index", "obs_names", "var_names") if k in group), None)
+    return key
+
+
+def _read_frame_by_hand(group: h5py.Group, name: str, rows: slice = ALL_ROWS) -> pd.DataFrame:
     if isinstance(group, h5py.Dataset):  # anndata < 0.7 wrote obs/var as one compound dataset
-        table = pd.DataFrame.from_records(group[()])
+        table = pd.DataFrame.from_records(group[rows])
         table = table.apply(lambda c: c.map(_text) if c.dtype == object else c)
         return table.set_index(table.columns[0]) if len(table.columns) else table
-    index_key = _text(group.attrs.get("_index", "_index"))
-    if index_key not in group:
-        index_key = next((k for k in ("_index", "index", "obs_names", "var_names") if k in group), None)
+    index_key_ = index_key(group)
     order = [_text(c) for c in np.atleast_1d(group.attrs.get("column-order", []))]
-    columns = order or [k for k in group if k not in (index_key, "__categories")]
+    columns = order or [k for k in group if k not in (index_key_, "__categories")]
     data = {}
     for column in columns:
         if column not in group:
             continue
         try:
-            data[column] = _read_column(group, column)
+            data[column] = _read_column(group, column, rows)
         except (KeyError, ValueError, TypeError, OSError) as exc:
             raise InputError(f"{name}/{column} cannot be read: {exc}") from None
-    index = _strings(group[index_key][()]) if index_key else None
+    index = _strings(group[index_key_][rows]) if index_key_ else None
     frame = pd.DataFrame(data, index=pd.Index(index) if index is not None else None)
-    if index_key and index_key != "_index" and index_key in frame.columns:
-        frame = frame.drop(columns=index_key)
+    if index_key_ and index_key_ != "_index" and index_key_ in frame.columns:
+        frame = frame.drop(columns=index_key_)
     return frame
 
 
@@ -104,10 +116,10 @@ def _strings(values: np.ndarray) -> np.ndarray:
     return np.array([_text(v) for v in values], dtype=object) if values.dtype.kind in "OS" else values
 
 
-def _read_column(group: h5py.Group, column: str):
+def _read_column(group: h5py.Group, column: str, rows: slice = ALL_ROWS):
     node = group[column]
     if isinstance(node, h5py.Group):
-        if node.attrs.get("encoding-type"):
+        if node.attrs.get("encoding-type") and rows == ALL_ROWS:
             from anndata.io import read_elem
 
             try:
@@ -116,17 +128,17 @@ def _read_column(group: h5py.Group, column: str):
                 pass
         if "codes" in node and "categories" in node:
             categories = _strings(node["categories"][()])
-            return pd.Categorical.from_codes(node["codes"][()], categories=categories,
+            return pd.Categorical.from_codes(node["codes"][rows], categories=categories,
                                              ordered=bool(node.attrs.get("ordered", False)))
         if "values" in node and "mask" in node:  # nullable integer / boolean / string
-            values, mask = node["values"][()], node["mask"][()].astype(bool)
+            values, mask = node["values"][rows], node["mask"][rows].astype(bool)
             if values.dtype.kind == "b":
                 return pd.arrays.BooleanArray(values, mask)
             if values.dtype.kind in "iu":
                 return pd.arrays.IntegerArray(values, mask)
             return pd.array([None if m else _text(v) for v, m in zip(values, mask)], dtype="string")
         raise ValueError(f"unknown column layout (members: {', '.join(node)})")
-    values = node[()]
+    values = node[rows]
     reference = node.attrs.get("categories")
     if isinstance(reference, h5py.Reference):  # anndata 0.7: codes here, categories in uns/ or __categories/
         categories = _strings(group.file[reference][()])
@@ -161,6 +173,12 @@ class RowReader:
             raise InputError(f"{name}: {place} is a sparse matrix without a shape attribute")
         self.encoding, self.shape, self._node = encoding, tuple(int(s) for s in shape), node
         self.dtype = np.dtype(node["data"].dtype)
+        self._csc = None  # csc_rows.CscRows, made on the first read of rows
+
+    def close(self) -> None:
+        """Remove what reading left on scratch (a CSC matrix's regrouped rows)."""
+        if getattr(self, "_csc", None) is not None:
+            self._csc.close()
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         """Rows [start, stop) as CSR (dtype as stored); raises InputError naming the file if unreadable."""
@@ -168,7 +186,11 @@ class RowReader:
             if self.encoding == "dense":
                 return sp.csr_matrix(np.asarray(self._node[start:stop]))
             if self.encoding == "csc_matrix":
-                return read_csc_rows(self._node, self.shape, start, stop, self.name, self.place)
+                if self._csc is None:
+                    from helical_runner.csc_rows import CscRows
+
+                    self._csc = CscRows(self._node, self.shape, self.name, self.place)
+                return self._csc.rows(start, stop)
             indptr = self._node["indptr"][start:stop + 1].astype(np.int64)
             lo, hi = int(indptr[0]), int(indptr[-1])
             return sp.csr_matrix((self._node["data"][lo:hi], self._node["indices"][lo:hi], indptr - lo),
@@ -176,14 +198,6 @@ class RowReader:
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"{self.name} is truncated or corrupt ({self.place} rows {start}-{stop}): "
                              f"{_reason(exc)}") from None
-
-
-def read_csc_rows(node: h5py.Group, shape: tuple[int, int], start: int, stop: int, name: str,
-                  place: str) -> sp.csr_matrix:
-    """Rows of a CSC matrix. A CSC matrix keeps each gene's cells together, so a row range touches every
-    column; streaming it needs an out-of-core regrouping pass (issue 15) that is not built yet."""
-    raise InputError(f"{name}: {place} is stored as CSC, whose rows cannot be streamed yet; "
-                     "save it as CSR (adata.X = adata.X.tocsr()) and upload again")
 
 
 def _reason(exc: BaseException) -> str:
@@ -194,7 +208,12 @@ def _reason(exc: BaseException) -> str:
 # ---------------------------------------------------------------- counts
 
 def _sample(reader: RowReader) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Up to SAMPLE_ROWS rows in three windows (start, middle, end) and their row numbers."""
+    """Up to SAMPLE_ROWS rows in three windows (start, middle, end) and their row numbers (for CSC, the rows
+    that a few windows of columns touch: rows of CSC cannot be read without a pass over the whole matrix)."""
+    if reader.encoding == "csc_matrix":
+        from helical_runner.csc_rows import csc_sample
+
+        return csc_sample(reader._node, reader.shape)
     n = reader.shape[0]
     size = max(1, SAMPLE_ROWS // 3)
     starts = sorted({0, max(0, n // 2 - size // 2), max(0, n - size)})
@@ -264,7 +283,7 @@ def find_counts(f: h5py.File, obs_names, name: str, forced: str | None = None) -
             places[place] = f"{reader.shape[0]} rows for {len(obs_names)} cells"
             continue
         sample, rows = _sample(reader)
-        problem = judge_counts(sample, np.asarray(obs_names)[rows] if len(rows) else [])
+        problem = judge_counts(sample, obs_names[rows] if len(rows) else [])
         places[place] = problem or f"integer counts ({reader.dtype.name})"
         if problem is None or forced:
             if problem and forced:
@@ -323,10 +342,13 @@ def _encoding_of(f: h5py.File, place: str, name: str) -> str:
         return str(exc).split(": ", 1)[-1]
 
 
-def find_layout(f: h5py.File, obs: pd.DataFrame, var: pd.DataFrame, name: str, counts: str | None = None,
+def find_layout(f: h5py.File, obs_names, var: pd.DataFrame, name: str, counts: str | None = None,
                 gene_column: str | None = None, prefer_gene_column: str | None = None) -> tuple[Layout, RowReader]:
-    """Decide where counts and gene ids are (see the module docstring); InputError with one line if nowhere."""
-    reader, places, forced = find_counts(f, obs.index, name, counts)
+    """Decide where counts and gene ids are (see the module docstring); InputError with one line if nowhere.
+
+    `obs_names`: the cells' names, anything with len() and indexing by an array of positions (a pandas
+    Index, or obs_rows.CellNames, which reads only the names asked for)."""
+    reader, places, forced = find_counts(f, obs_names, name, counts)
     genes = _var_of(f, reader.place, var, name)
     if len(genes) != reader.shape[1]:
         raise InputError(f"{name} is inconsistent: {reader.place} has {reader.shape[1]} columns, "
@@ -335,7 +357,7 @@ def find_layout(f: h5py.File, obs: pd.DataFrame, var: pd.DataFrame, name: str, c
     if reader.place == "raw/X" and "raw/var" in f:
         where = f"raw/var {where}"
     layout = Layout(counts=reader.place, counts_encoding=reader.encoding, counts_dtype=reader.dtype.name,
-                    counts_forced=forced, x_encoding=_encoding_of(f, "X", name), places=places, n_obs=len(obs), n_vars=reader.shape[1],
+                    counts_forced=forced, x_encoding=_encoding_of(f, "X", name), places=places, n_obs=len(obs_names), n_vars=reader.shape[1],
                     gene_source=where, gene_column=where.split("'")[1] if "'" in where else "", gene_kind=kind, gene_ids=[str(g) for g in ids],
                     var_names=[str(g) for g in genes.index])
     return layout, reader

@@ -75,7 +75,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
         metrics.update(chunks_total=dataset.n_chunks, memory_limit_bytes=profile.memory_limit_bytes)
         n_predicted = n_dropped = 0
         scored = ScoredCells(meta.labels)
-        predict_seconds = 0.0
+        inference_seconds = 0.0  # the encoder and head alone: what helical's get_embeddings + a classifier does
 
         def prepare(i: int):
             chunk = dataset.load(i)
@@ -93,7 +93,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
                     began = time.monotonic()
                     probs, embs = runner.predict(tokens.input_ids, profile.batch_size * 4, embeddings=True) \
                         if tokens.input_ids else (np.zeros((0, len(meta.labels))), np.zeros((0, hidden)))
-                    predict_seconds += time.monotonic() - began
+                    inference_seconds += time.monotonic() - began
                     best = probs.argmax(axis=1)
                     predicted = np.asarray(meta.labels)[best]
                     # missing labels are None: predicted, written, but not scored
@@ -132,9 +132,9 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
         "class_metrics": class_scores,
         "confusion_matrix": scored.matrix().tolist() if has_truth else None,
         "confusion_labels": scored.classes if has_truth else None,
-        "cells_per_second": n_predicted / predict_seconds if predict_seconds else None,
+        "cells_per_second": n_predicted / inference_seconds if inference_seconds else None,
         "umap": umap_info,
-        "durations": {"total_seconds": time.monotonic() - started, "predict_seconds": predict_seconds},
+        "durations": {"total_seconds": time.monotonic() - started, "inference_seconds": inference_seconds},
         "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": cuda_memory_bytes()[0],
                         "cuda_reserved_bytes": cuda_memory_bytes()[1]},
         "outputs": {"predictions": str(output.join(PREDICTIONS_NAME)),

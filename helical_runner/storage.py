@@ -103,11 +103,13 @@ def s3_client():
 
 def _is_transient(exc: BaseException) -> bool:
     from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
-                                     EndpointConnectionError, ReadTimeoutError)
+                                     EndpointConnectionError, IncompleteReadError, ReadTimeoutError,
+                                     ResponseStreamingError)
     from urllib3.exceptions import ProtocolError
 
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
-                        ReadTimeoutError, ProtocolError, ConnectionError)):
+    # ResponseStreamingError / IncompleteReadError: the connection dropped while a response body was read
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
+                        ResponseStreamingError, IncompleteReadError, ProtocolError, ConnectionError)):
         return True
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -115,7 +117,7 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _error_code(exc: BaseException) -> str:
+def error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
 
@@ -144,8 +146,8 @@ def with_retries(action: str, call: Callable[[], T]) -> T:
             delay = min(delay * 2, 10.0)
 
 
-def _not_found(exc: BaseException) -> bool:
-    return _error_code(exc) in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+def is_not_found(exc: BaseException) -> bool:
+    return error_code(exc) in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
 
 # --- the API the runner uses ----------------------------------------------------------------------
@@ -156,7 +158,7 @@ def stat(loc: Location) -> ObjectInfo:
         try:
             head = with_retries(f"reading {loc}", lambda: s3_client().head_object(Bucket=loc.bucket, Key=loc.key))
         except Exception as exc:
-            if _not_found(exc):
+            if is_not_found(exc):
                 raise InputError(f"input {loc} does not exist") from exc
             raise
         return ObjectInfo(size=int(head["ContentLength"]), etag=head["ETag"].strip('"'))
@@ -191,7 +193,7 @@ def download(loc: Location, dest: Path) -> Path:
         with_retries(f"downloading {loc}", fetch)
     except Exception as exc:
         partial.unlink(missing_ok=True)
-        if _not_found(exc):
+        if is_not_found(exc):
             raise InputError(f"input {loc} does not exist") from exc
         raise
     os.replace(partial, dest)
@@ -206,7 +208,7 @@ def get_bytes(loc: Location) -> bytes:
         return with_retries(f"reading {loc}",
                             lambda: s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
     except Exception as exc:
-        if _not_found(exc):
+        if is_not_found(exc):
             raise InputError(f"input {loc} does not exist") from exc
         raise
 

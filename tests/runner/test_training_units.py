@@ -230,3 +230,41 @@ def test_fused_adamw_steps_as_the_per_tensor_one(tiny_model):
         assert fused.step(ids, labels)[0] == pytest.approx(plain.step(ids, labels)[0], rel=1e-5)
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_first_chunk_is_read_before_the_loop_asks_and_handed_over_once():
+    import threading
+
+    from helical_runner.dataset import HeadStart
+
+    calls, read = [], threading.Event()
+
+    def load(i: int) -> str:
+        calls.append(i)
+        read.set()
+        return f"chunk {i}"
+
+    early = HeadStart(load, 3)
+    assert read.wait(30)  # read while the caller does something else (finetune: loading the model)
+    served = early.serve(load)
+    assert served(3) == "chunk 3" and calls == [3]  # the early read is used, not repeated
+    assert served(3) == "chunk 3" and calls == [3, 3]  # a later epoch reads it again
+
+
+def test_a_resumed_run_starting_at_another_chunk_reads_that_one():
+    from helical_runner.dataset import HeadStart
+
+    calls = []
+    served = HeadStart(lambda i: calls.append(i) or i, 0).serve(lambda i: calls.append(i) or i)
+    assert served(5) == 5 and sorted(calls) == [0, 5]
+
+
+def test_an_error_of_the_early_read_is_raised_where_the_loop_asks_for_the_chunk():
+    from helical_runner.dataset import HeadStart
+
+    def load(i: int):
+        raise InputError(f"chunk {i} has no obs column 'cell_type'")
+
+    served = HeadStart(load, 2).serve(load)
+    with pytest.raises(InputError, match="chunk 2 has no obs column"):
+        served(2)

@@ -24,15 +24,23 @@ from helical_runner import genes as gene_table
 
 SPECIAL_TOKENS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
 # Canonical markers (PanglaoDB / the PBMC3k tutorial's lists), so cell types look like real ones.
-MARKERS = {
-    "B cell": ["MS4A1", "CD79A", "CD79B", "CD19", "PAX5", "BANK1", "CD22", "FCRL1", "BLK", "TCL1A"],
-    "CD4 T cell": ["CD3E", "IL7R", "CD3D", "CD4", "CD2", "LCK", "CD28", "TRAT1", "CCR7", "LEF1"],
-    "monocyte": ["LYZ", "CD14", "S100A8", "S100A9", "FCN1", "VCAN", "CSF1R", "CD68", "LST1", "MNDA"],
-    "erythroblast": ["HBB", "GYPA", "HBA1", "ALAS2", "KLF1", "GATA1", "CA1", "SLC4A1", "EPOR", "TFRC"],
-    "NK cell": ["NKG7", "GNLY", "KLRD1", "NCAM1", "PRF1", "GZMB", "KLRF1", "FCGR3A", "GZMA", "KLRB1"],
-    "macrophage": ["CD163", "MRC1", "C1QA", "C1QB", "C1QC", "APOE", "MARCO", "MSR1", "SPP1", "FCGR1A"],
-    "HSC": ["CD34", "PROM1", "KIT", "CRHBP", "HLF", "MECOM", "SPINK2", "AVP", "THY1", "MEIS1"],
-    "endothelial": ["PECAM1", "VWF", "CDH5", "KDR", "TEK", "CLDN5", "EMCN", "ESAM", "PLVAP", "ENG"],
+MARKERS = {  # 20 a type: with fewer, one epoch of the tiny model at the demo's size misses B cells
+    "B cell": ["MS4A1", "CD79A", "CD79B", "CD19", "PAX5", "BANK1", "CD22", "FCRL1", "BLK", "TCL1A",
+              "CD72", "VPREB3", "FCER2", "CR2", "SPIB", "POU2AF1", "IGLL5", "CD37", "HLA-DOB", "BLNK"],
+    "CD4 T cell": ["CD3E", "IL7R", "CD3D", "CD4", "CD2", "LCK", "CD28", "TRAT1", "CCR7", "LEF1",
+                  "CD5", "CD6", "TCF7", "MAL", "CD40LG", "ICOS", "CTLA4", "ZAP70", "ITK", "CD247"],
+    "monocyte": ["LYZ", "CD14", "S100A8", "S100A9", "FCN1", "VCAN", "CSF1R", "CD68", "LST1", "MNDA",
+                "CST3", "TYROBP", "FCER1G", "LGALS2", "CD36", "CFD", "SERPINA1", "LILRB2", "CSF3R", "FPR1"],
+    "erythroblast": ["HBB", "GYPA", "HBA1", "ALAS2", "KLF1", "GATA1", "CA1", "SLC4A1", "EPOR", "TFRC",
+                    "HBD", "HBG1", "HBG2", "AHSP", "HEMGN", "RHAG", "SPTA1", "ANK1", "EPB42", "TRIM58"],
+    "NK cell": ["NKG7", "GNLY", "KLRD1", "NCAM1", "PRF1", "GZMB", "KLRF1", "FCGR3A", "GZMA", "KLRB1",
+               "CTSW", "CST7", "KLRC1", "SH2D1B", "TXK", "IL2RB", "CD160", "NCR1", "NCR3", "FGFBP2"],
+    "macrophage": ["CD163", "MRC1", "C1QA", "C1QB", "C1QC", "APOE", "MARCO", "MSR1", "SPP1", "FCGR1A",
+                  "CD209", "SIGLEC1", "VSIG4", "FOLR2", "LYVE1", "STAB1", "F13A1", "SLC40A1", "HMOX1", "CD5L"],
+    "HSC": ["CD34", "PROM1", "KIT", "CRHBP", "HLF", "MECOM", "SPINK2", "AVP", "THY1", "MEIS1",
+           "GATA2", "HOPX", "MLLT3", "NPR3", "BAALC", "MYCN", "DLK1", "ERG", "SOX4", "CD38"],
+    "endothelial": ["PECAM1", "VWF", "CDH5", "KDR", "TEK", "CLDN5", "EMCN", "ESAM", "PLVAP", "ENG",
+                   "SOX17", "SOX18", "EGFL7", "ROBO4", "TIE1", "NOS3", "FLT1", "ICAM2", "CAV1", "MMRN1"],
 }
 CELL_TYPES = list(MARKERS)
 N_MARKERS = len(MARKERS["B cell"])

@@ -74,9 +74,10 @@ def _pbmc_like(tmp_path, n_cells=200, seed=0):
     PAK6 and BUB1B-PAK6 are ENSG00000137843 in NCBI's annotation), plus a symbol no model knows."""
     from helical_runner.synthetic import panel
 
-    genes = panel(300)
     pairs = {"PAK6": "ENSG00000137843", "BUB1B-PAK6": "ENSG00000137843", "GNMT": "ENSG00000124713",
              "CNPY3-GNMT": "ENSG00000124713"}
+    genes = panel(300)
+    genes = genes[~genes["ensembl_id"].isin(set(pairs.values()))]  # the pairs are the only shared ids
     symbols = list(genes["symbol"]) + list(pairs) + ["NOT-A-GENE"]
     ids = list(dict.fromkeys(list(genes["ensembl_id"]) + list(pairs.values())))
     rng = np.random.default_rng(seed)

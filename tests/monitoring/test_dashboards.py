@@ -118,7 +118,8 @@ def dag_container_labels() -> dict[str, str]:
         if isinstance(node, ast.Dict):
             for key, value in zip(node.keys, node.values):
                 if isinstance(key, ast.Constant) and key.value == "labels" and isinstance(value, ast.Dict):
-                    return {k.value: ast.unparse(v) for k, v in zip(value.keys, value.values)}
+                    # `**{...} if data else {}` spreads (key None) hold optional labels: the fixed ones are enough here
+                    return {k.value: ast.unparse(v) for k, v in zip(value.keys, value.values) if k is not None}
     raise AssertionError("no labels={...} in dags/helical_lib/runner.py")
 
 

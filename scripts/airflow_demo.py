@@ -33,6 +33,7 @@ RUNNER_PY = REPO / ".venv-runner" / "bin" / "python"
 DAGS = ("helical_ingest", "helical_finetune")
 RUNNER_ERROR = re.compile(r"helical-runner: error: .*")
 EXCEPTION = re.compile(r"\b([A-Za-z_.]*(?:Error|Exception)): (.+)")
+TASK_EXCEPTION = "task raised "  # log_text's prefix for the exceptions Airflow's structured log records
 
 
 def say(text: str) -> None:
@@ -61,6 +62,9 @@ def task_reason(text: str) -> str:
     runner = RUNNER_ERROR.findall(text)
     if runner:
         return runner[-1].strip()
+    raised = [line.removeprefix(TASK_EXCEPTION) for line in text.splitlines() if line.startswith(TASK_EXCEPTION)]
+    if raised:  # what the task raised, as Airflow recorded it (any exception class, e.g. BadInput)
+        return raised[-1].strip()
     exceptions = EXCEPTION.findall(text)
     if exceptions:
         kind, message = exceptions[-1]
@@ -82,7 +86,7 @@ def log_text(payload) -> str:
         lines.append(str(item.get("event", "")))
         for error in item.get("error_detail") or []:
             if isinstance(error, dict):
-                lines.append(f"{error.get('exc_type')}: {error.get('exc_value')}")
+                lines.append(f"{TASK_EXCEPTION}{error.get('exc_type')}: {error.get('exc_value')}")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ NOT_RUN_HERE = {"cadvisor", "grafana", "dcgm-exporter", "airflow-worker-gpu"}
 ONE_SHOT = {"storage-secrets", "minio-init", "monitoring-secrets", "airflow-init"}
 # Services that need root: the socket proxy reads docker.sock, airflow-init chowns the data folder.
 ROOT_SERVICES = {"docker-socket-proxy", "airflow-init"}
-RUNNER_STEPS = ("on_cpu.chunk", "on_cpu.finetune", "on_cpu.predict")
+RUNNER_STEPS = ("inspect", "chunk", "on_cpu.finetune", "on_cpu.predict")  # inspect and chunk: queue cpu always
 
 
 def compose_config() -> dict:

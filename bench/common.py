@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 MODEL = "gf-12L-38M-i4096"  # the cache slot the random models are written to (v3 layout, <cls>/<eos>)
+STAND_IN = "real-genes-20-markers"  # bump when helical_runner/synthetic.py writes different models or cells
 
 
 def data_dir() -> Path:
@@ -27,7 +28,9 @@ def data_dir() -> Path:
     root = os.environ.get("HELICAL_BENCH_DATA") or Path(
         os.environ.get("HELICAL_AIRFLOW_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         / "helical-airflow") / "bench-data"
-    path = Path(root)
+    # Keyed by the stand-in's generation: models and cells written by an older synthetic.py (made-up genes,
+    # fewer markers) under the same names would otherwise be reused silently.
+    path = Path(root) / STAND_IN
     path.mkdir(parents=True, exist_ok=True)
     return path
 

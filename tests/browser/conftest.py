@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+from chromium import launch  # noqa: E402
 RUNNER_PYTHON = REPO / ".venv-runner" / "bin" / "python"
-CHROMIUM = "/usr/bin/chromium"
-# no sandbox (root in a container), no GPU, and none of Chromium's own calls home: the page is alone
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 LABEL = "cell_type"
 
 
@@ -52,6 +51,6 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = launch(playwright)
         yield chromium
         chromium.close()

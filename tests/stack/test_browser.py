@@ -6,17 +6,19 @@ Screenshots go to build/stack/ (artifacts of the test run)."""
 from __future__ import annotations
 
 import re
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import ARTIFACTS, wait_for
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chromium import launch  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's chromium; Playwright downloads no browser here
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 PROGRESS = re.compile(r"epoch \d+/\d+ chunk \d+: \d+ cells, loss [0-9.]+")  # helical_runner/training.py
 
 
@@ -26,7 +28,7 @@ def page(stack):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         try:

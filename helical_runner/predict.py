@@ -109,6 +109,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
                     metrics.update(chunks_done=done, cells=n_predicted)
                     log.info("predicted chunk %d/%d (%d cells so far)", done, dataset.n_chunks, n_predicted)
             writer.close()
+            inference_done = time.monotonic()
             storage.upload(table, output.join(PREDICTIONS_NAME))
             storage.upload(writer.path, output.join(PREDICTIONS_H5AD))
             figures, umap_info = _pictures(writer.path, meta.label_column, scored if has_truth else None,
@@ -134,7 +135,9 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
         "confusion_labels": scored.classes if has_truth else None,
         "cells_per_second": n_predicted / inference_seconds if inference_seconds else None,
         "umap": umap_info,
-        "durations": {"total_seconds": time.monotonic() - started, "inference_seconds": inference_seconds},
+        # outputs_seconds: writing predictions.csv/.h5ad out and drawing the pictures, after the last chunk
+        "durations": {"total_seconds": time.monotonic() - started, "inference_seconds": inference_seconds,
+                      "outputs_seconds": time.monotonic() - inference_done},
         "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": cuda_memory_bytes()[0],
                         "cuda_reserved_bytes": cuda_memory_bytes()[1]},
         "outputs": {"predictions": str(output.join(PREDICTIONS_NAME)),

@@ -14,8 +14,10 @@ from conftest import MODEL
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-def run(image: str, *args: str, data=None, entrypoint: str | None = None, timeout: int = 300):
+def run(image: str, *args: str, data=None, entrypoint: str | None = None, timeout: int = 300, env: dict | None = None):
     cmd = ["docker", "run", "--rm", "--network", "none"]
+    for name, value in (env or {}).items():
+        cmd += ["-e", f"{name}={value}"]
     if data is not None:
         cmd += ["-v", f"{data}:/data"]
     if entrypoint:
@@ -70,3 +72,14 @@ def test_bad_input_exits_65_with_one_error_line(runner_image, data_dir):
     assert len(errors) == 1, result.stderr
     assert "missing.h5ad" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_umap_comes_compiled_with_the_image(runner_image):
+    """predict's umap.png needs umap-learn, whose import compiled ~10 s of numba code in every container
+    until the image kept numba's cache: now the import loads it and compiles nothing worth saving."""
+    result = run(runner_image, "-c", "import umap", entrypoint="python", env={"NUMBA_DEBUG_CACHE": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = (result.stdout + result.stderr).splitlines()
+    loaded = [line for line in lines if line.startswith("[cache] data loaded from '/opt/numba-cache/")]
+    saved = [line for line in lines if line.startswith("[cache] data saved to")]
+    assert loaded and not saved, "\n".join(lines[-20:])

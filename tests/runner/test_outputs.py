@@ -126,6 +126,9 @@ def test_prediction_report_scores_each_class(predicted):
     assert (predicted / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
     page = (predicted / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and all(name in page for name in table)
+    # the time the outputs took after the last chunk is said apart from inference (make bench reports it)
+    durations = report["durations"]
+    assert 0 < durations["outputs_seconds"] < durations["total_seconds"] - durations["inference_seconds"]
 
 
 def test_finetune_report_has_validation_classes_and_every_step(finetuned):

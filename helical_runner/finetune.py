@@ -7,6 +7,7 @@ the same output resumes from it), report.json, report.html, training_curves.png,
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from typing import Callable
@@ -38,12 +39,20 @@ log = logging.getLogger(__name__)
 
 
 def label_classes(dataset: Dataset, column: str) -> list[str]:
+    """The classes of `column`: its labels in natural order (clusters "2" before "10", "c2" before "c10"),
+    which is also the classifier's output order. Raises InputError with fewer than 2 classes."""
     counts = dataset.label_counts(column)  # missing values and unused categories are not in it
-    classes = sorted(label for label in counts if label != "")
+    classes = sorted((label for label in counts if label != ""), key=natural_key)
     if len(classes) < 2:
         raise InputError(f"{dataset.name}: label column '{column}' has {len(classes)} class(es) "
                          f"({', '.join(classes) or 'none'}); a classifier needs at least 2")
     return classes
+
+
+def natural_key(label: str) -> list:
+    """Sort key reading runs of digits as numbers: text at even places, integers at odd ones, so any two
+    keys compare (re.split with a group always starts and ends with text)."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", label))]
 
 
 def check_vocabulary(dataset: Dataset, tokenizer: GeneformerTokenizer, model_name: str) -> int:

@@ -249,12 +249,12 @@ def test_r_converter_and_anndata_07_layouts(tmp_path, truth, model_files, catego
 
 def test_missing_labels_unused_categories_and_numbers(tmp_path, truth, tiny_model, capfd):
     """NaN/None/NA are unlabelled (dropped, counted), an unused category is no class, numeric labels stay
-    as they were written."""
+    as they were written and come in numeric order (cluster 2 before cluster 10)."""
     obs = truth["obs"].copy()
     nullable = pd.array(["B" if t == "B cell" else "T" for t in obs["cell_type"]], dtype="string")
     nullable[[3, 8]] = pd.NA
     obs["cell_type"] = nullable
-    obs["cluster"] = pd.Categorical([1 if t == "B" else 2 for t in nullable.fillna("B")], categories=[1, 2, 3])
+    obs["cluster"] = pd.Categorical([10 if t == "B" else 2 for t in nullable.fillna("B")], categories=[2, 3, 10])
     obs["doublet"] = pd.array([False] * 59 + [None], dtype="boolean")
     obs["n_genes"] = pd.array(list(range(59)) + [None], dtype="Int64")
     obs["score"] = np.where(np.arange(N_CELLS) % 9 == 0, np.nan, 1.0)
@@ -269,12 +269,14 @@ def test_missing_labels_unused_categories_and_numbers(tmp_path, truth, tiny_mode
     code = main(["finetune", "--data", str(path), "--label-column", "cluster", "--output", str(tmp_path / "run2"),
                  "--precision", "fp32", "--batch-size", "16"])
     assert code == 0
-    assert json.loads((tmp_path / "run2" / "report.json").read_text())["labels"] == ["1", "2"]  # no class "3"
+    assert json.loads((tmp_path / "run2" / "report.json").read_text())["labels"] == ["2", "10"]  # no class "3"
     code = main(["predict", "--model", str(tmp_path / "run2" / "model"), "--data", str(path),
                  "--output", str(tmp_path / "pred")])
     assert code == 0
     predictions = pd.read_csv(tmp_path / "pred" / "predictions.csv", dtype=str)
-    assert set(predictions["predicted_label"]) <= {"1", "2"} and set(predictions["true_label"]) == {"1", "2"}
+    assert set(predictions["predicted_label"]) <= {"2", "10"} and set(predictions["true_label"]) == {"2", "10"}
+    table = json.loads((tmp_path / "pred" / "report.json").read_text())["class_metrics"]["per_class"]
+    assert [row["class"] for row in table] == ["2", "10"]
 
 
 # ------------------------------------------------------------------ the whole run, on the field cases

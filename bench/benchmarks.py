@@ -390,7 +390,7 @@ def bench_first_step(ctx: Context) -> list[Row]:
                    "--cells-per-chunk", str(per_chunk), **s3).check()
         for rep in range(ctx.reps):
             for side, flags in (("early", ()), ("after", ("--no-early-prefetch",))):
-                log(f"first step rep {rep + 1}/{ctx.reps}: finetune, first chunk read {side} the model load")
+                log(f"first step rep {rep + 1}/{ctx.reps}: finetune, first chunk read {'during' if side == 'early' else 'after'} the model load")
                 out = ctx.results / f"first-step-{side}-{rep}"
                 shutil.rmtree(out, ignore_errors=True)
                 result = ctx.runner(f"first-step-{side}-{rep}", "finetune", "--data",

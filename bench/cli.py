@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - one crashed benchmark still leaves the others' rows
             failed.append(name)
             traceback.print_exc()
-            rows.append(Row(name, "crashed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}", "", None,
+            rows.append(Row(name, "crashed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:400]}", "", None,
                             "", False))
         timings[name] = time.monotonic() - t0
         log(f"{name} took {timings[name]:.0f} s")
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = (f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gib']} GiB; size '{args.size}', "
                f"{ctx.reps} rep(s) per timed side; {total / 60:.1f} min "
                f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items())}).")
+    if args.size != "full":
+        summary += (f" Size '{args.size}' checks that the benchmarks run; the bars are set for 'full' (on a few "
+                    "cells fixed costs such as imports and model loading dominate, e.g. prediction's).")
     text = f"{table}\n\n{summary}\n"
     (results / "table.md").write_text(text)
     (results / "results.json").write_text(json.dumps(

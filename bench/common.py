@@ -60,8 +60,9 @@ class ChildResult:
     def check(self) -> "ChildResult":
         if self.returncode != 0:
             tail = self.stderr_path.read_text(errors="replace").strip().splitlines()[-15:]
-            raise RuntimeError(f"child failed with exit code {self.returncode} (log {self.stderr_path}):\n"
-                               + "\n".join(tail))
+            # the first line is the table's "crashed" cell: the child's own last line says why
+            raise RuntimeError(f"child exited {self.returncode}: {tail[-1] if tail else 'no output'} "
+                               f"(log {self.stderr_path})\n" + "\n".join(tail))
         return self
 
 
@@ -179,11 +180,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def number(value: float) -> str:
+    """3 significant digits, thousands written out (4,250 rather than 4.25e+03)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def spread(values: list[float]) -> str:
     """'median (min-max, n=N)' for a row's cell."""
     if len(values) == 1:
-        return f"{values[0]:.3g}"
-    return f"{median(values):.3g} ({min(values):.3g}-{max(values):.3g}, n={len(values)})"
+        return number(values[0])
+    return f"{number(median(values))} ({number(min(values))}-{number(max(values))}, n={len(values)})"
 
 
 def gib(n: float) -> str:

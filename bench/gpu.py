@@ -36,11 +36,16 @@ SPECIAL = {"pad": 0, "mask": 1, "cls": 2, "eos": 3}
 N_CLASSES = 8
 MARKERS = 4  # marker tokens per class, placed among a cell's top-ranked genes
 LAST = 5  # steps averaged for "final loss"
+# a shape small enough for a CPU: the "no CUDA device" line suggests it
+CPU_EXAMPLE = ("--device cpu --layers 2 --hidden 64 --heads 4 --intermediate 128 --tokens 128 --positions 256 "
+               "--batch-size 4 --warmup 1 --steps 5")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto", help="auto (CUDA or say there is none), cuda or cpu")
+    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="auto: CUDA, or say there is none and exit 0")
     p.add_argument("--precisions", default="fp32,fp16,bf16", help="first is the reference for loss agreement")
     p.add_argument("--batch-size", type=int, default=16, help="cells per step (per process with --processes)")
     p.add_argument("--tokens", type=int, default=2048, help="median tokens a cell (log-normal, clipped to the input size)")
@@ -49,11 +54,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, help="data-parallel processes (default: every visible GPU; 1 on CPU)")
     p.add_argument("--dp-precision", default="fp16", help="precision of the data-parallel run (the GPU profiles')")
     for name, value in SHAPE.items():
-        p.add_argument(f"--{name}", type=int, default=value, help=f"model shape (default {value})")
+        p.add_argument(f"--{name}", type=int, default=value, help="model shape")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rank-result", help=argparse.SUPPRESS)  # set on data-parallel ranks by the parent
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    from helical_runner.precision import DTYPES as PRECISIONS  # the runner's --precision names
+
+    unknown = [name for name in args.precisions.split(",") + [args.dp_precision] if name not in PRECISIONS]
+    if unknown:
+        p.error(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    return args
 
 
 def synthetic_cells(args, n: int, seed: int):
@@ -240,10 +251,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device == "auto" and not torch.cuda.is_available():
         print("no CUDA device: nothing to measure here (run `make bench-gpu` on a GPU host; "
-              "`--device cpu` with a small shape runs the same code on a CPU)")
+              f"`bash scripts/bench-gpu.sh {CPU_EXAMPLE}` runs the same code on a CPU in seconds)")
         if args.json:
             Path(args.json).write_text(json.dumps({"skipped": "no CUDA device"}))
         return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"python -m bench.gpu: error: --device cuda, but torch {torch.__version__} sees no CUDA device "
+              "(is the NVIDIA driver there? `nvidia-smi` says)", file=sys.stderr)
+        return 2
     device = torch.device("cpu" if args.device == "cpu" else "cuda")
     names = args.precisions.split(",")
     started = time.monotonic()

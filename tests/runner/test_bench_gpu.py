@@ -50,6 +50,20 @@ def test_without_cuda_it_says_so_and_exits_0(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text()) == {"skipped": "no CUDA device"}
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this host has a CUDA device")
+@pytest.mark.parametrize("args, says", [
+    (["--device", "cuda"], "--device cuda, but torch"),
+    (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--precisions", "fp32,fp8"], "unknown precision(s) fp8"),
+])
+def test_a_wrong_option_is_one_line_not_a_traceback(tmp_path, args, says):
+    result = run_bench(*args, tmp_path=tmp_path, blocked=True)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("python -m bench.gpu: error:")]
+    assert len(errors) == 1 and says in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_blocker_refuses_what_the_gpu_host_lacks(tmp_path):
     """The check below means something only if the blocked packages really fail to import."""
     site = tmp_path / "site"

@@ -1,13 +1,15 @@
 """`helical-runner info | inspect | chunk | finetune | predict`: the runner image's entrypoint.
 
 Every failure ends with exactly one line on stderr, `helical-runner: error: <what went wrong>`, and a
-sysexits code (65 bad input: don't retry; 69 a service was unreachable: retry may help; 70 a bug). On
+sysexits code (65 bad input: don't retry; 69 a service was unreachable: retry may help; 74 a disk too small
+for the step, e.g. scratch for a CSC matrix: free space or use a larger disk; 70 a bug). On
 failure an `error.json` is written under the output prefix and nothing else is left there.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -15,7 +17,7 @@ import sys
 import traceback
 
 from helical_runner import __version__
-from helical_runner.errors import InputError, RunnerError
+from helical_runner.errors import InputError, RunnerError, disk_full
 
 log = logging.getLogger("helical_runner")
 
@@ -270,6 +272,8 @@ def _run(args) -> int:
         result = run_command(args, profile, scratch, metrics)
     except BaseException as exc:  # noqa: BLE001 - every failure gets its one line and an error report
         metrics.finish("failed")
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            exc = disk_full(exc, scratch.path.parent)
         if not isinstance(exc, (RunnerError, KeyboardInterrupt)):
             traceback.print_exc()  # a bug: the trace goes to the log, the one-line summary still comes last
         failure = RunnerError("interrupted") if isinstance(exc, KeyboardInterrupt) else exc

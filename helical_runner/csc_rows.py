@@ -26,13 +26,19 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from helical_runner.errors import InputError
+from helical_runner.errors import DiskFullError, InputError, size_text
 
 log = logging.getLogger(__name__)
 
 BUCKET_ROWS = 1024  # rows per scratch bucket: a chunk reads its own buckets and at most two partial ones
 BLOCK_NNZ = 2_000_000  # stored values read per step of the regrouping pass
 SAMPLE_COLUMNS = 64  # columns per window when only a sample is needed (judging what a matrix holds)
+
+
+def scratch_needed(node: h5py.Group) -> int:
+    """Bytes of scratch the regrouping writes for the CSC matrix `node`: a (row, column, count) record per
+    stored value, 4 + 4 + the counts' itemsize."""
+    return int(node["data"].shape[0]) * (8 + node["data"].dtype.itemsize)
 
 
 class CscRows:
@@ -81,8 +87,15 @@ class CscRows:
         if len(indptr) != n_cols + 1:
             raise InputError(f"{self.name}: {self.place} is CSC with {len(indptr) - 1} columns in indptr but "
                              f"{n_cols} in its shape")
-        log.info("%s: %s is CSC; regrouping its %d values by rows on scratch (%s), once", self.name,
-                 self.place, int(indptr[-1]), folder)
+        needed, free = scratch_needed(self._node), shutil.disk_usage(folder).free
+        if needed > free:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise DiskFullError(
+                f"{self.name}: {self.place} is stored by genes (CSC); reading it by cells needs {size_text(needed)} "
+                f"of scratch in {folder.parent}, which has {size_text(free)} free: point HELICAL_SCRATCH at a "
+                "larger disk, or store the matrix by cells once (CSR: scipy's .tocsr() before write_h5ad)")
+        log.info("%s: %s is CSC; regrouping its %d values by rows on scratch (%s; needs %.2f GB of %.2f GB free), "
+                 "once", self.name, self.place, int(indptr[-1]), folder, needed / 1e9, free / 1e9)
         col = 0
         while col < n_cols:
             end = int(np.searchsorted(indptr, indptr[col] + self.block_nnz, side="right")) - 1

@@ -49,6 +49,7 @@ class Layout:
     gene_kind: str  # ensembl | symbol
     gene_ids: list[str] = field(repr=False)  # one per counts column; Ensembl version suffixes dropped
     var_names: list[str] = field(repr=False)  # the var index of the counts matrix
+    scratch_bytes: int = 0  # scratch `chunk` needs to read the counts by cells (a CSC matrix's regrouping)
 
     def summary(self) -> dict:
         """JSON-ready description (manifest, report.json, `inspect --json`), gene lists left out."""
@@ -174,6 +175,14 @@ class RowReader:
         self.encoding, self.shape, self._node = encoding, tuple(int(s) for s in shape), node
         self.dtype = np.dtype(node["data"].dtype)
         self._csc = None  # csc_rows.CscRows, made on the first read of rows
+
+    def scratch_bytes(self) -> int:
+        """Scratch that reading by rows needs: a CSC matrix's regrouping (csc_rows), else nothing."""
+        if self.encoding != "csc_matrix":
+            return 0
+        from helical_runner.csc_rows import scratch_needed
+
+        return scratch_needed(self._node)
 
     def close(self) -> None:
         """Remove what reading left on scratch (a CSC matrix's regrouped rows)."""
@@ -359,5 +368,5 @@ def find_layout(f: h5py.File, obs_names, var: pd.DataFrame, name: str, counts: s
     layout = Layout(counts=reader.place, counts_encoding=reader.encoding, counts_dtype=reader.dtype.name,
                     counts_forced=forced, x_encoding=_encoding_of(f, "X", name), places=places, n_obs=len(obs_names), n_vars=reader.shape[1],
                     gene_source=where, gene_column=where.split("'")[1] if "'" in where else "", gene_kind=kind, gene_ids=[str(g) for g in ids],
-                    var_names=[str(g) for g in genes.index])
+                    var_names=[str(g) for g in genes.index], scratch_bytes=reader.scratch_bytes())
     return layout, reader

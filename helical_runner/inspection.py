@@ -8,10 +8,13 @@ the task log, so a wrong file fails in seconds, not after chunking.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from helical_runner.dataset import open_dataset
-from helical_runner.errors import InputError, RunnerError
+from helical_runner.errors import InputError, RunnerError, size_text
 
 SHOWN_VALUES = 6  # label values listed per column in the text form
 
@@ -56,6 +59,16 @@ def _vocabulary(dataset, model_name: str) -> dict:
     return {"model": model_name, **gene_summary(dataset, tokenizer)}
 
 
+def _scratch_line(needed: int) -> str:
+    root = os.environ.get("HELICAL_SCRATCH") or tempfile.gettempdir()
+    try:
+        free = f"{size_text(shutil.disk_usage(root).free)} free there"
+    except OSError:
+        free = "not there yet"
+    return (f"scratch: counts stored by genes (CSC); chunk regroups them by cells once, needing {size_text(needed)} "
+            f"in {root} ({free})")
+
+
 def text(facts: dict) -> str:
     """A few lines for a person (and the task log)."""
     layout = facts["layout"]
@@ -65,6 +78,7 @@ def text(facts: dict) -> str:
              f"counts: {layout['counts']} ({layout['counts_encoding']}, {layout['counts_dtype']}"
              f"{', chosen by --counts' if layout['counts_forced'] else ''})" + (f"; {others}" if others else ""),
              f"X: {layout['x_encoding']}, {layout['places'].get('X', 'not looked at')}",
+             *([_scratch_line(layout["scratch_bytes"])] if layout.get("scratch_bytes") else []),
              f"gene ids: {layout['gene_source']} ({'Ensembl ids' if layout['gene_kind'] == 'ensembl' else 'symbols'})"]
     vocabulary = facts.get("vocabulary")
     if vocabulary and "note" in vocabulary:

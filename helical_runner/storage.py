@@ -218,10 +218,7 @@ def upload(src: Path, loc: Location) -> None:
     if loc.is_s3:
         with_retries(f"writing {loc}", lambda: s3_client().upload_file(str(src), loc.bucket, loc.key))
         return
-    loc.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = loc.path.with_name(loc.path.name + ".partial")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, loc.path)
+    _write_local(loc.path, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def put_bytes(loc: Location, data: bytes, content_type: str = "application/octet-stream") -> None:
@@ -229,10 +226,20 @@ def put_bytes(loc: Location, data: bytes, content_type: str = "application/octet
         with_retries(f"writing {loc}", lambda: s3_client().put_object(
             Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type))
         return
-    loc.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = loc.path.with_name(loc.path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, loc.path)
+    _write_local(loc.path, lambda tmp: tmp.write_bytes(data))
+
+
+def _write_local(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp) to a temp name beside `path`, then rename: a reader never sees half a file, and a failed
+    write (a full disk) leaves no .partial behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def list_names(prefix: Location) -> Iterator[str]:

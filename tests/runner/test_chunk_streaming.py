@@ -101,3 +101,62 @@ def test_an_h5ad_on_s3_is_chunked_in_place_like_the_local_file(s3, rich_obs, tmp
             assert manifest[key] == local_manifest[key], key
         for a, b in zip(local_chunks, chunks):
             assert (a.X != b.X).nnz == 0 and a.obs.equals(b.obs)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of a given size (tmpfs; mounting needs root, as the suites' apt installs do)."""
+    import subprocess
+
+    mounted = []
+
+    def make(size_bytes: int) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        folder = tmp_path / f"disk-{len(mounted)}"
+        folder.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={max(size_bytes // 1024, 16)}k", "tmpfs", str(folder)],
+                       check=True)
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def one_error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("helical-runner: error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    return errors[0]
+
+
+def test_csc_needing_more_scratch_than_free_says_how_much_before_writing(rich_obs, tmp_path, small_disk):
+    import h5py
+    from helical_runner.errors import size_text
+
+    with h5py.File(rich_obs["csc"], "r") as f:
+        needed = f["X/data"].shape[0] * (8 + f["X/data"].dtype.itemsize)  # a (row, column, count) record a value
+    scratch = small_disk(needed // 2)
+    told = run_cli("inspect", "--data", str(rich_obs["csc"]), env={"HELICAL_SCRATCH": str(scratch)})
+    assert told.returncode == 0, told.stderr  # the DAG's first step says it before chunk is tried
+    assert f"chunk regroups them by cells once, needing {size_text(needed)} in {scratch}" in told.stdout
+    result = run_cli("chunk", "--input", str(rich_obs["csc"]), "--output", str(tmp_path / "out"),
+                     "--cells-per-chunk", "400", env={"HELICAL_SCRATCH": str(scratch)})
+    assert result.returncode == 74  # the input is fine: another disk (or worker) will do
+    line = one_error_line(result.stderr)
+    assert "csc.h5ad" in line and "stored by genes (CSC)" in line and f"needs {size_text(needed)} of scratch" in line
+    assert str(scratch) in line and ".tocsr()" in line
+    assert [p for p in scratch.rglob("*") if p.is_file()] == []  # nothing half-written left behind
+
+
+def test_a_full_output_disk_is_one_line_naming_the_file(rich_obs, small_disk):
+    out = small_disk(64 * 1024) / "chunks"
+    result = run_cli("chunk", "--input", str(rich_obs["csr"]), "--output", str(out), "--cells-per-chunk", "400")
+    assert result.returncode == 74
+    line = one_error_line(result.stderr)
+    assert "no space left on device writing " + str(out) in line and "kB free" in line
+    # the half-written chunk is removed, which leaves room for the error report
+    assert [p.name for p in out.iterdir()] == ["error.json"]
+    report = json.loads((out / "error.json").read_text())
+    assert report["exit_code"] == 74 and report["error"] in line

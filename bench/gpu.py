@@ -206,6 +206,9 @@ def rank_main(args) -> int:
     dist.init(device)
     try:
         result = train(args, args.precisions.split(",")[0], device, dist)
+        # as finetune does: no rank tears gloo down while another may still be talking to it (without this
+        # barrier a rank was once killed by SIGABRT, "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.shutdown()
     if dist.is_main:

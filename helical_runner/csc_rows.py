@@ -15,7 +15,6 @@ Files written by anndata keep each column's row indices sorted; within a bucket 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from helical_runner.errors import DiskFullError, InputError, size_text
+from helical_runner.runs import scratch_root
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,8 @@ class CscRows:
 
     def _regroup(self) -> None:
         started = time.monotonic()
-        root = os.environ.get("HELICAL_SCRATCH") or None
-        if root:
-            Path(root).mkdir(parents=True, exist_ok=True)
+        root = scratch_root()
+        root.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix="helical-csc-", dir=root))
         weakref.finalize(self, shutil.rmtree, folder, True)  # also on paths that never call close()
         n_rows, n_cols = self.shape
@@ -94,8 +93,8 @@ class CscRows:
                 f"{self.name}: {self.place} is stored by genes (CSC); reading it by cells needs {size_text(needed)} "
                 f"of scratch in {folder.parent}, which has {size_text(free)} free: point HELICAL_SCRATCH at a "
                 "larger disk, or store the matrix by cells once (CSR: scipy's .tocsr() before write_h5ad)")
-        log.info("%s: %s is CSC; regrouping its %d values by rows on scratch (%s; needs %.2f GB of %.2f GB free), "
-                 "once", self.name, self.place, int(indptr[-1]), folder, needed / 1e9, free / 1e9)
+        log.info("%s: %s is CSC; regrouping its %d values by rows on scratch (%s; needs %s of %s free), once",
+                 self.name, self.place, int(indptr[-1]), folder, size_text(needed), size_text(free))
         col = 0
         while col < n_cols:
             end = int(np.searchsorted(indptr, indptr[col] + self.block_nnz, side="right")) - 1

@@ -8,13 +8,12 @@ the task log, so a wrong file fails in seconds, not after chunking.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from helical_runner.dataset import open_dataset
 from helical_runner.errors import InputError, RunnerError, size_text
+from helical_runner.runs import scratch_root
 
 SHOWN_VALUES = 6  # label values listed per column in the text form
 
@@ -60,7 +59,7 @@ def _vocabulary(dataset, model_name: str) -> dict:
 
 
 def _scratch_line(needed: int) -> str:
-    root = os.environ.get("HELICAL_SCRATCH") or tempfile.gettempdir()
+    root = scratch_root()
     try:
         free = f"{size_text(shutil.disk_usage(root).free)} free there"
     except OSError:

@@ -19,6 +19,12 @@ def run_id_for(output: Location, explicit: str | None) -> str:
     return explicit or os.environ.get("HELICAL_RUN_ID") or output.name or "run"
 
 
+def scratch_root() -> Path:
+    """Where scratch goes: $HELICAL_SCRATCH (the mounted data folder's scratch/ in containers), else the
+    system's temp folder. Not created here."""
+    return Path(os.environ.get("HELICAL_SCRATCH") or tempfile.gettempdir())
+
+
 @dataclass
 class Scratch:
     """A private working folder under $HELICAL_SCRATCH (the mounted data folder in containers)."""
@@ -27,7 +33,7 @@ class Scratch:
 
     @classmethod
     def create(cls, run_id: str) -> "Scratch":
-        root = Path(os.environ.get("HELICAL_SCRATCH") or tempfile.gettempdir())
+        root = scratch_root()
         root.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)[:80]
         return cls(Path(tempfile.mkdtemp(prefix=f"helical-{safe}-", dir=root)))

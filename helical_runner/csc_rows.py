@@ -105,8 +105,8 @@ class CscRows:
                              np.repeat(np.arange(col, end, dtype=np.int32), np.diff(indptr[col:end + 1])))
             col = end
         self._dir = folder
-        log.info("%s: %s regrouped in %.1f s, %.2f GB of scratch", self.name, self.place,
-                 time.monotonic() - started, self.scratch_bytes / 1e9)
+        log.info("%s: %s regrouped in %.1f s, %s of scratch", self.name, self.place,
+                 time.monotonic() - started, size_text(self.scratch_bytes))
 
     def _append(self, folder: Path, rows: np.ndarray, values: np.ndarray, cols: np.ndarray) -> None:
         if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):

@@ -67,12 +67,28 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
+RUNNER_NETWORK = "helical-runners"
+
+
 @pytest.fixture(scope="session")
-def socket_proxy(docker_socket):
-    """The socket proxy on a private port; yields its tcp:// URL."""
+def runner_network(docker_socket) -> str:
+    """The runners' network (scripts/runner-network.sh); yields its gateway address on this host."""
+    out = subprocess.run(["bash", str(REPO / "scripts/runner-network.sh"), RUNNER_NETWORK], check=True,
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "DOCKER_HOST": f"unix://{docker_socket}"})
+    return out.stdout.split()[-1]
+
+
+@pytest.fixture(scope="session")
+def socket_proxy(docker_socket, data_dir, runner_network):
+    """The socket proxy (haproxy + create filter) on a private port, allowing runners of config/profiles.yaml
+    on the data folder and the runners' network; yields its tcp:// URL."""
     port = free_port()
+    env = {**os.environ, "HELICAL_DATA_DIR": str(data_dir), "HELICAL_RUNNER_NETWORK": RUNNER_NETWORK,
+           "HELICAL_PROFILES": str(REPO / "config/profiles.yaml")}
     out = subprocess.run(["bash", str(REPO / "scripts/socket-proxy.sh"), "--daemon", str(port), docker_socket],
-                         check=True, capture_output=True, text=True, timeout=60)
-    pid = int(out.stdout.strip().splitlines()[-1])
+                         check=True, capture_output=True, text=True, timeout=60, env=env)
+    pids = [int(pid) for pid in out.stdout.split()]
     yield f"tcp://127.0.0.1:{port}"
-    os.kill(pid, 15)
+    for pid in pids:
+        os.kill(pid, 15)

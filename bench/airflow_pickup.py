@@ -2,7 +2,7 @@
 
 Starts the end-to-end test stack (scripts/local_stack.py: Postgres, redis, moto S3, Airflow's api-server,
 scheduler, dag-processor, triggerer and a Celery worker), with runner steps as local processes (or in
-containers with HELICAL_E2E_MODE=docker and HELICAL_E2E_DOCKER_URL), then uploads N small .h5ad files one
+containers with HELICAL_E2E_MODE=docker and HELICAL_E2E_ENGINE), then uploads N small .h5ad files one
 at a time and measures, for each, upload -> helical_finetune run created and upload -> its first runner
 step (chunk) started. Each run finishes before the next upload, so the figures are not queueing delays.
 
@@ -67,7 +67,8 @@ def main() -> None:
         path.chmod(0o777 if path.is_dir() else 0o666)
 
     parse = {name: parse_seconds(REPO / "dags" / f"{name}.py", work / "parse-home") for name in ("helical_finetune", "helical_ingest")}
-    stack = Stack(work=work, data_dir=data, runner_mode=mode, docker_url=os.environ.get("HELICAL_E2E_DOCKER_URL", ""))
+    stack = Stack(work=work, data_dir=data, runner_mode=mode,
+                  engine_socket=os.environ.get("HELICAL_E2E_ENGINE", "").removeprefix("unix://"))
     created, started = [], []
     try:
         stack.start()

@@ -31,16 +31,13 @@ if [ "$mode" != local ]; then
     fi
     rm -f "$engine_log"
 fi
-export HELICAL_DEMO_MODE=$mode HELICAL_DEMO_DOCKER_URL=""
+export HELICAL_DEMO_MODE=$mode HELICAL_DEMO_ENGINE=""
 if [ "$mode" = docker ]; then
     ensure_apt haproxy debootstrap
     log "demo: building the runner image if needed (first run on this machine: several minutes)"
     bash scripts/build-runner-image.sh cpu >/dev/null
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    proxy_pid=$(bash scripts/socket-proxy.sh --daemon "$port" "$socket")
-    trap 'kill "$proxy_pid" 2>/dev/null || true' EXIT
-    export HELICAL_DEMO_DOCKER_URL=tcp://127.0.0.1:$port
-    log "demo: runner steps run in helical-runner:cpu containers through the socket proxy (127.0.0.1:$port)"
+    export HELICAL_DEMO_ENGINE=$socket
+    log "demo: runner steps run in helical-runner:cpu containers on network helical-runners, through the socket proxy"
 else
     log "demo: runner steps run as local processes (.venv-runner/bin/helical-runner)"
 fi

@@ -6,8 +6,8 @@ follows helical_ingest -> helical_finetune through the REST API, copies the run'
 data/demo/runs/<run_id>/ and stops the stack. When the run fails, each failed task's one-line reason (the
 runner's `helical-runner: error:` line, or the task's exception) is printed with the path of its full log.
 
-Environment (set by airflow-demo.sh): HELICAL_DEMO_MODE docker|local, HELICAL_DEMO_DOCKER_URL (the socket
-proxy), HELICAL_DEMO_CELLS (default 2000).
+Environment (set by airflow-demo.sh): HELICAL_DEMO_MODE docker|local, HELICAL_DEMO_ENGINE (the Docker engine's socket;
+the stack starts the socket proxy and the runners' network on it), HELICAL_DEMO_CELLS (default 2000).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def main() -> int:
     data = REPO / "data" / "demo"
     h5ad = prepare_data(data, cells)
     work = Path(tempfile.mkdtemp(prefix="helical-demo-"))
-    stack = Stack(work=work, data_dir=data, runner_mode=mode, docker_url=os.environ.get("HELICAL_DEMO_DOCKER_URL", ""))
+    stack = Stack(work=work, data_dir=data, runner_mode=mode, engine_socket=os.environ.get("HELICAL_DEMO_ENGINE", ""))
     code = 1
     try:
         say("starting Postgres, redis, moto S3 and Airflow (api-server, scheduler, dag-processor, triggerer, "

@@ -3,7 +3,12 @@ the Airflow benchmark), from the Airflow venv and Debian packages:
 Postgres 15 (private cluster), redis, moto's S3 server, and Airflow's api-server, scheduler, dag-processor,
 triggerer and a Celery worker for queue cpu (start_worker adds one for another queue). Every server gets a
 free high port and logs to the work dir.
-The Docker engine, socket proxy and runner image come from scripts/ (see scripts/suite-e2e.sh)."""
+
+With a Docker engine (runner_mode docker) it also starts the docker-socket-proxy (scripts/socket-proxy.sh)
+and puts runner containers on a network of their own (scripts/runner-network.sh), as the compose stack
+does: moto's S3 (and the Pushgateway, when asked for) listen on that network's gateway address, everything
+else (Postgres, redis, the proxy, the Airflow API) on 127.0.0.1 only, which a container can't reach.
+The engine and the runner image come from scripts/ (see scripts/suite-e2e.sh)."""
 
 from __future__ import annotations
 
@@ -43,10 +48,10 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.5):
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last error: {last!r})")
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 @dataclass
@@ -54,27 +59,46 @@ class Stack:
     work: Path  # logs, Airflow home, Postgres data (a fresh temp folder)
     data_dir: Path  # the host data folder mounted at /data in runners
     runner_mode: str  # docker | local
-    docker_url: str = ""
+    engine_socket: str = ""  # the Docker engine's unix socket (runner_mode docker)
+    runner_network: str = "helical-runners"  # the network runner containers join (docker mode)
+    pushgateway: bool = False  # start Debian's prometheus-pushgateway for runner metrics
     race_ingest: bool = False  # add a second ingest DAG on the same prefix (tests: two sensors racing)
     extra_env: dict = field(default_factory=dict)  # on top of the Airflow processes' environment
     ports: dict = field(default_factory=dict)
     procs: dict = field(default_factory=dict)
     password: str = field(default_factory=lambda: secrets.token_hex(8))
+    redis_password: str = field(default_factory=lambda: secrets.token_hex(16))
+    runner_host: str = "127.0.0.1"  # where runners reach S3 and the Pushgateway: the runner network's gateway
+    docker_url: str = ""  # the socket proxy, once started
+    proxy_pids: list = field(default_factory=list)
     env: dict = field(default_factory=dict)
     _token: str = ""
 
     # --- servers ---------------------------------------------------------------------------------------
     def start(self) -> "Stack":
         self.ports = {name: free_port() for name in ("postgres", "redis", "s3", "api", "worker_logs",
-                                                     "trigger_logs")}
+                                                     "trigger_logs", "pushgateway", "proxy")}
+        if self.runner_mode == "docker":
+            self.runner_host = subprocess.run(
+                ["bash", str(REPO / "scripts/runner-network.sh"), self.runner_network], check=True, text=True,
+                capture_output=True, timeout=60, env={**os.environ, "DOCKER_HOST": f"unix://{self.engine_socket}"},
+            ).stdout.split()[-1]
+            self._start_proxy()
         self._start_postgres()
+        # the broker takes a password (issue 20): anything that reaches it could enqueue work for the worker
         self._spawn("redis", ["redis-server", "--port", str(self.ports["redis"]), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"])
-        self._spawn("s3", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.ports["s3"])])
-        wait_for(lambda: port_open(self.ports["redis"]) and port_open(self.ports["s3"]), 30, "redis and moto")
+                              "--requirepass", self.redis_password, "--save", "", "--appendonly", "no"])
+        self._spawn("s3", [str(VENV_BIN / "moto_server"), "-H", self.runner_host, "-p", str(self.ports["s3"])])
+        servers = [("127.0.0.1", self.ports["redis"]), (self.runner_host, self.ports["s3"])]
+        if self.pushgateway:
+            self._spawn("pushgateway", [shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway",
+                                        f"--web.listen-address={self.runner_host}:{self.ports['pushgateway']}"])
+            servers.append((self.runner_host, self.ports["pushgateway"]))
+        wait_for(lambda: all(port_open(port, host) for host, port in servers), 30, "redis, moto and the Pushgateway")
         self.env = self._airflow_env()
         self._run(["airflow", "db", "migrate"], "db-migrate", timeout=600)
-        self._spawn("api-server", ["airflow", "api-server", "--port", str(self.ports["api"])], self.env)
+        self._spawn("api-server", ["airflow", "api-server", "--host", "127.0.0.1", "--port", str(self.ports["api"])],
+                    self.env)
         self._spawn("scheduler", ["airflow", "scheduler"], self.env)
         self._spawn("dag-processor", ["airflow", "dag-processor"], self.env)
         self._spawn("triggerer", ["airflow", "triggerer"], self.env)
@@ -94,6 +118,16 @@ class Stack:
         wait_for(lambda: subprocess.run(ping, env=self.env, capture_output=True, timeout=60).returncode == 0,
                  timeout, f"the Celery worker for queue {queue}", interval=1)
         return node
+
+    def _start_proxy(self) -> None:
+        """The socket proxy and its create filter, allowing exactly this stack's data folder, runner network
+        and profiles' images."""
+        env = {**os.environ, "HELICAL_DATA_DIR": str(self.data_dir), "HELICAL_RUNNER_NETWORK": self.runner_network,
+               "HELICAL_PROFILES": self.extra_env.get("HELICAL_PROFILES", str(REPO / "config/profiles.yaml"))}
+        out = subprocess.run(["bash", str(REPO / "scripts/socket-proxy.sh"), "--daemon", str(self.ports["proxy"]),
+                              self.engine_socket], check=True, capture_output=True, text=True, timeout=60, env=env)
+        self.proxy_pids = [int(pid) for pid in out.stdout.split()]
+        self.docker_url = f"tcp://127.0.0.1:{self.ports['proxy']}"
 
     def _start_postgres(self) -> None:
         pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
@@ -137,7 +171,7 @@ class Stack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{db}",
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.ports['redis']}/0",
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://:{self.redis_password}@127.0.0.1:{self.ports['redis']}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{db}",
             "AIRFLOW__API__BASE_URL": api,
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
@@ -153,10 +187,15 @@ class Stack:
             "PYTHONPATH": str(REPO / "dags"),
             "AIRFLOW_CONN_HELICAL_S3": json.dumps({
                 "conn_type": "aws", "login": "e2e-key", "password": "e2e-secret",
-                "extra": {"endpoint_url": f"http://127.0.0.1:{self.ports['s3']}", "region_name": "us-east-1"}}),
+                "extra": {"endpoint_url": self.s3_url, "region_name": "us-east-1"}}),
+            # moto here doesn't enforce IAM: the runners' connection holds the same keys (the policy that limits
+            # them is tried against moto with IAM on, tests/airflow/test_runner_s3_policy.py)
+            "AIRFLOW_CONN_HELICAL_S3_RUNNER": json.dumps({
+                "conn_type": "aws", "login": "e2e-key", "password": "e2e-secret",
+                "extra": {"endpoint_url": self.s3_url, "region_name": "us-east-1"}}),
             "HELICAL_DATA_DIR": str(self.data_dir),
-            # no bridge network on these machines: runners share the host's, where moto listens
-            "HELICAL_RUNNER_NETWORK": "host",
+            "HELICAL_RUNNER_NETWORK": self.runner_network,
+            **({"PUSHGATEWAY_URL": self.pushgateway_url} if self.pushgateway else {}),
             "HELICAL_RUNNER_MODE": self.runner_mode,
             "HELICAL_RUNNER_BIN": str(REPO / ".venv-runner" / "bin" / "helical-runner"),
             "DOCKER_HOST": self.docker_url,
@@ -190,6 +229,11 @@ class Stack:
             subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, check=True, timeout=timeout)
 
     def stop(self) -> None:
+        for pid in self.proxy_pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -206,10 +250,18 @@ class Stack:
         return {name: proc.returncode for name, proc in self.procs.items() if proc.poll() is not None}
 
     # --- clients ----------------------------------------------------------------------------------------
+    @property
+    def s3_url(self) -> str:
+        return f"http://{self.runner_host}:{self.ports['s3']}"
+
+    @property
+    def pushgateway_url(self) -> str:
+        return f"http://{self.runner_host}:{self.ports['pushgateway']}"
+
     def s3(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.ports['s3']}", region_name="us-east-1",
+        return boto3.client("s3", endpoint_url=self.s3_url, region_name="us-east-1",
                             aws_access_key_id="e2e-key", aws_secret_access_key="e2e-secret")
 
     def token(self) -> str:

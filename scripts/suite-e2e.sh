@@ -12,7 +12,7 @@ cd "$REPO_ROOT"
 
 case " $* " in *"not slow"*) log "e2e: every test is slow; skipped by the marker expression"; exit 0 ;; esac
 
-ensure_apt postgresql-15 redis-server haproxy
+ensure_apt postgresql-15 redis-server haproxy prometheus-pushgateway
 ensure_venv airflow "$REPO_ROOT/requirements/airflow.lock"
 ensure_runner_env  # the tiny model and the synthetic cells are written with the runner's own code
 
@@ -21,11 +21,9 @@ export HELICAL_E2E_MODE=$mode
 if [ "$mode" = docker ]; then
     socket=$(bash scripts/docker-engine.sh)
     bash scripts/build-runner-image.sh cpu >/dev/null
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    proxy_pid=$(bash scripts/socket-proxy.sh --daemon "$port" "$socket")
-    trap 'kill "$proxy_pid" 2>/dev/null || true' EXIT
-    export HELICAL_E2E_DOCKER_URL=tcp://127.0.0.1:$port HELICAL_E2E_ENGINE=unix://$socket
-    log "e2e: runner containers through the socket proxy on 127.0.0.1:$port (haproxy pid $proxy_pid)"
+    # the stack (scripts/local_stack.py) starts the socket proxy and the runners' network itself
+    export HELICAL_E2E_ENGINE=unix://$socket
+    log "e2e: runner containers on network helical-runners, through the socket proxy, on the engine at $socket"
 else
     log "e2e: runner steps as local processes (HELICAL_E2E_MODE=$mode)"
 fi

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from docker.types import DeviceRequest, Mount
 
 from helical_lib import profiles
-from helical_lib.plan import DATA_MOUNT, EXIT_BAD_INPUT
+from helical_lib.plan import DATA_MOUNT, EXIT_BAD_INPUT, EXIT_USAGE
 from helical_lib.s3 import connection_env, safe_id
 from helical_lib.settings import Settings
 
@@ -82,11 +82,9 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
 
 
 def _flags(pairs: list[tuple[str, Any]]) -> list[str]:
-    out: list[str] = []
-    for flag, value in pairs:
-        if value not in (None, ""):
-            out += [flag, str(value)]
-    return out
+    """`--flag=value` for each value given: one argument each, so a value that begins with `-` (a label
+    column named `--output=s3://...`, say) stays a value and can't be read as another option."""
+    return [f"{flag}={value}" for flag, value in pairs if value not in (None, "")]
 
 
 def runner_command(step: str, plan: dict) -> list[str]:
@@ -95,21 +93,23 @@ def runner_command(step: str, plan: dict) -> list[str]:
     manifest = f"{plan['chunks']}/manifest.json"
     choices = [("--counts", plan.get("counts")), ("--gene-column", plan.get("gene_column"))]  # read by the first two
     if step == "inspect":  # its facts go to the task log; a bad file fails here (error.json under the run)
-        return ["inspect", "--data", plan["data"], "--label-column", plan["label_column"], "--output", plan["run"],
-                *_flags([("--model", plan.get("model")), *choices, ("--run-id", plan["run_id"])])]
+        return ["inspect", *_flags([("--data", plan["data"]), ("--label-column", plan["label_column"]),
+                                    ("--output", plan["run"]), ("--model", plan.get("model")), *choices,
+                                    ("--run-id", plan["run_id"])])]
     if step == "chunk":
-        return ["chunk", "--input", plan["data"], "--output", plan["chunks"],
-                *_flags([("--cells-per-chunk", plan.get("cells_per_chunk")), *choices, *common])]
+        return ["chunk", *_flags([("--input", plan["data"]), ("--output", plan["chunks"]),
+                                  ("--cells-per-chunk", plan.get("cells_per_chunk")), *choices, *common])]
     if step == "finetune":
-        return ["finetune", "--data", manifest, "--label-column", plan["label_column"], "--output", plan["run"],
-                *_flags([("--model", plan.get("model")), ("--epochs", plan.get("epochs")),
-                         ("--batch-size", plan.get("batch_size")),
-                         ("--tokens-per-batch", plan.get("tokens_per_batch")), ("--lr", plan.get("lr")),
-                         ("--precision", plan.get("precision")), *common])]
+        return ["finetune", *_flags([("--data", manifest), ("--label-column", plan["label_column"]),
+                                     ("--output", plan["run"]),
+                                     ("--model", plan.get("model")), ("--epochs", plan.get("epochs")),
+                                     ("--batch-size", plan.get("batch_size")),
+                                     ("--tokens-per-batch", plan.get("tokens_per_batch")), ("--lr", plan.get("lr")),
+                                     ("--precision", plan.get("precision")), *common])]
     if step == "predict":
-        return ["predict", "--model", f"{plan['run']}/model", "--data", manifest,
-                "--output", f"{plan['run']}/predict",
-                *_flags([("--batch-size", plan.get("batch_size")), ("--precision", plan.get("precision")), *common]),
+        return ["predict", *_flags([("--model", f"{plan['run']}/model"), ("--data", manifest),
+                                    ("--output", f"{plan['run']}/predict"), ("--batch-size", plan.get("batch_size")),
+                                    ("--precision", plan.get("precision")), *common]),
                 *(["--no-embeddings"] if plan.get("no_embeddings") else [])]
     raise ValueError(f"unknown runner step '{step}'")
 
@@ -165,7 +165,7 @@ class RunnerOperator(DockerOperator):
         kwargs = container_kwargs(
             profile, settings, dag_id=self.dag_id, task_id=self.task_id, run_id=plan["run_id"],
             try_number=context["ti"].try_number, data=plan["data"], etag=plan["etag"],
-            s3_env=connection_env(settings.s3_conn_id, settings.runner_s3_endpoint))
+            s3_env=connection_env(settings.runner_s3_conn_id, settings.runner_s3_endpoint))
         self._private_environment = kwargs.pop("private_environment")
         for name, value in kwargs.items():
             setattr(self, name, value)
@@ -199,8 +199,12 @@ class RunnerOperator(DockerOperator):
         def host(value: str) -> str:
             return settings.data_dir + value[len(DATA_MOUNT):] if value.startswith(f"{DATA_MOUNT}/") else value
 
+        def host_arg(arg: str) -> str:  # --flag=/data/... as well as a bare /data/... path
+            flag, sep, value = arg.partition("=")
+            return f"{flag}={host(value)}" if sep and flag.startswith("--") else host(arg)
+
         env = {**os.environ, **{k: host(v) for k, v in self.environment.items()}, **self._private_environment}
-        command = [settings.runner_bin, *(host(arg) for arg in self.command)]
+        command = [settings.runner_bin, *(host_arg(arg) for arg in self.command)]
         self.log.info("local mode (HELICAL_RUNNER_MODE=local): %s", " ".join(command))
         self._process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          text=True, errors="replace")
@@ -223,7 +227,7 @@ class RunnerOperator(DockerOperator):
 
 def step_failure(step: str, profile: dict, code: int | None, reason: str, oom_killed: bool = False) -> Exception:
     """The exception a failed runner step raises: AirflowFailException (no retries) for a bad input (exit
-    code 65) or a container the kernel killed at the profile's memory cap (Docker's State.OOMKilled: the
+    code 65), arguments the runner refuses (exit code 2: a retry would be refused alike) or a container the kernel killed at the profile's memory cap (Docker's State.OOMKilled: the
     same cap would only be killed again), else RuntimeError, which Airflow retries (a retry resumes from
     the last checkpoint). One line either way."""
     if oom_killed:
@@ -237,4 +241,6 @@ def step_failure(step: str, profile: dict, code: int | None, reason: str, oom_ki
     message = f"{step} failed (exit code {code}): {reason}"
     if code == EXIT_BAD_INPUT:
         return AirflowFailException(f"{message} [bad input: not retried]")
+    if code == EXIT_USAGE:
+        return AirflowFailException(f"{message} [the runner refused its arguments: not retried]")
     return RuntimeError(message)

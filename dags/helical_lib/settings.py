@@ -10,15 +10,20 @@ from dataclasses import dataclass
 
 DEFAULT_BUCKET = "helical"
 DEFAULT_CONN_ID = "helical_s3"  # resolved from AIRFLOW_CONN_HELICAL_S3, never created by hand
+# Runners' own S3 credentials (AIRFLOW_CONN_HELICAL_S3_RUNNER): read anything, write chunks/ and runs/ only
+# (docker/storage/runner-policy.json); a runner never holds the keys that can touch incoming/ or ledger/.
+DEFAULT_RUNNER_CONN_ID = "helical_s3_runner"
+DEFAULT_RUNNER_NETWORK = "helical-runners"  # reaches S3 and the Pushgateway only (README, "Security")
 
 
 @dataclass(frozen=True)
 class Settings:
     bucket: str  # the bucket with incoming/, chunks/, runs/, quarantine/
     s3_conn_id: str  # Airflow connection (type aws) with the S3/MinIO endpoint and credentials
+    runner_s3_conn_id: str  # the connection whose (least-privilege) credentials runner containers get
     docker_url: str  # the docker-socket-proxy; no Airflow container sees docker.sock itself
     data_dir: str  # host path of the data folder, mounted at /data in every runner container
-    network: str  # network_mode of runner containers: the compose network, or "host" on one machine
+    network: str  # network_mode of runner containers: the runners' own network, never the stack's
     runner_user: str  # uid:gid runner containers run as (never root)
     runner_s3_endpoint: str  # S3 endpoint as seen from runner containers; "" = the connection's
     pushgateway_url: str  # where runners push progress metrics; "" = no push
@@ -33,9 +38,10 @@ class Settings:
         return cls(
             bucket=env.get("HELICAL_BUCKET", DEFAULT_BUCKET),
             s3_conn_id=env.get("HELICAL_S3_CONN_ID", DEFAULT_CONN_ID),
+            runner_s3_conn_id=env.get("HELICAL_RUNNER_S3_CONN_ID", DEFAULT_RUNNER_CONN_ID),
             docker_url=env.get("DOCKER_HOST", "tcp://docker-socket-proxy:2375"),
             data_dir=env.get("HELICAL_DATA_DIR", ""),
-            network=env.get("HELICAL_RUNNER_NETWORK", "helical"),
+            network=env.get("HELICAL_RUNNER_NETWORK", DEFAULT_RUNNER_NETWORK),
             runner_user=env.get("HELICAL_RUNNER_USER", "50000:0"),
             runner_s3_endpoint=env.get("HELICAL_RUNNER_S3_ENDPOINT", ""),
             pushgateway_url=env.get("PUSHGATEWAY_URL", ""),

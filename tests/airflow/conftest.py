@@ -24,12 +24,15 @@ if str(DAGS) not in sys.path:
 
 TEST_CONN = {"conn_type": "aws", "login": "test-key", "password": "test-secret",
              "extra": {"endpoint_url": "http://s3.test:9000", "region_name": "eu-west-1"}}
+RUNNER_CONN = {**TEST_CONN, "login": "runner-key", "password": "runner-secret"}
 
 
 @pytest.fixture
 def s3_conn(monkeypatch):
-    """The helical_s3 connection from its environment variable, as the compose file provides it."""
+    """The helical_s3 connection (Airflow's own) and helical_s3_runner (the runners' least-privilege keys)
+    from their environment variables, as the compose file provides them."""
     monkeypatch.setenv("AIRFLOW_CONN_HELICAL_S3", json.dumps(TEST_CONN))
+    monkeypatch.setenv("AIRFLOW_CONN_HELICAL_S3_RUNNER", json.dumps(RUNNER_CONN))
     return TEST_CONN
 
 

@@ -67,8 +67,56 @@ def test_only_the_socket_proxy_sees_docker_sock():
             mounts = " ".join(str(v) for v in spec.get("volumes") or [])
             if service == "docker-socket-proxy":
                 assert "/var/run/docker.sock" in mounts and "haproxy.cfg" in mounts
+            elif service == "docker-api-filter":  # the proxy's create filter, behind it on the same host
+                assert "/var/run/docker.sock" in mounts and "create_filter.py" in mounts
+                assert spec["cap_drop"] == ["ALL"] and spec["read_only"] is True
             elif name in OURS:
                 assert "docker.sock" not in mounts, f"{service} in {name} mounts the Docker socket"
+
+
+def test_runners_network_holds_only_what_runners_need():
+    """Runner containers join HELICAL_RUNNER_NETWORK; of the stack's services only MinIO and the Pushgateway
+    are on it, never the socket proxy, redis, Postgres, the Airflow API or the StatsD exporter (issue 20)."""
+    on_runners = set()
+    for name in [p.name for p in COMPOSE_FILES]:
+        compose = load(name)
+        if compose.get("networks", {}).get("runners"):
+            assert compose["networks"]["runners"]["name"] == "${HELICAL_RUNNER_NETWORK:-helical-runners}", name
+        for service, spec in (compose.get("services") or {}).items():
+            if "runners" in (spec.get("networks") or []):
+                on_runners.add(service)
+    assert on_runners == {"minio", "pushgateway"}
+    worker = load("docker-compose-airflow.yaml")["services"]["airflow-worker"]["environment"]
+    proxy_filter = load("docker-compose-airflow.yaml")["services"]["docker-api-filter"]["environment"]
+    assert worker["HELICAL_RUNNER_NETWORK"] == proxy_filter["HELICAL_RUNNER_NETWORK"] == \
+        "${HELICAL_RUNNER_NETWORK:-helical-runners}"
+    assert worker["HELICAL_DATA_DIR"].split(":")[0] == proxy_filter["HELICAL_DATA_DIR"].split(":")[0]
+    from helical_lib.settings import DEFAULT_RUNNER_NETWORK
+
+    assert DEFAULT_RUNNER_NETWORK == "helical-runners"  # the DAGs' default is the compose files' default
+
+
+def test_published_ports_stay_local_unless_env_says_otherwise():
+    for name in [p.name for p in COMPOSE_FILES]:
+        for service, spec in (load(name).get("services") or {}).items():
+            for port in spec.get("ports") or []:
+                assert str(port).startswith("${HELICAL_BIND_ADDRESS:-127.0.0.1}:"), f"{service} publishes {port}"
+    assert template_variables()["HELICAL_BIND_ADDRESS"] == "127.0.0.1"
+
+
+def test_prometheus_has_no_anonymous_lifecycle_api():
+    command = load("docker-compose-monitoring.yaml")["services"]["prometheus"]["command"]
+    assert not any("enable-lifecycle" in part for part in command)
+
+
+def test_redis_requires_the_password_the_broker_url_carries():
+    services = load("docker-compose-airflow.yaml")["services"]
+    redis = services["redis"]
+    assert redis["command"][:2] == ["redis-server", "--requirepass"] and "REDIS_PASSWORD" in redis["command"][2]
+    assert "PONG" in " ".join(redis["healthcheck"]["test"])  # redis-cli exits 0 on NOAUTH too
+    broker = services["airflow-worker"]["environment"]["AIRFLOW__CELERY__BROKER_URL"]
+    assert broker.startswith("redis://:${REDIS_PASSWORD:?") and broker.endswith("@redis:6379/0")
+    assert template_variables()["REDIS_PASSWORD"].startswith("<")
 
 
 def test_airflow_services_follow_the_official_conventions():
@@ -95,8 +143,8 @@ def test_airflow_services_follow_the_official_conventions():
 
 def test_dag_settings_reach_the_workers():
     """Every environment variable the DAG library reads is set for the workers by the compose file."""
-    read = set(re.findall(r'env\.get\("([A-Z_]+)"', (REPO / "dags/helical_lib/settings.py").read_text()))
-    optional = {"HELICAL_S3_CONN_ID", "HELICAL_RUNNER_S3_ENDPOINT", "HELICAL_RUNNER_EXTRA_HOSTS", "HELICAL_RUNNER_MODE",
+    read = set(re.findall(r'env\.get\("([A-Z0-9_]+)"', (REPO / "dags/helical_lib/settings.py").read_text()))
+    optional = {"HELICAL_S3_CONN_ID", "HELICAL_RUNNER_S3_CONN_ID", "HELICAL_RUNNER_S3_ENDPOINT", "HELICAL_RUNNER_EXTRA_HOSTS", "HELICAL_RUNNER_MODE",
                 "HELICAL_RUNNER_BIN", "HELICAL_RUNNER_PROFILES"}
     env = load("docker-compose-airflow.yaml")["services"]["airflow-worker"]["environment"]
     assert read - optional <= set(env), sorted(read - optional - set(env))

@@ -15,7 +15,7 @@ from helical_lib.runner import (RunnerOperator, _HardenedClient, container_kwarg
 from helical_lib.settings import Settings
 
 SETTINGS = Settings.from_env({"HELICAL_DATA_DIR": "/srv/helical/data", "DOCKER_HOST": "tcp://proxy:2375",
-                              "HELICAL_RUNNER_NETWORK": "helical", "PUSHGATEWAY_URL": "http://pgw:9091"})
+                              "HELICAL_RUNNER_NETWORK": "helical-runners", "PUSHGATEWAY_URL": "http://pgw:9091"})
 S3_ENV = {"S3_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "us-east-1",
           "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"}
 IDS = {"dag_id": "helical_finetune", "task_id": "on_cpu.chunk", "run_id": "manual__2026-11-23T10-00-00",
@@ -41,7 +41,7 @@ def test_cpu_profile_maps_to_container_arguments():
         ("/data", "/srv/helical/data", "bind", True), ("/data/scratch", "/srv/helical/data/scratch", "bind", False),
         ("/data/helical", "/srv/helical/data/helical", "bind", False)]
     assert kw["docker_url"] == "tcp://proxy:2375"
-    assert kw["network_mode"] == "helical"
+    assert kw["network_mode"] == "helical-runners"
     assert kw["mount_tmp_dir"] is False and kw["auto_remove"] == "never"
     assert kw["user"] == "50000:0"
     assert kw["labels"] == {"app": "helical-runner", "dag_id": "helical_finetune", "task_id": "on_cpu.chunk",
@@ -98,35 +98,45 @@ def test_extra_hosts_and_endpoint_override():
 
 def test_runner_commands_use_the_runner_flags():
     assert runner_command("inspect", PLAN) == [
-        "inspect", "--data", "s3://helical/incoming/atlas.h5ad", "--label-column", "cell_type",
-        "--output", "s3://helical/runs/run-1", "--model", "gf-12L-38M-i4096", "--run-id", "run-1"]
+        "inspect", "--data=s3://helical/incoming/atlas.h5ad", "--label-column=cell_type",
+        "--output=s3://helical/runs/run-1", "--model=gf-12L-38M-i4096", "--run-id=run-1"]
     assert runner_command("chunk", PLAN) == [
-        "chunk", "--input", "s3://helical/incoming/atlas.h5ad", "--output", "s3://helical/chunks/atlas-abc",
-        "--profile", "cpu-small", "--run-id", "run-1"]
+        "chunk", "--input=s3://helical/incoming/atlas.h5ad", "--output=s3://helical/chunks/atlas-abc",
+        "--profile=cpu-small", "--run-id=run-1"]
     assert runner_command("finetune", PLAN) == [
-        "finetune", "--data", "s3://helical/chunks/atlas-abc/manifest.json", "--label-column", "cell_type",
-        "--output", "s3://helical/runs/run-1", "--model", "gf-12L-38M-i4096", "--profile", "cpu-small",
-        "--run-id", "run-1"]
+        "finetune", "--data=s3://helical/chunks/atlas-abc/manifest.json", "--label-column=cell_type",
+        "--output=s3://helical/runs/run-1", "--model=gf-12L-38M-i4096", "--profile=cpu-small", "--run-id=run-1"]
     assert runner_command("predict", PLAN) == [
-        "predict", "--model", "s3://helical/runs/run-1/model", "--data",
-        "s3://helical/chunks/atlas-abc/manifest.json", "--output", "s3://helical/runs/run-1/predict",
-        "--profile", "cpu-small", "--run-id", "run-1"]
+        "predict", "--model=s3://helical/runs/run-1/model", "--data=s3://helical/chunks/atlas-abc/manifest.json",
+        "--output=s3://helical/runs/run-1/predict", "--profile=cpu-small", "--run-id=run-1"]
     tuned = {**PLAN, "epochs": 3, "precision": "fp16", "batch_size": 32, "tokens_per_batch": 16384, "lr": 0.001,
              "cells_per_chunk": 500}
-    assert runner_command("chunk", tuned)[5:7] == ["--cells-per-chunk", "500"]
+    assert "--cells-per-chunk=500" in runner_command("chunk", tuned)
     chosen = {**PLAN, "counts": "layers/counts", "gene_column": "gene_ids"}
     for step in ("inspect", "chunk"):  # finetune and predict read the manifest, which records the choice
         command = runner_command(step, chosen)
-        assert command[command.index("--counts") + 1] == "layers/counts"
-        assert command[command.index("--gene-column") + 1] == "gene_ids"
+        assert "--counts=layers/counts" in command and "--gene-column=gene_ids" in command
     finetune = runner_command("finetune", tuned)
-    for flag, value in [("--epochs", "3"), ("--precision", "fp16"), ("--batch-size", "32"),
-                        ("--tokens-per-batch", "16384"), ("--lr", "0.001")]:
-        assert finetune[finetune.index(flag) + 1] == value
+    for flag in ("--epochs=3", "--precision=fp16", "--batch-size=32", "--tokens-per-batch=16384", "--lr=0.001"):
+        assert flag in finetune
     assert "--no-embeddings" not in runner_command("predict", PLAN)
     assert runner_command("predict", {**PLAN, "no_embeddings": True})[-1] == "--no-embeddings"
     with pytest.raises(ValueError):
         runner_command("train", PLAN)
+
+
+@pytest.mark.parametrize("label", ["--output=s3://helical/incoming/x", "-h", "--label-column", "-x y", "-"])
+def test_form_values_that_look_like_options_stay_values(label):
+    """A label column (any form value) beginning with `-` reaches the runner's own parser as that value:
+    parsed by the runner's argparse, not a usage error, and not another option (issue 20)."""
+    import argparse
+
+    command = runner_command("inspect", {**PLAN, "label_column": label})
+    parser = argparse.ArgumentParser(exit_on_error=False)  # the runner's inspect flags, as it declares them
+    for flag in ("--data", "--label-column", "--output", "--model", "--run-id"):
+        parser.add_argument(flag)
+    args = parser.parse_args(command[1:])
+    assert args.label_column == label and args.output == "s3://helical/runs/run-1"
 
 
 def test_runner_error_finds_the_one_line_reason():
@@ -165,7 +175,7 @@ class FakeCli:
 @pytest.fixture
 def operator(monkeypatch, s3_conn):
     monkeypatch.setenv("HELICAL_DATA_DIR", "/srv/data")
-    monkeypatch.setenv("HELICAL_RUNNER_NETWORK", "host")
+    monkeypatch.setenv("HELICAL_RUNNER_NETWORK", "helical-runners")
     op = RunnerOperator(task_id="chunk", step="chunk", image="placeholder", queue="cpu")
     cli = FakeCli(0)
     monkeypatch.setattr(DockerOperator, "cli", property(lambda self: cli))
@@ -178,13 +188,14 @@ def test_operator_configures_from_plan_and_connection(operator, monkeypatch):
     monkeypatch.setattr(RunnerOperator, "dag_id", property(lambda self: "helical_finetune"))
     operator.configure(operator.context)
     assert operator.image == "helical-runner:cpu" and operator.mem_limit == "8g"
-    assert operator.network_mode == "host"
-    assert operator.command[:3] == ["chunk", "--input", "s3://helical/incoming/atlas.h5ad"]
+    assert operator.network_mode == "helical-runners"
+    assert operator.command[:2] == ["chunk", "--input=s3://helical/incoming/atlas.h5ad"]
     assert operator.environment["S3_ENDPOINT_URL"] == "http://s3.test:9000"
     assert operator.environment["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert "AWS_SECRET_ACCESS_KEY" not in operator.environment
-    assert operator._private_environment == {"AWS_ACCESS_KEY_ID": "test-key",
-                                             "AWS_SECRET_ACCESS_KEY": "test-secret"}
+    # the runners' own keys (write chunks/ and runs/ only), never Airflow's, which can touch incoming/
+    assert operator._private_environment == {"AWS_ACCESS_KEY_ID": "runner-key",
+                                             "AWS_SECRET_ACCESS_KEY": "runner-secret"}
     assert operator.labels["run_id"] == "run-1" and "-t2-" in operator.container_name
     # the exact input and ETag, which cleaned run ids and container names only stand for
     assert operator.labels["data"] == PLAN["data"] and operator.labels["etag"] == PLAN["etag"]
@@ -245,7 +256,7 @@ def test_local_mode_runs_the_same_cli_as_a_subprocess(operator, monkeypatch, tmp
         with pytest.raises(AirflowFailException if exit_code == 65 else RuntimeError,
                            match="helical-runner: error: bad cells"):
             operator.execute(operator.context)
-    assert (tmp_path / "seen").read_text() == "scratch=/srv/data/scratch key=test-secret\n"
+    assert (tmp_path / "seen").read_text() == "scratch=/srv/data/scratch key=runner-secret\n"
     assert operator.fake_cli.removed == []  # no container involved
 
 
@@ -276,7 +287,8 @@ def test_out_of_memory_fails_once_naming_the_cap_and_the_next_profile(profile, c
 @pytest.mark.parametrize("code,oom,exception", [
     (137, True, AirflowFailException),  # the kernel's OOM killer at the cap
     (137, False, RuntimeError),  # SIGKILL by a person, a worker lost: retried, resumes from the checkpoint
-    (65, False, AirflowFailException), (69, False, RuntimeError), (1, False, RuntimeError)])
+    (65, False, AirflowFailException), (69, False, RuntimeError), (1, False, RuntimeError),
+    (2, False, AirflowFailException)])  # a usage error: the same arguments would be refused again
 def test_failure_decision(code, oom, exception):
     error = step_failure("chunk", profiles.get("cpu-small"), code, "helical-runner: error: x", oom_killed=oom)
     assert type(error) is exception and f"exit code {code}" in str(error)

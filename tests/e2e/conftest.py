@@ -1,6 +1,6 @@
 """End-to-end fixtures: the stack (scripts/local_stack.py), a tiny Geneformer and synthetic cells on the data
 folder, and the bucket. HELICAL_E2E_MODE says how runner steps run: docker (the default: through the
-socket proxy at HELICAL_E2E_DOCKER_URL, with the runner image) or local (the runner venv's CLI)."""
+socket proxy the stack starts on the engine at HELICAL_E2E_ENGINE, with the runner image) or local (the runner venv's CLI)."""
 
 from __future__ import annotations
 
@@ -68,13 +68,13 @@ def data_dir(work_dir):
 
 @pytest.fixture(scope="session")
 def stack(work_dir, data_dir):
-    if MODE == "docker" and not os.environ.get("HELICAL_E2E_DOCKER_URL"):
-        pytest.skip("HELICAL_E2E_DOCKER_URL is not set: run through scripts/suite-e2e.sh")
+    if MODE == "docker" and not os.environ.get("HELICAL_E2E_ENGINE"):
+        pytest.skip("HELICAL_E2E_ENGINE is not set: run through scripts/suite-e2e.sh")
     profiles = data_dir / "profiles.yaml"  # in the data folder, so runner containers read it too (/data)
     profiles.write_text(e2e_profiles())
     stack = Stack(work=work_dir, data_dir=data_dir, runner_mode=MODE, race_ingest=True,
                   extra_env={"HELICAL_PROFILES": str(profiles), "HELICAL_RUNNER_PROFILES": "/data/profiles.yaml"},
-                  docker_url=os.environ.get("HELICAL_E2E_DOCKER_URL", ""))
+                  engine_socket=os.environ.get("HELICAL_E2E_ENGINE", "").removeprefix("unix://"), pushgateway=True)
     try:
         stack.start()
         stack.s3().create_bucket(Bucket="helical")

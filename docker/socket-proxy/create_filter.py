@@ -462,10 +462,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         sys.stderr.write(f"create_filter: {self.address_string()} {fmt % args}\n")
 
 
-def serve(bind: str, docker_socket: str, policy: Policy) -> http.server.ThreadingHTTPServer:
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # haproxy closes idle keep-alive connections: a reset there is routine, not worth a traceback
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
+def serve(bind: str, docker_socket: str, policy: Policy) -> Server:
     host, _, port = bind.rpartition(":")
     handler = type("BoundHandler", (Handler,), {"policy": policy, "docker_socket": docker_socket})
-    return http.server.ThreadingHTTPServer((host or "0.0.0.0", int(port)), handler)
+    return Server((host or "0.0.0.0", int(port)), handler)
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def runner_body(api, image: str, data_dir, **host) -> dict:
 def base_body(socket_proxy, data_dir):
     import docker
 
-    api = docker.APIClient(base_url=socket_proxy, version="1.43", timeout=30)
+    api = docker.APIClient(base_url=socket_proxy, version="auto", timeout=30)
     yield runner_body(api, "helical-runner:cpu", data_dir)
     api.close()
 
@@ -162,7 +162,7 @@ def test_container_create_outside_the_allow_list_is_refused(socket_proxy, base_b
 
 def test_a_runner_body_passes_and_the_engine_gets_the_parsed_one(socket_proxy, base_body, docker_client):
     raw = json.dumps(base_body).encode()
-    url = socket_proxy.replace("tcp://", "http://") + "/v1.43/containers/create?name=allowed-runner-body"
+    url = socket_proxy.replace("tcp://", "http://") + "/v1.41/containers/create?name=allowed-runner-body"
     request = urllib.request.Request(url, data=raw, method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 201
@@ -207,7 +207,7 @@ def test_sdk_sees_refusals_as_403(socket_proxy):
 
 
 @pytest.mark.slow
-def test_what_docker_operator_needs_goes_through(socket_proxy, runner_image, data_dir, docker_client):
+def test_what_docker_operator_needs_goes_through(socket_proxy, runner_image, data_dir, docker_client, docker_socket):
     """The DockerOperator sequence (images, create, attach, start, wait, logs, inspect, remove; stop and
     kill on a second container), with the SDK calls the operator itself makes."""
     import docker
@@ -236,7 +236,7 @@ def test_what_docker_operator_needs_goes_through(socket_proxy, runner_image, dat
 
     # on_kill stops the container; a second one is killed outright. A sleeper needs another entrypoint,
     # which the proxy refuses: it is created on the engine itself, then stopped and killed through the proxy.
-    engine = docker.APIClient(base_url=docker_client.api.base_url, version="auto", timeout=60)
+    engine = docker.APIClient(base_url=f"unix://{docker_socket}", version="auto", timeout=60)
     sleeper = engine.create_container(runner_image, entrypoint=["python", "-c", "import time; time.sleep(300)"],
                                       host_config=engine.create_host_config(network_mode="none"))
     try:

@@ -31,7 +31,7 @@ def existing_manifest(output: Location) -> dict | None:
 
 def chunk(input_url: str, output_url: str, cells_per_chunk: int, scratch: Path,
           max_input_bytes: str | None = None, progress=None, counts: str | None = None,
-          gene_column: str | None = None) -> dict:
+          gene_column: str | None = None, max_cells: int | None = None) -> dict:
     if cells_per_chunk < 1:
         raise InputError(f"--cells-per-chunk must be at least 1, got {cells_per_chunk}")
     output = storage.parse(output_url)
@@ -45,7 +45,8 @@ def chunk(input_url: str, output_url: str, cells_per_chunk: int, scratch: Path,
                          "choose a new output prefix")
 
     started = time.monotonic()
-    dataset = open_dataset(input_url, scratch, cells_per_chunk, max_input_bytes, counts, gene_column)
+    dataset = open_dataset(input_url, scratch, cells_per_chunk, max_input_bytes, counts, gene_column,
+                           max_cells=max_cells)
     if dataset.url.endswith(".json"):
         dataset.close()
         raise InputError(f"{input_url} is already a chunk manifest")

@@ -133,9 +133,10 @@ def summarise_obs_blocks(blocks: Iterable[pd.DataFrame]) -> tuple[dict[str, dict
 
 def open_dataset(url: str, scratch: Path, cells_per_chunk: int, max_input_bytes: str | int | None = None,
                  counts: str | None = None, gene_column: str | None = None,
-                 prefer_gene_column: str | None = None) -> Dataset:
+                 prefer_gene_column: str | None = None, max_cells: int | None = None) -> Dataset:
     """A manifest or .h5ad as a Dataset; `counts`/`gene_column` force h5ad_layout's choices (.h5ad only),
-    `prefer_gene_column` is tried first (see H5adRows)."""
+    `prefer_gene_column` is tried first, `max_cells` caps the cells an .h5ad may declare (see H5adRows,
+    which refuses a file that reaches outside itself before reading it)."""
     loc = storage.parse(url)
     info = storage.stat(loc)
     if max_input_bytes is not None and info.size > parse_size(max_input_bytes):
@@ -143,18 +144,19 @@ def open_dataset(url: str, scratch: Path, cells_per_chunk: int, max_input_bytes:
                          "use a larger profile or split the file")
     if loc.name.endswith(".json"):
         return _open_manifest(loc, info, scratch)
-    return _open_h5ad(loc, info, scratch, cells_per_chunk, counts, gene_column, prefer_gene_column)
+    return _open_h5ad(loc, info, scratch, cells_per_chunk, counts, gene_column, prefer_gene_column, max_cells)
 
 
 def _open_h5ad(loc: Location, info: storage.ObjectInfo, scratch: Path, cells_per_chunk: int,
-               counts: str | None, gene_column: str | None, prefer_gene_column: str | None) -> Dataset:
+               counts: str | None, gene_column: str | None, prefer_gene_column: str | None,
+               max_cells: int | None) -> Dataset:
     remote = None
     if loc.is_s3 and os.environ.get("HELICAL_S3_INPUT", "ranged") != "download":
         source = remote = S3File(loc, info)  # read in place by ranged GETs: no copy on scratch
     else:
         source = local = storage.download(loc, scratch / f"input-{info.etag}.h5ad")
     try:
-        rows = H5adRows(source, str(loc), counts, gene_column, prefer_gene_column)
+        rows = H5adRows(source, str(loc), counts, gene_column, prefer_gene_column, max_cells)
     except BaseException:
         if remote is None and local != loc.path:
             local.unlink(missing_ok=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from helical_runner.errors import InputError
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_MAX_CELLS = 50_000_000  # a profiles file written before max_cells existed gets this cap
 
 
 def default_profiles_path() -> Path:
@@ -49,6 +50,7 @@ class Profile:
     cells_per_chunk: int  # rows per streamed chunk
     memory_limit: str  # container cap, Docker syntax
     max_input_bytes: str  # inputs larger than this are refused up front
+    max_cells: int = DEFAULT_MAX_CELLS  # inputs declaring more cells than this are refused up front
 
     @property
     def memory_limit_bytes(self) -> int:
@@ -63,6 +65,9 @@ class Profile:
         updated = replace(self, **{k: v for k, v in changes.items() if v is not None})
         if updated.precision not in PRECISIONS:
             raise InputError(f"precision '{updated.precision}' is not one of {', '.join(PRECISIONS)}")
+        if not isinstance(updated.max_cells, int) or isinstance(updated.max_cells, bool) or updated.max_cells < 1:
+            raise InputError(f"profile '{updated.name}': max_cells must be a positive whole number, "
+                             f"got {updated.max_cells!r}")
         return updated
 
 
@@ -75,9 +80,10 @@ def load_all(path: Path | None = None) -> tuple[str, dict[str, Profile]]:
     except yaml.YAMLError as exc:
         raise InputError(f"profiles file '{path}' is not valid YAML: {exc}") from None
     names = {f.name for f in fields(Profile)} - {"name"}
+    required = {f.name for f in fields(Profile) if f.default is MISSING} - {"name"}
     profiles = {}
     for name, values in (raw.get("profiles") or {}).items():
-        missing = names - set(values)
+        missing = required - set(values)
         unknown = set(values) - names
         if missing or unknown:
             raise InputError(f"profile '{name}' in '{path}': missing {sorted(missing)}, unknown {sorted(unknown)}")

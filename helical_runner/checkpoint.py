@@ -3,6 +3,11 @@
 A checkpoint is saved to a temporary file and `os.replace`d into place locally, then uploaded (an S3 PUT
 is atomic), so a crash never leaves half a checkpoint. Everything in it is tensors or plain Python
 values, so `torch.load(weights_only=True)` reads it: a file in an upload bucket can't run code.
+
+A checkpoint is never replaced by an older one (issue 21): its position (optimisation step) travels with it
+(S3 metadata `step`, a `.step` file beside a local one) and is compared before every write, and on S3 the
+PUT is conditional on the ETag this attempt last read or wrote (`IfMatch`; `IfNoneMatch="*"` for the first),
+so another attempt's checkpoint written in between stops this one (SupersededError) instead of being lost.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 import torch
 
 from helical_runner import storage
-from helical_runner.errors import InputError
+from helical_runner.errors import InputError, SupersededError
 from helical_runner.storage import Location
 from helical_runner.training import TrainState
 
@@ -55,17 +60,66 @@ class CheckpointStore:
     def __init__(self, output: Location, scratch: Path):
         self.location = output.join(CHECKPOINT_NAME)
         self.local = scratch / CHECKPOINT_NAME
+        self.etag: str | None = None  # of the checkpoint this attempt last read or wrote (S3)
 
     def save(self, payload: dict) -> None:
+        """Write the checkpoint of `payload["state"]["step"]`; SupersededError if the one in place is newer
+        or was written by another attempt since this one last read or wrote it."""
+        step = int(payload["state"]["step"]) if "state" in payload else 0
         tmp = self.local.with_name(self.local.name + ".tmp")
         self.local.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, tmp)
         os.replace(tmp, self.local)
+        if self.location.is_s3:
+            self._put_s3(step)
+        else:
+            self._replace_local(step)
+
+    def _refuse_older(self, theirs: int | None, step: int) -> None:
+        if theirs is not None and theirs > step:
+            raise SupersededError(f"{self.location} holds step {theirs}, newer than this attempt's step {step}: "
+                                  "another attempt is ahead; this one stops without replacing it")
+
+    def _put_s3(self, step: int) -> None:
+        loc, client = self.location, storage.s3_client()
+        storage._check_fences(loc)
+        try:
+            head = storage.with_retries(f"reading {loc}", lambda: client.head_object(Bucket=loc.bucket, Key=loc.key))
+            self._refuse_older(int(head.get("Metadata", {}).get("step", -1)), step)
+        except SupersededError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - absent is fine: the first checkpoint
+            if not storage.is_not_found(exc):
+                raise
+        condition = {"IfMatch": self.etag} if self.etag else {"IfNoneMatch": "*"}
+
+        def put():
+            with open(self.local, "rb") as body:
+                return client.put_object(Bucket=loc.bucket, Key=loc.key, Body=body, Metadata={"step": str(step)},
+                                         **condition)
+
+        try:
+            self.etag = storage.with_retries(f"writing {loc}", put)["ETag"].strip('"')
+        except Exception as exc:  # noqa: BLE001
+            if storage.error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise SupersededError(f"{loc} was written by another attempt since this one last saw it; this "
+                                      f"attempt (step {step}) stops without replacing it") from None
+            raise
+
+    def _replace_local(self, step: int) -> None:
+        marker = self.location.path.with_name(CHECKPOINT_NAME + ".step")
+        if marker.exists():
+            self._refuse_older(int(marker.read_text() or -1), step)
         storage.upload(self.local, self.location)
+        storage.put_bytes(storage.parse(str(marker)), str(step).encode())
 
     def load(self) -> dict | None:
         if not storage.exists(self.location):
             return None
+        if self.location.is_s3:
+            loc = self.location
+            self.etag = storage.with_retries(f"reading {loc}", lambda: storage.s3_client().head_object(
+                Bucket=loc.bucket, Key=loc.key))["ETag"].strip('"')
         path = storage.download(self.location, self.local)
         try:
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -132,7 +132,8 @@ def run_command(args, profile, scratch, metrics) -> dict:
         from helical_runner.chunking import chunk
 
         return chunk(args.input, args.output, profile.cells_per_chunk, scratch.path, profile.max_input_bytes,
-                     progress=metrics.update, counts=args.counts, gene_column=args.gene_column)
+                     progress=metrics.update, counts=args.counts, gene_column=args.gene_column,
+                     max_cells=profile.max_cells)
     if args.command == "finetune":
         from helical_runner.finetune import finetune
         from dataclasses import replace
@@ -292,9 +293,13 @@ def _run(args) -> int:
 
 
 def _record_failure(output, command: str, run_id: str, exc: BaseException) -> int:
-    """error.json under the output prefix (best effort: S3 may be what failed), then the one line."""
+    """error.json under the output prefix (best effort: S3 may be what failed), then the one line. A
+    superseded attempt writes nothing: the outputs are the newer attempt's."""
+    from helical_runner.errors import SupersededError
     from helical_runner.report import ERROR_NAME, write_json
 
+    if isinstance(exc, SupersededError):
+        return _fail(exc)
     try:
         write_json(output, ERROR_NAME, {"status": "failed", "command": command, "run_id": run_id,
                                         "error": _message(exc), "exit_code": _code(exc)})

@@ -22,6 +22,13 @@ class UnavailableError(RunnerError):
     exit_code = 69  # EX_UNAVAILABLE
 
 
+class SupersededError(RunnerError):
+    """A newer attempt of the same step holds its outputs' lease (fencing.py): this one stops writing.
+    Not retried: the newer attempt is the one that counts."""
+
+    exit_code = 75  # EX_TEMPFAIL: not this attempt's input or service that failed
+
+
 class DiskFullError(RunnerError):
     """A disk (scratch, a local output folder) is too small for the step. The input is fine: freeing space,
     a larger $HELICAL_SCRATCH or another worker helps, so a DAG may retry."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helical_runner import checkpoint, model as model_io, storage
+from helical_runner import checkpoint, fencing, model as model_io, storage
 from helical_runner.batching import is_validation
 from helical_runner.dataset import Chunk, Dataset, HeadStart, label_values, open_dataset, prefetched
 from helical_runner.distributed import DistContext
@@ -131,7 +131,10 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         device = torch.device("cuda", dist.local_rank)
     precision = resolve(profile.precision, device)
     dist.init(device)
-    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes, counts, gene_column)
+    if dist.is_main:  # rank 0 alone writes: it holds the lease that fences out older attempts (fencing.py)
+        fencing.hold(output, "finetune")
+    dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes, counts, gene_column,
+                           max_cells=profile.max_cells)
     try:
         load, first = dataset.load, chunk_order(config.seed, 0, dataset.n_chunks)[0]  # a fresh run's first chunk
         if early_prefetch:  # a resumed run that starts at another chunk reads its own (HeadStart.serve)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helical_runner import model as model_io, report_html, storage
+from helical_runner import fencing, model as model_io, report_html, storage
 from helical_runner.annotated import PREDICTIONS_H5AD, AnnotatedWriter
 from helical_runner.dataset import label_values, open_dataset, prefetched
 from helical_runner.finetune import check_vocabulary, gene_summary
@@ -58,6 +58,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
     (its saved `gene_column`), so another file of the same kind gives the same tokens."""
     started = time.monotonic()
     output = storage.parse(output_url)
+    fencing.hold(output, "predict")  # before anything is written: an older attempt of this step is fenced out
     device = select_device(profile.device)
     precision = resolve(profile.precision, device)
     model_dir = fetch_model(model_url, scratch / "model")
@@ -66,7 +67,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
     tokenizer = GeneformerTokenizer(model_io.files_of_saved_model(model_dir, meta), meta.input_size)
     runner = Trainer(net, TrainConfig(), precision, tokenizer.pad_id, total_cells=1)
     dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes, counts, gene_column,
-                           prefer_gene_column=meta.gene_column or None)
+                           prefer_gene_column=meta.gene_column or None, max_cells=profile.max_cells)
     hidden = net.classifier.in_features
     try:
         check_vocabulary(dataset, tokenizer, meta.base_model)

@@ -150,6 +150,27 @@ def is_not_found(exc: BaseException) -> bool:
     return error_code(exc) in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
 
+# --- fences: writes under a prefix only while this attempt holds its lease (fencing.py) -------------
+
+_fences: dict[str, tuple[Callable[[], None], str]] = {}  # prefix URL -> (check, the lease's own URL)
+
+
+def fence(prefix: Location, check: Callable[[], None], exempt: Location) -> None:
+    """Call check() (which raises to stop) before every write or delete under `prefix` but `exempt`."""
+    _fences[str(prefix).rstrip("/") + "/"] = (check, str(exempt))
+
+
+def unfence(prefix: Location) -> None:
+    _fences.pop(str(prefix).rstrip("/") + "/", None)
+
+
+def _check_fences(loc: Location) -> None:
+    url = str(loc)
+    for prefix, (check, exempt) in list(_fences.items()):
+        if url.startswith(prefix) and url != exempt:
+            check()
+
+
 # --- the API the runner uses ----------------------------------------------------------------------
 
 def stat(loc: Location) -> ObjectInfo:
@@ -215,6 +236,7 @@ def get_bytes(loc: Location) -> bytes:
 
 def upload(src: Path, loc: Location) -> None:
     """Write a local file to the location. Local targets are written to a temp name and renamed."""
+    _check_fences(loc)
     if loc.is_s3:
         with_retries(f"writing {loc}", lambda: s3_client().upload_file(str(src), loc.bucket, loc.key))
         return
@@ -222,6 +244,7 @@ def upload(src: Path, loc: Location) -> None:
 
 
 def put_bytes(loc: Location, data: bytes, content_type: str = "application/octet-stream") -> None:
+    _check_fences(loc)
     if loc.is_s3:
         with_retries(f"writing {loc}", lambda: s3_client().put_object(
             Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type))
@@ -261,6 +284,7 @@ def list_names(prefix: Location) -> Iterator[str]:
 
 
 def delete(loc: Location) -> None:
+    _check_fences(loc)
     if loc.is_s3:
         with_retries(f"deleting {loc}", lambda: s3_client().delete_object(Bucket=loc.bucket, Key=loc.key))
     else:

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from docker.types import DeviceRequest, Mount
 
 from helical_lib import profiles
-from helical_lib.plan import DATA_MOUNT, EXIT_BAD_INPUT, EXIT_USAGE
+from helical_lib.plan import DATA_MOUNT, EXIT_BAD_INPUT, EXIT_SUPERSEDED, EXIT_USAGE
 from helical_lib.s3 import connection_env, safe_id
 from helical_lib.settings import Settings
 
@@ -29,6 +29,7 @@ PLAN_TASK = "check_input"  # the task whose XCom is the run's plan
 CPU_STEPS = ("inspect", "chunk")  # runner steps that need no GPU: always on CPU_QUEUE, never holding a GPU worker's slot
 CPU_QUEUE = "cpu"
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+STOP_GRACE_SECONDS = 30  # docker stop's SIGTERM -> SIGKILL grace for an earlier attempt's container
 
 
 def container_name(dag_id: str, task_id: str, run_id: str, try_number: int) -> str:
@@ -42,10 +43,14 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
     `data` and `etag` (the exact input URL and its ETag) go into the labels, since ids are cleaned."""
     if not settings.data_dir:
         raise AirflowFailException("HELICAL_DATA_DIR is not set: the host data folder mounted at /data")
+    name = container_name(dag_id, task_id, run_id, try_number)
     environment = {
         "HELICAL_RUN_ID": run_id,
         "HELICAL_DAG_ID": dag_id,
         "HELICAL_TASK_ID": task_id,
+        # the attempt, for the runner's lease on its outputs: a newer try fences an older one out
+        "HELICAL_TRY_NUMBER": str(try_number),
+        "HELICAL_ATTEMPT": name,
         "HELICAL_SCRATCH": f"{DATA_MOUNT}/scratch",
         "CACHE_DIR_HELICAL_PREFIX": f"{DATA_MOUNT}/helical",
         **{k: v for k, v in s3_env.items() if k not in SECRET_ENV},
@@ -70,8 +75,9 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
         "environment": environment,
         "private_environment": {k: v for k, v in s3_env.items() if k in SECRET_ENV},
         "labels": {"app": "helical-runner", "dag_id": dag_id, "task_id": task_id, "run_id": run_id,
-                   "profile": profile["name"], **({"data": data, "etag": etag} if data else {})},
-        "container_name": container_name(dag_id, task_id, run_id, try_number),
+                   "try_number": str(try_number), "profile": profile["name"],
+                   **({"data": data, "etag": etag} if data else {})},
+        "container_name": name,
         "network_mode": settings.network,
         "user": settings.runner_user,
         "extra_hosts": extra_hosts,
@@ -79,6 +85,27 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
         "mount_tmp_dir": False,
         "auto_remove": "never",  # removed by RunnerOperator after success only: failures stay for debugging
     }
+
+
+def stop_earlier_attempts(cli, labels: dict, name: str, log) -> list[str]:
+    """Stop every running container of this DAG run's step (same dag_id, task_id and run_id labels) but
+    `name`, and wait until each has exited: one runner container per step, whatever happened to the worker
+    that started the earlier one (a SIGKILLed Celery worker leaves its container training). Only calls the
+    socket proxy allows: list, stop, wait. Returns the names stopped."""
+    wanted = [f"{key}={labels[key]}" for key in ("app", "dag_id", "task_id", "run_id")]
+    stopped = []
+    for found in cli.containers(all=True, filters={"label": wanted}):
+        other = (found.get("Names") or ["?"])[0].lstrip("/")
+        if other == name or found.get("State") not in ("running", "restarting", "paused", "created"):
+            continue
+        log.warning("an earlier attempt's container %s (try %s) is still %s: stopping it before this attempt "
+                    "starts, so that one container works on this step", other,
+                    found.get("Labels", {}).get("try_number", "?"), found.get("State"))
+        cli.stop(found["Id"], timeout=STOP_GRACE_SECONDS)
+        code = cli.wait(found["Id"], timeout=STOP_GRACE_SECONDS + 120).get("StatusCode")
+        log.warning("container %s has exited (code %s)", other, code)
+        stopped.append(other)
+    return stopped
 
 
 def _flags(pairs: list[tuple[str, Any]]) -> list[str]:
@@ -179,6 +206,7 @@ class RunnerOperator(DockerOperator):
         settings = Settings.from_env()
         if settings.runner_mode == "local":
             return self._run_local(settings)
+        stop_earlier_attempts(self.cli, self.labels, self.container_name, self.log)
         try:
             super().execute(context)
         except DockerContainerFailedException as exc:
@@ -241,6 +269,8 @@ def step_failure(step: str, profile: dict, code: int | None, reason: str, oom_ki
     message = f"{step} failed (exit code {code}): {reason}"
     if code == EXIT_BAD_INPUT:
         return AirflowFailException(f"{message} [bad input: not retried]")
+    if code == EXIT_SUPERSEDED:
+        return AirflowFailException(f"{message} [a newer attempt holds this step's outputs: not retried]")
     if code == EXIT_USAGE:
         return AirflowFailException(f"{message} [the runner refused its arguments: not retried]")
     return RuntimeError(message)

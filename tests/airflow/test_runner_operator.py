@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from helical_lib import profiles
 from helical_lib.runner import (RunnerOperator, _HardenedClient, container_kwargs, runner_command,
-                                runner_error, step_failure)
+                                runner_error, step_failure, stop_earlier_attempts)
 from helical_lib.settings import Settings
 
 SETTINGS = Settings.from_env({"HELICAL_DATA_DIR": "/srv/helical/data", "DOCKER_HOST": "tcp://proxy:2375",
@@ -45,14 +45,14 @@ def test_cpu_profile_maps_to_container_arguments():
     assert kw["mount_tmp_dir"] is False and kw["auto_remove"] == "never"
     assert kw["user"] == "50000:0"
     assert kw["labels"] == {"app": "helical-runner", "dag_id": "helical_finetune", "task_id": "on_cpu.chunk",
-                            "run_id": IDS["run_id"], "profile": "cpu-small"}
+                            "run_id": IDS["run_id"], "try_number": "1", "profile": "cpu-small"}
 
 
 def test_environment_keeps_secrets_private():
     kw = kwargs_for("cpu-small")
     assert kw["environment"] == {
         "HELICAL_RUN_ID": IDS["run_id"], "HELICAL_DAG_ID": "helical_finetune", "HELICAL_TASK_ID": "on_cpu.chunk",
-        "HELICAL_SCRATCH": "/data/scratch", "CACHE_DIR_HELICAL_PREFIX": "/data/helical",
+        "HELICAL_TRY_NUMBER": "1", "HELICAL_ATTEMPT": kw["container_name"], "HELICAL_SCRATCH": "/data/scratch", "CACHE_DIR_HELICAL_PREFIX": "/data/helical",
         "S3_ENDPOINT_URL": "http://minio:9000", "AWS_DEFAULT_REGION": "us-east-1",
         "PUSHGATEWAY_URL": "http://pgw:9091"}
     # private_environment is neither templated nor shown in the UI's rendered fields
@@ -160,6 +160,18 @@ def test_hardened_client_drops_capabilities():
 class FakeCli:
     def __init__(self, exit_code: int):
         self.exit_code, self.oom_killed, self.removed, self.host_configs = exit_code, False, [], []
+        self.listed, self.filters, self.calls = [], [], []
+
+    def containers(self, all=False, filters=None):  # noqa: A002 - docker-py's name
+        self.filters.append(filters)
+        return self.listed
+
+    def stop(self, container_id, timeout=None):
+        self.calls.append(("stop", container_id))
+
+    def wait(self, container_id, timeout=None):
+        self.calls.append(("wait", container_id))
+        return {"StatusCode": 143}
 
     def inspect_container(self, container_id):
         return {"State": {"ExitCode": self.exit_code, "OOMKilled": self.oom_killed}}
@@ -212,6 +224,34 @@ def test_operator_removes_container_only_after_success(operator, monkeypatch):
     monkeypatch.setattr(DockerOperator, "execute", succeed)
     operator.execute(operator.context)
     assert operator.fake_cli.removed == ["c1"]
+
+
+def test_earlier_attempts_still_running_are_stopped_before_this_one_starts(operator, monkeypatch):
+    """A lost worker leaves its container training: the retry stops it and waits until it has exited
+    before it starts its own, so one container works on a step (issue 21)."""
+    monkeypatch.setattr(RunnerOperator, "dag_id", property(lambda self: "helical_finetune"))
+    started = []
+
+    def run(self, context):
+        started.append(list(self.cli.calls))
+        self.container = {"Id": "c2"}
+
+    monkeypatch.setattr(DockerOperator, "execute", run)
+    cli = operator.fake_cli
+    cli.listed = [{"Id": "c1", "Names": ["/helical-chunk-run-1-t1-aaaaaa"], "State": "running",
+                   "Labels": {"try_number": "1"}},
+                  {"Id": "c0", "Names": ["/helical-chunk-run-1-t0-bbbbbb"], "State": "exited", "Labels": {}}]
+    operator.execute(operator.context)
+    assert started == [[("stop", "c1"), ("wait", "c1")]]  # stopped and exited before the new one started
+    assert cli.filters[0] == {"label": ["app=helical-runner", "dag_id=helical_finetune", "task_id=chunk",
+                                        "run_id=run-1"]}
+    # the task log says so, naming the container and its try
+    lines = []
+    log = SimpleNamespace(warning=lambda fmt, *args: lines.append(fmt % args))
+    assert stop_earlier_attempts(cli, operator.labels, operator.container_name, log) == [
+        "helical-chunk-run-1-t1-aaaaaa"]
+    assert "helical-chunk-run-1-t1-aaaaaa (try 1) is still running: stopping it" in lines[0]
+    assert "has exited (code 143)" in lines[1]
 
 
 @pytest.mark.parametrize("code,exception", [(65, AirflowFailException), (69, RuntimeError), (70, RuntimeError)])
@@ -288,7 +328,8 @@ def test_out_of_memory_fails_once_naming_the_cap_and_the_next_profile(profile, c
     (137, True, AirflowFailException),  # the kernel's OOM killer at the cap
     (137, False, RuntimeError),  # SIGKILL by a person, a worker lost: retried, resumes from the checkpoint
     (65, False, AirflowFailException), (69, False, RuntimeError), (1, False, RuntimeError),
-    (2, False, AirflowFailException)])  # a usage error: the same arguments would be refused again
+    (2, False, AirflowFailException),
+    (75, False, AirflowFailException)])  # superseded by a newer attempt (fencing): that one counts  # a usage error: the same arguments would be refused again
 def test_failure_decision(code, oom, exception):
     error = step_failure("chunk", profiles.get("cpu-small"), code, "helical-runner: error: x", oom_killed=oom)
     assert type(error) is exception and f"exit code {code}" in str(error)

@@ -1,5 +1,6 @@
 """Bad input: exit 65 (69 for an unreachable S3), one clear line on stderr naming the problem and the
-object, nothing in the output prefix but error.json, and the input left exactly as it was."""
+object, nothing in the output prefix but error.json (and the step's lease, fencing.py), and the input left
+exactly as it was."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_bad_input_fails_cleanly_and_keeps_the_input(case, s3, tiny_model, valid
         assert f"s3://{BUCKET}/{key}" in lines[-1]  # names the object
     assert not any("Traceback" in line for line in lines)
     outputs = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{case}/").get("Contents", [])]
-    assert outputs == [f"runs/{case}/error.json"]
+    assert [key for key in outputs if not key.startswith(f"runs/{case}/lease.")] == [f"runs/{case}/error.json"]
     error = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{case}/error.json")["Body"].read())
     assert error["status"] == "failed" and expected in error["error"] and error["exit_code"] == 65
     if make is not None:

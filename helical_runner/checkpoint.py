@@ -99,12 +99,17 @@ class CheckpointStore:
                                          **condition)
 
         try:
-            self.etag = storage.with_retries(f"writing {loc}", put)["ETag"].strip('"')
+            storage.with_retries(f"writing {loc}", put)
         except Exception as exc:  # noqa: BLE001
             if storage.error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise SupersededError(f"{loc} was written by another attempt since this one last saw it; this "
                                       f"attempt (step {step}) stops without replacing it") from None
             raise
+        # The ETag as the server keeps it, read back rather than taken from the PUT's answer (moto computes
+        # an ETag lazily from a buffer a concurrent listing also reads, and once answered one it didn't keep)
+        head = storage.with_retries(f"reading {loc}", lambda: client.head_object(Bucket=loc.bucket, Key=loc.key))
+        self._refuse_older(int(head.get("Metadata", {}).get("step", -1)), step)
+        self.etag = head["ETag"].strip('"')
 
     def _replace_local(self, step: int) -> None:
         marker = self.location.path.with_name(CHECKPOINT_NAME + ".step")

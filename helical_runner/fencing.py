@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -34,6 +35,7 @@ from helical_runner.errors import SupersededError
 from helical_runner.storage import Location
 
 LEASE_NAME = "lease.{command}.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,17 @@ class Lease:
                 self._refuse_if_newer(holder)
             condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             try:
-                put = storage.with_retries(f"taking the lease {loc}", lambda: client.put_object(
+                storage.with_retries(f"taking the lease {loc}", lambda: client.put_object(
                     Bucket=loc.bucket, Key=loc.key, Body=self._body(), ContentType="application/json",
                     **condition))
             except Exception as exc:  # noqa: BLE001 - only a lost race is retried here
                 if storage.error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                     continue
                 raise
-            self.etag = put["ETag"].strip('"')
+            # read back: the ETag as the server keeps it, and proof that this attempt is the one named
+            holder, self.etag = self._read_s3()
+            if holder != self.attempt:
+                continue
             return
         raise SupersededError(f"{self.output}: the lease {loc} kept changing under this attempt; stopping")
 
@@ -136,6 +141,10 @@ class Lease:
         if self.location.is_s3:
             holder, etag = self._read_s3()
             if etag == self.etag:
+                return
+            if holder is None:  # gone (an S3 that lost objects): nobody newer holds it, so take it again
+                log.warning("%s: the lease %s is gone; taking it again", self.output, self.location)
+                self._acquire_s3()
                 return
         else:
             body = self.location.path.read_bytes() if self.location.path.exists() else b""

@@ -122,3 +122,37 @@ def test_an_attempt_that_finds_a_newer_one_exits_75_with_one_line_writing_nothin
     assert "try 2 (helical-finetune-late-t2-cccccc)" in line and "try 1 (helical-finetune-late-t1-dddddd)" in line
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/late/").get("Contents", [])]
     assert keys == ["runs/late/lease.finetune.json"]  # no report, checkpoint, model or error.json
+
+
+def test_one_attempt_saves_checkpoint_after_checkpoint_while_others_list_the_prefix(s3, tmp_path):
+    """The common case: one attempt, a checkpoint after every chunk, while Airflow's sensors and people
+    list the bucket (moto answered a PUT with an ETag it did not keep when a listing ran at the same time:
+    the ETag is read back from the server)."""
+    import threading
+
+    stop = threading.Event()
+
+    def list_all():
+        while not stop.is_set():
+            s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/steady/")
+
+    lister = threading.Thread(target=list_all, daemon=True)
+    lister.start()
+    try:
+        store = checkpoint.CheckpointStore(storage.parse(f"s3://{BUCKET}/runs/steady"), tmp_path)
+        for step in range(1, 7):
+            store.save({"state": {"step": step}, "weights": torch.rand(200_000)})
+    finally:
+        stop.set()
+        lister.join()
+    head = s3.head_object(Bucket=BUCKET, Key="runs/steady/checkpoint.pt")
+    assert head["Metadata"]["step"] == "6"
+
+
+def test_a_lease_that_vanished_is_taken_again(s3):
+    """An S3 that lost the lease object (nobody newer holds it): the attempt takes it again and goes on."""
+    held = in_its_process(lease(f"s3://{BUCKET}/runs/vanished", 1, "t1").acquire())
+    s3.delete_object(Bucket=BUCKET, Key="runs/vanished/lease.finetune.json")
+    storage.put_bytes(storage.parse(f"s3://{BUCKET}/runs/vanished/report.json"), b"{}")
+    holder = json.loads(s3.get_object(Bucket=BUCKET, Key="runs/vanished/lease.finetune.json")["Body"].read())
+    assert holder["name"] == "t1" and held.etag

@@ -1,14 +1,19 @@
 """Where an .h5ad keeps what the runner needs: raw counts, gene ids, obs. One place decides; every caller asks.
 
 Users' files hold raw counts in different places (X for 10x/CellRanger exports, `raw/X` under the CELLxGENE
-schema, `layers['counts']` by scanpy habit) and gene ids in different places (var names, `var['gene_ids']`
-from scanpy's `read_10x_h5`, `var['feature_id']`, `_index` from R converters). `find_layout` looks, in a fixed
-order, and returns a `Layout` saying what it chose and what every other place holds, so `inspect`, the
-chunk manifest and report.json can all say it. Counts are judged on a sample of rows, never the whole matrix.
+schema, top-level `raw.X` with `raw.var` from anndata < 0.7, `layers['counts']` by scanpy habit) and gene ids
+in different places (var names, `var['gene_ids']` from scanpy's `read_10x_h5`, `var['feature_id']`, `_index`
+from R converters). `find_layout` looks, in a fixed order, and returns a `Layout` saying what it chose and
+what every other place holds, so `inspect`, the chunk manifest and report.json can all say it. Counts are
+judged on a sample of rows, never the whole matrix.
+Counts stored as floats with round-off (0.9999999999999 after a CSV round trip) are counts: values within
+ROUND_OFF of an integer are rounded as rows are read (`RowReader.rows`), and the layout says so.
 
 Groups are read like anndata's registry reads them (`anndata.io.read_elem` by their encoding attributes),
 with named fallbacks for layouts it refuses: R converters' groups without encoding attributes (SeuratDisk,
-sceasy), anndata 0.7's categoricals (codes with a `categories` reference into `uns` or `__categories`).
+sceasy), anndata 0.7's categoricals (codes with a `categories` reference into `uns` or `__categories`),
+anndata < 0.7's compound obs/var datasets (categoricals as codes, their levels in `uns/<column>_categories`,
+or `raw.cat/` for `raw.var`: anndata 0.6's `_to_dict_fixed_width_arrays`).
 """
 
 from __future__ import annotations
@@ -30,16 +35,22 @@ GENE_ID_COLUMNS = ("ensembl_id", "gene_ids", "gene_id", "feature_id", "ensembl",
 # Layers named like raw counts are tried first, then any other layer.
 COUNT_LAYERS = ("counts", "raw_counts")
 SAMPLE_ROWS = 200  # rows judged per place, in up to three windows (start, middle, end)
+ROUND_OFF = 1e-6  # a stored value this close to an integer is that integer (float round-off, not a measurement)
+# Where anndata keeps the genes of raw counts: raw/var today, top-level raw.var before anndata 0.7
+RAW_VAR = {"raw/X": "raw/var", "raw.X": "raw.var"}
 
 
 @dataclass(frozen=True)
 class Layout:
-    """What `find_layout` chose in one .h5ad. Places are h5 paths: 'X', 'raw/X', 'layers/counts'."""
+    """What `find_layout` chose in one .h5ad. Places are h5 paths: 'X', 'raw/X' (or anndata < 0.7's 'raw.X'),
+    'layers/counts'."""
 
     counts: str  # the matrix read as raw counts
     counts_encoding: str  # csr_matrix | csc_matrix | dense
     counts_dtype: str  # numpy dtype name on disk
     counts_forced: bool  # chosen by --counts rather than found
+    counts_round_off: float  # 0, or the largest distance from an integer in the sample ("float counts with
+    #                          round-off": every value within ROUND_OFF of an integer is rounded when read)
     x_encoding: str  # how X itself is stored (csr_matrix | csc_matrix | dense | absent | unsupported ...)
     places: dict[str, str]  # every place looked at -> what it holds, in plain words
     n_obs: int
@@ -50,6 +61,8 @@ class Layout:
     gene_ids: list[str] = field(repr=False)  # one per counts column; Ensembl version suffixes dropped
     var_names: list[str] = field(repr=False)  # the var index of the counts matrix
     scratch_bytes: int = 0  # scratch `chunk` needs to read the counts by cells (a CSC matrix's regrouping)
+    obs_columns: dict[str, str] = field(default_factory=dict)  # obs column -> what it holds (column_kinds):
+    #                                                            where labels may be, for `inspect`
 
     def summary(self) -> dict:
         """JSON-ready description (manifest, report.json, `inspect --json`), gene lists left out."""
@@ -94,6 +107,13 @@ def _read_frame_by_hand(group: h5py.Group, name: str, rows: slice = ALL_ROWS) ->
     if isinstance(group, h5py.Dataset):  # anndata < 0.7 wrote obs/var as one compound dataset
         table = pd.DataFrame.from_records(group[rows])
         table = table.apply(lambda c: c.map(_text) if c.dtype == object else c)
+        for column in table.columns[1:]:
+            levels = _legacy_categories(group, column)
+            if levels is not None and table[column].dtype.kind in "iu":
+                try:
+                    table[column] = pd.Categorical.from_codes(table[column].to_numpy(), categories=levels)
+                except ValueError:  # not codes into those levels after all: keep the numbers
+                    pass
         return table.set_index(table.columns[0]) if len(table.columns) else table
     index_key_ = index_key(group)
     order = [_text(c) for c in np.atleast_1d(group.attrs.get("column-order", []))]
@@ -111,6 +131,62 @@ def _read_frame_by_hand(group: h5py.Group, name: str, rows: slice = ALL_ROWS) ->
     if index_key_ and index_key_ != "_index" and index_key_ in frame.columns:
         frame = frame.drop(columns=index_key_)
     return frame
+
+
+def _legacy_categories_node(table: h5py.Dataset, column: str):
+    """Where anndata < 0.7 put the levels of a compound obs/var's categorical column: `uns/<column>_categories`
+    (or `raw.cat/...` for raw.var; the oldest files kept uns at the top level), else None."""
+    f, key = table.file, f"{column}_categories"
+    folders = ("raw.cat",) if table.name == "/raw.var" else ("uns", "")
+    for folder in folders:
+        path = f"{folder}/{key}" if folder else key
+        if isinstance(f.get(path), h5py.Dataset):
+            return f[path]
+    return None
+
+
+def _legacy_categories(table: h5py.Dataset, column: str) -> np.ndarray | None:
+    node = _legacy_categories_node(table, column)
+    return None if node is None else _strings(np.atleast_1d(node[()]))
+
+
+def _dtype_kind(dtype: np.dtype) -> str:
+    if dtype.kind == "b":
+        return "boolean"
+    if dtype.kind in "iu":
+        return "integer"
+    if dtype.kind == "f":
+        return "float"
+    return "text" if dtype.kind in "OSU" else "other"
+
+
+def column_kinds(group: h5py.Group | h5py.Dataset) -> dict[str, str]:
+    """Every column of an obs/var element -> categorical | text | boolean | integer | float | other, from
+    metadata only (no values read), as read_frame would read it; {} when the element cannot be understood."""
+    try:
+        if isinstance(group, h5py.Dataset):  # anndata < 0.7: one compound dataset, the index first
+            names = group.dtype.names or ()
+            return {n: "categorical" if _legacy_categories_node(group, n) is not None
+                    else _dtype_kind(group.dtype[n]) for n in names[1:]}
+        key = index_key(group)
+        order = [_text(c) for c in np.atleast_1d(group.attrs.get("column-order", []))]
+        kinds = {}
+        for column in order or [k for k in group if k not in (key, "__categories")]:
+            node = group.get(column)
+            if isinstance(node, h5py.Group):
+                if _text(node.attrs.get("encoding-type", "")) == "categorical" or {"codes", "categories"} <= set(node):
+                    kinds[column] = "categorical"
+                elif "values" in node and "mask" in node:
+                    kinds[column] = _dtype_kind(node["values"].dtype)
+                else:
+                    kinds[column] = "other"
+            elif isinstance(node, h5py.Dataset):
+                categorical = isinstance(node.attrs.get("categories"), h5py.Reference) or (
+                    isinstance(group.get("__categories"), h5py.Group) and column in group["__categories"])
+                kinds[column] = "categorical" if categorical else _dtype_kind(node.dtype)
+        return kinds
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
 
 
 def _strings(values: np.ndarray) -> np.ndarray:
@@ -153,7 +229,7 @@ def _read_column(group: h5py.Group, column: str, rows: slice = ALL_ROWS):
 # ---------------------------------------------------------------- matrices
 
 class RowReader:
-    """Row ranges of one stored matrix (X, raw/X or a layer), as CSR, read straight from h5py."""
+    """Row ranges of one stored matrix (X, raw/X, raw.X or a layer), as CSR, read straight from h5py."""
 
     def __init__(self, node, place: str, name: str):
         self.place, self.name = place, name
@@ -190,7 +266,12 @@ class RowReader:
             self._csc.close()
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows [start, stop) as CSR (dtype as stored); raises InputError naming the file if unreadable."""
+        """Rows [start, stop) as CSR (dtype as stored, values within ROUND_OFF of an integer rounded to it);
+        raises InputError naming the file if unreadable."""
+        return snap_round_off(self.stored_rows(start, stop))[0]
+
+    def stored_rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows [start, stop) as CSR, values exactly as stored."""
         try:
             if self.encoding == "dense":
                 return sp.csr_matrix(np.asarray(self._node[start:stop]))
@@ -232,7 +313,7 @@ def _sample(reader: RowReader) -> tuple[sp.csr_matrix, np.ndarray]:
         picked = [r for r in range(s, stop) if r not in seen]
         if not picked:
             continue
-        block = reader.rows(picked[0], picked[-1] + 1)
+        block = reader.stored_rows(picked[0], picked[-1] + 1)
         seen.update(picked)
         blocks.append(block)
         rows.extend(range(picked[0], picked[-1] + 1))
@@ -241,24 +322,75 @@ def _sample(reader: RowReader) -> tuple[sp.csr_matrix, np.ndarray]:
     return sp.vstack(blocks, format="csr"), np.asarray(rows)
 
 
+def snap_round_off(X: sp.csr_matrix) -> tuple[sp.csr_matrix, float]:
+    """X with every float value within ROUND_OFF of an integer set to that integer (in place), and the largest
+    distance so removed (0.0: X held exact integers there). Values further off stay as they are, for
+    judge_counts to refuse."""
+    data = X.data
+    if data.dtype.kind != "f" or data.size == 0:
+        return X, 0.0
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, never "near"
+        nearest = np.rint(data)
+        off = np.abs(data - nearest)
+        near = (off > 0) & (off <= ROUND_OFF)
+    if not near.any():
+        return X, 0.0
+    largest = float(off[near].max())
+    data[near] = nearest[near]
+    if not nearest[near].all():  # 1e-9 is a zero: not a stored (expressed) value
+        X.eliminate_zeros()
+    return X, largest
+
+
+def _looks_like(X: sp.csr_matrix) -> str:
+    """What a matrix that is not counts looks like, from its values: ', which looks scaled (...)' for
+    centred values (sc.pp.scale), ', which looks log-normalised (max ...)' for mostly non-integer values
+    below 20 (log1p of normalised counts stays under ~14), ', which looks normalised (max ...)' for mostly
+    non-integer larger values (CPM, TPM); '' when a few bad values sit among counts."""
+    data = X.data[np.isfinite(X.data)] if X.data.dtype.kind == "f" else X.data
+    cells = X.shape[0] * X.shape[1]
+    if data.size == 0 or cells == 0:
+        return ""
+    data = data.astype(np.float64)
+    mean = data.sum() / cells  # implicit zeros count: a scaled matrix is usually dense anyway
+    spread = np.sqrt(max(float((data ** 2).sum() / cells - mean ** 2), 0.0))
+    negative = float((data < 0).mean())
+    if negative > 0.05 or (negative > 0 and abs(mean) < 0.1 * spread):
+        return f", which looks scaled (mean {mean:.2g}, {negative:.0%} negative)"
+    fractional = float((data != np.rint(data)).mean())
+    if negative == 0 and fractional > 0.5:
+        biggest = float(data.max())
+        kind = "log-normalised" if biggest < 20 else "normalised"
+        return f", which looks {kind} (max {biggest:.3g})"
+    return ""
+
+
 def judge_counts(X: sp.csr_matrix, cells) -> str | None:
-    """None when X holds finite, non-negative integers (raw counts), else what it holds instead."""
+    """None when X holds finite, non-negative integers (raw counts), else what it holds instead, in one line:
+    the first offending cell, a non-integer value with every digit it has (0.99999, never a rounded "1"),
+    and what X looks like (log-normalised, scaled) when its values say so."""
     data = X.data
     if data.size == 0:
         return None
     for bad, what in ((~np.isfinite(data) if data.dtype.kind == "f" else None, "NaN or infinite values"),
                       (data < 0, "negative counts"),
-                      (data != np.round(data) if data.dtype.kind == "f" else None, "non-integer values")):
+                      (data != np.rint(data) if data.dtype.kind == "f" else None, "non-integer values")):
         if bad is not None and bad.any():
             position = int(np.argmax(bad))
             cell = cells[int(np.searchsorted(X.indptr, position, side="right") - 1)]
-            example = f" such as {data[bad][0]:.4g}" if what == "non-integer values" else ""
-            return f"{what}{example} (cell '{cell}')"
+            # str() of a numpy scalar of the stored dtype: the shortest text that reads back as that number
+            example = f" such as {data[position]!s}" if what == "non-integer values" else ""
+            return f"{what}{example} (cell '{cell}'){_looks_like(X) if what != 'NaN or infinite values' else ''}"
     return None
 
 
+def _raw_place(f: h5py.File) -> str:
+    """raw/X, or anndata < 0.7's top-level raw.X when only that is there (anndata reads either as .raw)."""
+    return "raw.X" if "raw.X" in f and "raw/X" not in f else "raw/X"
+
+
 def _candidates(f: h5py.File) -> list[str]:
-    places = ["X", "raw/X"]
+    places = ["X", _raw_place(f)]
     layers = f.get("layers")
     if isinstance(layers, h5py.Group):
         named = [f"layers/{k}" for k in COUNT_LAYERS if k in layers]
@@ -267,19 +399,22 @@ def _candidates(f: h5py.File) -> list[str]:
 
 
 def _var_of(f: h5py.File, place: str, var: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The var that labels a matrix's columns: raw/var for raw/X (it may hold more genes than var)."""
-    if place == "raw/X" and "raw/var" in f:
-        return read_frame(f["raw/var"], f"{name}: raw/var")
+    """The var that labels a matrix's columns: raw/var for raw/X, raw.var for raw.X (they may hold more genes
+    than var)."""
+    raw_var = RAW_VAR.get(place)
+    if raw_var and raw_var in f:
+        return read_frame(f[raw_var], f"{name}: {raw_var}")
     return var
 
 
-def find_counts(f: h5py.File, obs_names, name: str, forced: str | None = None) -> tuple[RowReader, dict, bool]:
-    """The first place holding raw counts (or the forced one): its reader, what every place holds, forced."""
+def find_counts(f: h5py.File, obs_names, name: str, forced: str | None = None) -> tuple[RowReader, dict, bool, float]:
+    """The first place holding raw counts (or the forced one): its reader, what every place holds, forced,
+    and the largest round-off the sample showed there (0.0: exact integers)."""
     places: dict[str, str] = {}
     order = _candidates(f)
     if forced:
         forced = forced.strip("/")
-        forced = "raw/X" if forced == "raw" else forced
+        forced = _raw_place(f) if forced in ("raw", "raw/X") else forced
         if forced not in f:
             raise InputError(f"{name}: --counts {forced}: no such matrix (places: {', '.join(p for p in order if p in f) or 'none'})")
         order = [forced]
@@ -292,12 +427,14 @@ def find_counts(f: h5py.File, obs_names, name: str, forced: str | None = None) -
             places[place] = f"{reader.shape[0]} rows for {len(obs_names)} cells"
             continue
         sample, rows = _sample(reader)
+        sample, round_off = snap_round_off(sample)
         problem = judge_counts(sample, obs_names[rows] if len(rows) else [])
-        places[place] = problem or f"integer counts ({reader.dtype.name})"
+        places[place] = problem or (f"float counts with round-off ({reader.dtype.name}, up to {round_off:.2g} "
+                                    "from integers: rounded)" if round_off else f"integer counts ({reader.dtype.name})")
         if problem is None or forced:
             if problem and forced:
                 raise InputError(f"{name}: {place} (chosen by --counts) holds {problem}; raw integer counts are needed")
-            return reader, places, bool(forced)
+            return reader, places, bool(forced), round_off
     held = "; ".join(f"{p} holds {h}" if h != "absent" else f"no {p}" for p, h in places.items())
     raise InputError(f"{name}: no raw integer counts found: {held}; Geneformer needs raw counts")
 
@@ -357,16 +494,19 @@ def find_layout(f: h5py.File, obs_names, var: pd.DataFrame, name: str, counts: s
 
     `obs_names`: the cells' names, anything with len() and indexing by an array of positions (a pandas
     Index, or obs_rows.CellNames, which reads only the names asked for)."""
-    reader, places, forced = find_counts(f, obs_names, name, counts)
+    reader, places, forced, round_off = find_counts(f, obs_names, name, counts)
     genes = _var_of(f, reader.place, var, name)
     if len(genes) != reader.shape[1]:
         raise InputError(f"{name} is inconsistent: {reader.place} has {reader.shape[1]} columns, "
                          f"its var {len(genes)} genes")
     where, kind, ids = find_gene_ids(genes, name, gene_column, prefer_gene_column)
-    if reader.place == "raw/X" and "raw/var" in f:
-        where = f"raw/var {where}"
+    raw_var = RAW_VAR.get(reader.place)
+    if raw_var and raw_var in f:
+        where = f"{raw_var} {where}"
     layout = Layout(counts=reader.place, counts_encoding=reader.encoding, counts_dtype=reader.dtype.name,
-                    counts_forced=forced, x_encoding=_encoding_of(f, "X", name), places=places, n_obs=len(obs_names), n_vars=reader.shape[1],
-                    gene_source=where, gene_column=where.split("'")[1] if "'" in where else "", gene_kind=kind, gene_ids=[str(g) for g in ids],
-                    var_names=[str(g) for g in genes.index], scratch_bytes=reader.scratch_bytes())
+                    counts_forced=forced, counts_round_off=round_off, x_encoding=_encoding_of(f, "X", name),
+                    places=places, n_obs=len(obs_names), n_vars=reader.shape[1], gene_source=where,
+                    gene_column=where.split("'")[1] if "'" in where else "", gene_kind=kind,
+                    gene_ids=[str(g) for g in ids], var_names=[str(g) for g in genes.index],
+                    scratch_bytes=reader.scratch_bytes(), obs_columns=column_kinds(f["obs"]) if "obs" in f else {})
     return layout, reader

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 from pathlib import Path
 
 import h5py
@@ -129,13 +130,18 @@ def make_h5ad(path: Path, n_cells: int, n_genes: int = 2000, n_types: int = 4, g
               genes: Path | None = None) -> Path:
     """Write a synthetic raw-count .h5ad block by block, so even 200,000 cells never sit in memory at once.
 
-    Laid out as CELLxGENE does: Ensembl ids as var names, symbols in var['feature_name']; n_genes of panel()."""
+    Laid out as CELLxGENE does: Ensembl ids as var names, symbols in var['feature_name']; n_genes of panel(),
+    capped (with one line on stderr) at the genes the gene table holds, so X and var always agree."""
     from anndata.io import sparse_dataset, write_elem
 
     rng = np.random.default_rng(seed)
     if n_genes < N_MARKERS * len(CELL_TYPES):
         raise ValueError(f"n_genes must be at least {N_MARKERS * len(CELL_TYPES)} (the marker genes)")
     measured = panel(n_genes, genes)
+    if len(measured) < n_genes:
+        print(f"synthetic: {n_genes} genes asked for, but the gene table holds {len(measured)} protein-coding "
+              f"genes: writing {len(measured)}", file=sys.stderr)
+        n_genes = len(measured)
     types = rng.integers(0, n_types, size=n_cells)
     obs = pd.DataFrame(
         {label_column: pd.Categorical([CELL_TYPES[t] for t in types], categories=CELL_TYPES[:n_types]),

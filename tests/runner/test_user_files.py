@@ -134,13 +134,14 @@ def test_counts_flag_forces_a_place(tmp_path, truth, model_files):
 def test_no_counts_anywhere_says_what_each_place_holds(tmp_path, truth):
     normalised = log_normalised(truth["X"])
     path = write(tmp_path / "normalised.h5ad", normalised, truth, layers={"scaled": normalised * 2})
-    first = f"{normalised.data[0]:.4g}"
+    first, biggest = normalised.data[0], normalised.data.max()  # every digit of the value (issue 22)
     with pytest.raises(InputError) as error:
         H5adRows(path, "normalised.h5ad")
     assert str(error.value) == (
-        f"normalised.h5ad: no raw integer counts found: X holds non-integer values such as {first} "
-        f"(cell 'AAAC0000-1'); no raw/X; layers/scaled holds non-integer values such as "
-        f"{2 * normalised.data[0]:.4g} (cell 'AAAC0000-1'); Geneformer needs raw counts")
+        f"normalised.h5ad: no raw integer counts found: X holds non-integer values such as {first!s} "
+        f"(cell 'AAAC0000-1'), which looks log-normalised (max {biggest:.3g}); no raw/X; layers/scaled holds "
+        f"non-integer values such as {2 * first!s} (cell 'AAAC0000-1'), which looks log-normalised "
+        f"(max {2 * biggest:.3g}); Geneformer needs raw counts")
 
 
 # ------------------------------------------------------------------ where the gene ids are

@@ -151,50 +151,38 @@ def _empty(value, where):
     raise Refused(f"{where} must be empty")
 
 
-def _bool(value, where):
+def _typed(ok, what: str):
+    """A check for an optional field: null is left out, anything else must pass `ok`."""
+    def check(value, where):
+        if value is None:
+            return _DROP
+        if not ok(value):
+            raise Refused(f"{where} must be {what}")
+        return value
+    return check
+
+
+_bool = _typed(lambda v: isinstance(v, bool), "true or false")
+_int = _typed(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer")
+_str = _typed(lambda v: isinstance(v, str), "a string")
+_strings = _typed(lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of strings")
+_labels = _typed(lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
+                 "a map of strings to strings")
+
+
+def _items(value, where, item):
+    """A list field: null is left out, each element is checked by item(element, where[i])."""
     if value is None:
         return _DROP
-    if not isinstance(value, bool):
-        raise Refused(f"{where} must be true or false")
-    return value
+    if not isinstance(value, list):
+        raise Refused(f"{where} must be a list")
+    return [item(element, f"{where}[{i}]") for i, element in enumerate(value)]
 
 
 def _false(value, where):
     if value in (None, False):
         return _DROP
     raise Refused(f"{where} is not allowed")
-
-
-def _int(value, where):
-    if value is None:
-        return _DROP
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise Refused(f"{where} must be a non-negative integer")
-    return value
-
-
-def _str(value, where):
-    if value is None:
-        return _DROP
-    if not isinstance(value, str):
-        raise Refused(f"{where} must be a string")
-    return value
-
-
-def _strings(value, where):
-    if value is None:
-        return _DROP
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise Refused(f"{where} must be a list of strings")
-    return value
-
-
-def _labels(value, where):
-    if value is None:
-        return _DROP
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise Refused(f"{where} must map strings to strings")
-    return value
 
 
 def _signal(value, where):
@@ -265,19 +253,15 @@ def _check(policy: Policy):
 
     mount_fields = {"Target": _str, "Source": _str, "Type": _str, "ReadOnly": _bool, "Consistency": _str}
 
+    def mount(item, where):
+        m = _struct(item, mount_fields, where)
+        if m.get("Type") != "bind":
+            raise Refused(f"{where}.Type must be bind")
+        mount_pair(m.get("Source"), m.get("Target"), m.get("ReadOnly", False), where)
+        return m
+
     def mounts(value, where):
-        if value is None:
-            return _DROP
-        if not isinstance(value, list):
-            raise Refused(f"{where} must be a list")
-        out = []
-        for i, item in enumerate(value):
-            m = _struct(item, mount_fields, f"{where}[{i}]")
-            if m.get("Type") != "bind":
-                raise Refused(f"{where}[{i}].Type must be bind")
-            mount_pair(m.get("Source"), m.get("Target"), m.get("ReadOnly", False), f"{where}[{i}]")
-            out.append(m)
-        return out
+        return _items(value, where, mount)
 
     def binds(value, where):
         if value is None:
@@ -308,18 +292,14 @@ def _check(policy: Policy):
 
     request_fields.update({"Count": count, "Capabilities": capabilities})
 
+    def device_request(item, where):
+        r = _struct(item, request_fields, where)
+        if r.get("Driver", "") not in ("", "nvidia") or "Capabilities" not in r:
+            raise Refused(f"{where} must be a GPU request")
+        return r
+
     def device_requests(value, where):
-        if value is None:
-            return _DROP
-        if not isinstance(value, list):
-            raise Refused(f"{where} must be a list")
-        out = []
-        for i, item in enumerate(value):
-            r = _struct(item, request_fields, f"{where}[{i}]")
-            if r.get("Driver", "") not in ("", "nvidia") or "Capabilities" not in r:
-                raise Refused(f"{where}[{i}] must be a GPU request")
-            out.append(r)
-        return out
+        return _items(value, where, device_request)
 
     host_fields = {
         "NetworkMode": network, "Mounts": mounts, "Binds": binds, "CapDrop": cap_drop, "CapAdd": _empty,

@@ -68,7 +68,7 @@ def main() -> None:
 
     parse = {name: parse_seconds(REPO / "dags" / f"{name}.py", work / "parse-home") for name in ("helical_finetune", "helical_ingest")}
     stack = Stack(work=work, data_dir=data, runner_mode=mode,
-                  engine_socket=os.environ.get("HELICAL_E2E_ENGINE", "").removeprefix("unix://"))
+                  engine_socket=os.environ.get("HELICAL_E2E_ENGINE", "unix:///var/run/docker.sock").removeprefix("unix://"))
     created, started = [], []
     try:
         stack.start()

@@ -71,6 +71,7 @@ class Stack:
     runner_host: str = "127.0.0.1"  # where runners reach S3 and the Pushgateway: the runner network's gateway
     docker_url: str = ""  # the socket proxy, once started
     proxy_pids: list = field(default_factory=list)
+    specs: dict = field(default_factory=dict)  # name -> (argv, env) of each spawned server, for restart()
     env: dict = field(default_factory=dict)
     _token: str = ""
 
@@ -79,6 +80,8 @@ class Stack:
         self.ports = {name: free_port() for name in ("postgres", "redis", "s3", "api", "worker_logs",
                                                      "trigger_logs", "pushgateway", "proxy")}
         if self.runner_mode == "docker":
+            if not self.engine_socket:
+                raise ValueError("runner_mode docker needs engine_socket, the Docker engine's unix socket")
             self.runner_host = subprocess.run(
                 ["bash", str(REPO / "scripts/runner-network.sh"), self.runner_network], check=True, text=True,
                 capture_output=True, timeout=60, env={**os.environ, "DOCKER_HOST": f"unix://{self.engine_socket}"},
@@ -183,6 +186,9 @@ class Stack:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             # as in docker-compose-airflow.yaml: a task stuck in a queue fails visibly (after two requeues)
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
+            # a task whose worker died (no heartbeat) is failed and retried after this long, not Airflow's
+            # default 300 s: tests/e2e/test_faults.py kills a worker mid fine-tune
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
             # as in docker-compose-airflow.yaml: the DAG library must import in the triggerer too
             "PYTHONPATH": str(REPO / "dags"),
             "AIRFLOW_CONN_HELICAL_S3": json.dumps({
@@ -220,13 +226,39 @@ class Stack:
         return folder
 
     def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
-        log = open(self.work / f"{name}.log", "wb")
+        self.specs[name] = (argv, env)
+        log = open(self.work / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ,
                                             cwd=self.work, start_new_session=True)
 
     def _run(self, argv: list[str], name: str, timeout: float) -> None:
         with open(self.work / f"{name}.log", "wb") as log:
             subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, check=True, timeout=timeout)
+
+    # --- faults (tests/e2e/test_faults.py) -------------------------------------------------------------
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a server's whole process group (a Celery worker with its pool and task supervisors)."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+
+    def restart(self, name: str, sig: int = signal.SIGTERM, down_seconds: float = 0.0) -> None:
+        """Stop a server (SIGTERM: a restart; SIGKILL: a crash), wait, start it again as it was started."""
+        self.kill(name, sig)
+        time.sleep(down_seconds)
+        self._spawn(name, *self.specs[name])
+
+    def restart_proxy(self, down_seconds: float = 0.0) -> None:
+        """The socket proxy (haproxy and its create filter) stopped and started again on the same port."""
+        for pid in self.proxy_pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda: not port_open(self.ports["proxy"]), 30, "the socket proxy to stop")
+        time.sleep(down_seconds)
+        self._start_proxy()
 
     def stop(self) -> None:
         for pid in self.proxy_pids:

@@ -123,3 +123,37 @@ def wait_for_run(stack: Stack, dag_id: str, run_id: str, timeout: float, states=
         assert not stack.dead(), f"stack processes died: {stack.dead()}"
         time.sleep(2)
     raise TimeoutError(f"{dag_id} run {run_id} not in {states} after {timeout:.0f} s (last: {run})")
+
+
+# --- faults (test_faults.py): one fine-tune configuration, run once uninterrupted as the reference -------
+FAULT_DATA_KEY = "datasets/faults.h5ad"
+# 240 cells in chunks of 40, 3 epochs: long enough (about two minutes of training here) that a container
+# orphaned by a lost worker still trains when Airflow's retry starts, about 80 s after the kill (heartbeat
+# timeout 30 s in scripts/local_stack.py + the DAG's 30 s retry delay + a worker's pickup)
+FAULT_CONF = {"data": f"s3://helical/{FAULT_DATA_KEY}", "cells_per_chunk": 40, "epochs": 3}
+
+
+def trigger_finetune(stack: Stack, run_id: str, conf: dict | None = None) -> None:
+    response = stack.api("POST", "/api/v2/dags/helical_finetune/dagRuns",
+                         json={"dag_run_id": run_id, "logical_date": None, "conf": conf or FAULT_CONF})
+    assert response.status_code == 200, response.text
+
+
+def finetune_outcome(stack: Stack, run_id: str) -> dict:
+    """What a person compares between two runs: steps, the loss of every step, cells, predictions."""
+    client = stack.s3()
+    report = json.loads(client.get_object(Bucket="helical", Key=f"runs/{run_id}/report.json")["Body"].read())
+    predictions = client.get_object(Bucket="helical", Key=f"runs/{run_id}/predict/predictions.csv")["Body"].read()
+    return {"steps": report["steps"], "losses": report["step_history"]["loss"],
+            "cells": {k: report["cells"][k] for k in ("total", "validation", "trained_total")},
+            "predictions": predictions.decode().splitlines()}
+
+
+@pytest.fixture(scope="session")
+def reference_run(stack, small_h5ad) -> dict:
+    """FAULT_CONF's outcome, uninterrupted."""
+    stack.s3().put_object(Bucket="helical", Key=FAULT_DATA_KEY, Body=small_h5ad.read_bytes())
+    trigger_finetune(stack, "faults-reference")
+    run = wait_for_run(stack, "helical_finetune", "faults-reference", 1800)
+    assert run["state"] == "success", run
+    return finetune_outcome(stack, "faults-reference")

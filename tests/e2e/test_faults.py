@@ -1,0 +1,161 @@
+"""Faults injected into the running stack while a fine-tune runs (issue 21): each real component killed or
+restarted, and each run must end as it should with the outputs of an uninterrupted run (the same steps,
+the same loss at every step, the same predictions), and at no moment two runner containers on one step.
+
+S3 here is moto's server, which keeps objects in memory: a restart loses them, where MinIO keeps them on
+its disk (a MinIO restart is a short outage: its docs, "Restart a MinIO deployment", restart servers in
+place with their drives). The S3 fault therefore restarts the server and puts back every object it held
+(bytes, metadata, content type), as MinIO's disk would; the runner container is paused for the seconds that
+takes, since it would otherwise read a bucket MinIO never shows empty. It shows that the runner and
+Airflow ride out the restart (their connections die with the old server and are retried), not what MinIO
+does with its drives."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import FAULT_CONF, MODE, finetune_outcome, trigger_finetune, wait_for_run
+from test_e2e import docker, docker_ps, task_log
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(MODE != "docker", reason="runner containers need the Docker engine (docker mode)")]
+FINETUNE = "on_cpu.finetune"
+
+
+class ContainerWatch:
+    """Counts this run's running finetune containers every 0.3 s for as long as it lives."""
+
+    def __init__(self, run_id: str):
+        self.run_id, self.most, self.seen = run_id, 0, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                running = docker_ps(f"label=run_id={self.run_id}", f"label=task_id={FINETUNE}", "status=running")
+            except Exception:  # noqa: BLE001 - the engine is never what a fault here stops; keep watching
+                running = []
+            self.most = max(self.most, len(running))
+            self.seen.update(running)
+            self._stop.wait(0.3)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def first_checkpoint(stack, run_id: str, timeout: float = 900) -> str:
+    """The running finetune container, once it has written its first checkpoint."""
+    from local_stack import wait_for
+
+    client = stack.s3()
+
+    def ready():
+        found = client.list_objects_v2(Bucket="helical", Prefix=f"runs/{run_id}/checkpoint.pt").get("Contents")
+        running = docker_ps(f"label=run_id={run_id}", f"label=task_id={FINETUNE}", "status=running")
+        return found and running
+
+    return wait_for(ready, timeout, "the first checkpoint of the finetune step", interval=0.5)[0]
+
+
+def assert_same_as_uninterrupted(stack, run_id: str, reference: dict) -> None:
+    outcome = finetune_outcome(stack, run_id)
+    assert outcome["steps"] == reference["steps"]
+    assert outcome["losses"] == pytest.approx(reference["losses"], rel=1e-5, abs=1e-6)
+    assert outcome["cells"] == reference["cells"]
+    assert outcome["predictions"] == reference["predictions"]
+
+
+def test_a_lost_worker_leaves_one_writer_and_the_run_ends_as_if_uninterrupted(stack, small_h5ad, reference_run):
+    """The Celery worker SIGKILLed mid fine-tune: its container trains on, orphaned. Airflow finds the task
+    lost (heartbeat timeout), the retry stops the orphan and waits for it before starting its own container,
+    and resumes from the last checkpoint. At every moment at most one container trains this step.
+
+    On an idle machine the tiny model finishes its epochs within the minute Airflow takes to notice a lost
+    worker, so the orphan is paused from the kill until the retry is queued and then let go: it is training
+    when the retry begins, as a real fine-tune of hours would be."""
+    from local_stack import wait_for
+
+    run_id = "faults-worker-kill"
+    ti_path = f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances/{FINETUNE}"
+    trigger_finetune(stack, run_id)
+    with ContainerWatch(run_id) as watch:
+        orphan = first_checkpoint(stack, run_id)
+        stack.restart("worker", sig=signal.SIGKILL)  # the worker and its task supervisor die; the container doesn't
+        killed_at = time.monotonic()
+        docker("pause", orphan)
+        wait_for(lambda: stack.get(ti_path)["try_number"] == 2 and stack.get(ti_path)["state"] in ("queued", "running"),
+                 600, "Airflow to retry the lost task", interval=0.5)
+        docker("unpause", orphan)
+        run = wait_for_run(stack, "helical_finetune", run_id, 1800)
+    ti = stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances/{FINETUNE}")
+    assert run["state"] == "success" and ti["try_number"] == 2, (run["state"], ti)
+    retry_log = task_log(stack, run_id, FINETUNE, 2)
+    # the orphan outlived the worker until the retry stopped it: the scenario that left two writers
+    assert re.search(rf"{orphan} \(try 1\) is still (running|paused): stopping it", retry_log), retry_log[-3000:]
+    assert "has exited" in retry_log
+    assert watch.most == 1 and orphan in watch.seen and len(watch.seen) == 2, (watch.most, watch.seen)
+    print(f"\nworker killed -> run finished: {time.monotonic() - killed_at:.0f} s")
+    assert_same_as_uninterrupted(stack, run_id, reference_run)
+
+
+def test_infrastructure_restarts_during_a_finetune_are_ridden_out(stack, small_h5ad, reference_run):
+    """Redis (the broker), the scheduler, the socket proxy and the S3 server restarted one after another
+    while one fine-tune runs: it ends successfully with the outputs of an uninterrupted run."""
+    from local_stack import wait_for
+
+    run_id = "faults-restarts"
+    client = stack.s3()
+    trigger_finetune(stack, run_id)
+    with ContainerWatch(run_id) as watch:
+        first_checkpoint(stack, run_id)
+        stack.restart("redis", down_seconds=3)
+        stack.restart("scheduler", down_seconds=3)
+        stack.restart_proxy(down_seconds=3)
+        # S3: every object, then the server restarted empty and given them back (see the module docstring)
+        paused = docker_ps(f"label=run_id={run_id}", "status=running")
+        docker("pause", *paused)
+        held = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="helical"):
+            for obj in page.get("Contents", []):
+                got = client.get_object(Bucket="helical", Key=obj["Key"])
+                held[obj["Key"]] = (got["Body"].read(), got.get("Metadata", {}),
+                                    got.get("ContentType", "binary/octet-stream"))
+        stack.restart("s3", down_seconds=5)
+        wait_for(lambda: stack.s3().list_buckets() is not None, 60, "the S3 server after its restart")
+        restored = stack.s3()
+        restored.create_bucket(Bucket="helical")
+        for key, (body, metadata, content_type) in held.items():
+            restored.put_object(Bucket="helical", Key=key, Body=body, Metadata=metadata, ContentType=content_type)
+        docker("unpause", *paused)
+        run = wait_for_run(stack, "helical_finetune", run_id, 1800)
+    assert run["state"] == "success", run
+    assert watch.most == 1, watch.seen
+    assert_same_as_uninterrupted(stack, run_id, reference_run)
+
+
+def test_a_runner_container_stopped_from_outside_is_retried_and_resumes(stack, small_h5ad, reference_run):
+    """`docker stop` (SIGTERM, as an operator or a host shutdown does): the attempt fails, the retry resumes
+    from the last checkpoint, the outputs are an uninterrupted run's."""
+    run_id = "faults-container-stop"
+    trigger_finetune(stack, run_id)
+    with ContainerWatch(run_id) as watch:
+        docker("stop", "--time=5", first_checkpoint(stack, run_id))
+        run = wait_for_run(stack, "helical_finetune", run_id, 1800)
+    ti = stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances/{FINETUNE}")
+    assert run["state"] == "success" and ti["try_number"] == 2, (run["state"], ti)
+    assert "resuming from checkpoint" in task_log(stack, run_id, FINETUNE, 2)
+    assert watch.most == 1
+    assert_same_as_uninterrupted(stack, run_id, reference_run)
+    for name in docker_ps(f"label=run_id={run_id}", "status=exited"):
+        docker("rm", name)

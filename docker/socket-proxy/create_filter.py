@@ -112,6 +112,8 @@ def parse(body: bytes) -> dict:
         value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constants)
     except json.JSONDecodeError as err:
         raise Refused(f"body is not JSON ({err.msg})") from None
+    except RecursionError:
+        raise Refused("body is nested too deeply") from None
     if not isinstance(value, dict):
         raise Refused("body is not a JSON object")
     return value

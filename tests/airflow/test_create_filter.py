@@ -200,8 +200,11 @@ def test_keys_compared_as_docker_compares_them(cpu_body):
 
 
 @pytest.mark.parametrize("raw", [b"", b"null", b"[]", b'"x"', b"{", b'{"Image": NaN}', b"\xff\xfe{}",
-                                 b'{"Image": "helical-runner:cpu"} {"Image": "x"}'],
-                         ids=["empty", "null", "list", "string", "truncated", "NaN", "not-utf8", "trailing"])
+                                 b'{"Image": "helical-runner:cpu"} {"Image": "x"}',
+                                 b'{"Labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                 b"\xef\xbb\xbf{}"],
+                         ids=["empty", "null", "list", "string", "truncated", "NaN", "not-utf8", "trailing",
+                              "nested-deeply", "bom"])
 def test_bodies_that_do_not_parse_are_refused(raw):
     assert refused(raw)
 

@@ -145,9 +145,9 @@ MSG
         ;;
     down)
         [ -f .env ] || die "no .env: nothing was started by make stack here"
-        network=$(env_value HELICAL_NETWORK)
-        # runner containers that failed are kept for debugging; they hold the network open
-        ids=$(docker ps -aq --filter "network=${network:-helical}" --filter label=app=helical-runner)
+        runners=$(env_value HELICAL_RUNNER_NETWORK)
+        # runner containers that failed are kept for debugging; they hold the runners' network open
+        ids=$(docker ps -aq --filter "network=${runners:-helical-runners}" --filter label=app=helical-runner)
         [ -z "$ids" ] || docker rm -f $ids >/dev/null
         compose --profile registry down --volumes --remove-orphans >"$CACHE_ROOT/stack-down.log" 2>&1 \
             || { tail -n 30 "$CACHE_ROOT/stack-down.log" >&2; die "docker-compose down failed"; }

@@ -156,10 +156,11 @@ def test_prometheus_has_the_runs_metrics_and_its_targets_are_up(stack, upload_ru
 
 @pytest.mark.skipif(os.environ.get("HELICAL_STACK_KEEP") == "1", reason="HELICAL_STACK_KEEP=1 keeps the stack up")
 def test_stack_down_leaves_nothing_behind(stack):
-    network = stack.env.get("HELICAL_NETWORK", "helical")
+    networks = [stack.env.get("HELICAL_NETWORK", "helical"), stack.env.get("HELICAL_RUNNER_NETWORK", "helical-runners")]
     save_logs()
     make("stack-down", "make-stack-down.log", timeout=600)
     assert compose_containers() == []
-    assert not docker("ps", "-aq", "--filter", f"network={network}").split()  # runner containers too
-    assert network not in docker("network", "ls", "--format", "{{.Name}}").split()
+    for network in networks:
+        assert not docker("ps", "-aq", "--filter", f"network={network}").split()  # runner containers too
+        assert network not in docker("network", "ls", "--format", "{{.Name}}").split()
     assert not docker("volume", "ls", "-q", "--filter", "label=com.docker.compose.project=helical-airflow").split()

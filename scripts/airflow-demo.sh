@@ -37,7 +37,7 @@ if [ "$mode" = docker ]; then
     log "demo: building the runner image if needed (first run on this machine: several minutes)"
     bash scripts/build-runner-image.sh cpu >/dev/null
     export HELICAL_DEMO_ENGINE=$socket
-    log "demo: runner steps run in helical-runner:cpu containers on network helical-runners, through the socket proxy"
+    log "demo: runner steps run in helical-runner:cpu containers on network helical-local-runners, through the socket proxy"
 else
     log "demo: runner steps run as local processes (.venv-runner/bin/helical-runner)"
 fi

@@ -60,7 +60,9 @@ class Stack:
     data_dir: Path  # the host data folder mounted at /data in runners
     runner_mode: str  # docker | local
     engine_socket: str = ""  # the Docker engine's unix socket (runner_mode docker)
-    runner_network: str = "helical-runners"  # the network runner containers join (docker mode)
+    # the network runner containers join (docker mode); not the compose stack's helical-runners, which
+    # docker-compose must create itself on the same engine
+    runner_network: str = "helical-local-runners"
     pushgateway: bool = False  # start Debian's prometheus-pushgateway for runner metrics
     race_ingest: bool = False  # add a second ingest DAG on the same prefix (tests: two sensors racing)
     extra_env: dict = field(default_factory=dict)  # on top of the Airflow processes' environment

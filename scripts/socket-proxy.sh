@@ -7,7 +7,7 @@
 # PORT alone binds 127.0.0.1 only. SOCKET defaults to the engine's socket (scripts/docker-engine.sh).
 # What a container create may hold comes from the environment, as for the Airflow workers:
 #   HELICAL_DATA_DIR        host data folder runners mount at /data            (required)
-#   HELICAL_RUNNER_NETWORK  the runners' network                               (default helical-runners)
+#   HELICAL_RUNNER_NETWORK  the runners' network                               (default helical-local-runners)
 #   HELICAL_PROFILES        resource profiles naming the runner images         (default config/profiles.yaml)
 #   HELICAL_RUNNER_IMAGES   extra images, comma-separated                      (optional)
 # Foreground by default (logs on stdout; Ctrl-C stops both). With --daemon, returns once the proxy answers
@@ -33,7 +33,7 @@ done
 [ -n "$py" ] || die "no Python with PyYAML for the create filter (run: make venvs)"
 filter_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export PROXY_BIND=$bind DOCKER_SOCKET=$socket CREATE_FILTER=127.0.0.1:$filter_port FILTER_BIND=127.0.0.1:$filter_port
-export HELICAL_RUNNER_NETWORK=${HELICAL_RUNNER_NETWORK:-helical-runners}
+export HELICAL_RUNNER_NETWORK=${HELICAL_RUNNER_NETWORK:-helical-local-runners}
 export HELICAL_PROFILES=${HELICAL_PROFILES:-$REPO_ROOT/config/profiles.yaml}
 
 answers() {

@@ -23,7 +23,7 @@ if [ "$mode" = docker ]; then
     bash scripts/build-runner-image.sh cpu >/dev/null
     # the stack (scripts/local_stack.py) starts the socket proxy and the runners' network itself
     export HELICAL_E2E_ENGINE=unix://$socket
-    log "e2e: runner containers on network helical-runners, through the socket proxy, on the engine at $socket"
+    log "e2e: runner containers on network helical-local-runners, through the socket proxy, on the engine at $socket"
 else
     log "e2e: runner steps as local processes (HELICAL_E2E_MODE=$mode)"
 fi

@@ -60,6 +60,7 @@ def data_dir(tmp_path_factory) -> Path:
     World-writable because the container runs as uid 50000, not as the host user that made the folder.
     """
     root = tmp_path_factory.mktemp("data")
+    (root / "scratch").mkdir()  # mounted read-write at /data/scratch, as the DAG mounts it
     subprocess.run([sys.executable, "-m", "helical_runner.synthetic", "model", "--cache-prefix",
                     str(root / "helical"), "--model", MODEL], check=True, capture_output=True, timeout=300)
     for path in [root, *root.rglob("*")]:
@@ -67,7 +68,7 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-RUNNER_NETWORK = "helical-runners"
+RUNNER_NETWORK = "helical-test-runners"  # not compose's helical-runners (tests/stack makes that one)
 
 
 @pytest.fixture(scope="session")

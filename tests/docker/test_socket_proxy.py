@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, RUNNER_NETWORK
 
 pytestmark = pytest.mark.docker
 CFG = REPO / "docker/socket-proxy/haproxy.cfg"
@@ -81,7 +81,7 @@ def runner_body(api, image: str, data_dir, **host) -> dict:
     mounts = [docker.types.Mount("/data", str(data_dir), type="bind", read_only=True),
               docker.types.Mount("/data/scratch", f"{data_dir}/scratch", type="bind")]
     host_config = api.create_host_config(**{
-        "network_mode": "helical-runners", "mounts": mounts, "mem_limit": "2g", "cap_drop": ["ALL"],
+        "network_mode": RUNNER_NETWORK, "mounts": mounts, "mem_limit": "2g", "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"], "pids_limit": 4096, "port_bindings": {}, "ulimits": [],
         "log_config": docker.types.LogConfig(config={}), "cpu_shares": 1024, "auto_remove": False, **host})
     config = api.create_container_config(image, ["info"], user="50000:0", host_config=host_config,
@@ -169,7 +169,7 @@ def test_a_runner_body_passes_and_the_engine_gets_the_parsed_one(socket_proxy, b
         container_id = json.loads(response.read())["Id"]
     try:
         attrs = docker_client.containers.get(container_id).attrs
-        assert attrs["Config"]["User"] == "50000:0" and attrs["HostConfig"]["NetworkMode"] == "helical-runners"
+        assert attrs["Config"]["User"] == "50000:0" and attrs["HostConfig"]["NetworkMode"] == RUNNER_NETWORK
         assert attrs["HostConfig"]["CapDrop"] == ["ALL"] and attrs["HostConfig"]["Privileged"] is False
     finally:
         docker_client.containers.get(container_id).remove(force=True)

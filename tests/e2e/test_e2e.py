@@ -188,7 +188,7 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
         assert container["Config"]["Labels"]["profile"] == "cpu-small"
         host = container["HostConfig"]
         assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
-        assert host["Memory"] == 8 * 1024**3 and host["NetworkMode"] == "helical-runners"  # their own network (issue 20)
+        assert host["Memory"] == 8 * 1024**3 and host["NetworkMode"] == stack.runner_network  # their own (issue 20)
         data = str(stack.data_dir)
         assert [(m["Target"], m["Source"], m.get("ReadOnly", False)) for m in host["Mounts"]] == [
             ("/data", data, True), ("/data/scratch", f"{data}/scratch", False),

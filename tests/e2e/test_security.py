@@ -80,7 +80,7 @@ def test_a_runner_container_reaches_s3_and_the_pushgateway_only(stack, monkeypat
         inspected = engine.inspect_container(container["Id"])
     finally:
         engine.remove_container(container["Id"], force=True)
-    assert inspected["HostConfig"]["NetworkMode"] == "helical-runners" and inspected["Config"]["User"] == "50000:0"
+    assert inspected["HostConfig"]["NetworkMode"] == stack.runner_network and inspected["Config"]["User"] == "50000:0"
     assert inspected["HostConfig"]["CapDrop"] == ["ALL"]
     reached = {target: state for target, state in seen.items() if state == "open" or state.startswith("http")}
     assert set(reached) == {f"s3 {stack.runner_host}:{stack.ports['s3']}",
@@ -104,7 +104,7 @@ def test_the_workers_proxy_refuses_the_escape_and_its_disguises(stack):
     that got past the old regular expressions, sent from the worker's side to the proxy the DAGs use."""
     data = str(stack.data_dir)
     good = {"Image": "helical-runner:cpu", "User": "50000:0", "Cmd": ["info"],
-            "HostConfig": {"NetworkMode": "helical-runners", "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"],
+            "HostConfig": {"NetworkMode": stack.runner_network, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"],
                            "Mounts": [{"Type": "bind", "Source": data, "Target": "/data", "ReadOnly": True}]}}
     host = json.dumps(good["HostConfig"])[1:-1]
     rest = json.dumps({k: v for k, v in good.items() if k != "HostConfig"})[1:-1]

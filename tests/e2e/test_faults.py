@@ -12,8 +12,10 @@ does with its drives."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
 import threading
 import time
 
@@ -54,16 +56,25 @@ class ContainerWatch:
         self._thread.join(timeout=10)
 
 
+def container_log(name: str) -> str:
+    """What the container printed on stdout and stderr (the runner logs on stderr)."""
+    env = {**os.environ, "DOCKER_HOST": os.environ.get("HELICAL_E2E_ENGINE", "unix:///var/run/docker.sock")}
+    out = subprocess.run(["docker", "logs", name], capture_output=True, text=True, env=env, timeout=60)
+    return out.stdout + out.stderr
+
+
 def first_checkpoint(stack, run_id: str, timeout: float = 900) -> str:
-    """The running finetune container, once it has written its first checkpoint."""
+    """The running finetune container, once it has written its first checkpoint: told by its log (a second
+    chunk trained means the first one's checkpoint is saved), not by reading S3. moto computes an ETag
+    lazily from a buffer that every reader shares, so a listing of the checkpoint while the runner reads
+    its ETag back can hand the runner one moto then doesn't keep (MinIO and S3 compute it at write)."""
     from local_stack import wait_for
 
-    client = stack.s3()
-
     def ready():
-        found = client.list_objects_v2(Bucket="helical", Prefix=f"runs/{run_id}/checkpoint.pt").get("Contents")
         running = docker_ps(f"label=run_id={run_id}", f"label=task_id={FINETUNE}", "status=running")
-        return found and running
+        if running and container_log(running[0]).count("helical_runner.training: epoch 1/") >= 2:
+            return running
+        return None
 
     return wait_for(ready, timeout, "the first checkpoint of the finetune step", interval=0.5)[0]
 

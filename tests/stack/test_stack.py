@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 NOT_RUN_HERE = {"cadvisor", "grafana", "dcgm-exporter", "airflow-worker-gpu"}
 ONE_SHOT = {"storage-secrets", "minio-init", "monitoring-secrets", "airflow-init"}
 # Services that need root: the socket proxy reads docker.sock, airflow-init chowns the data folder.
-ROOT_SERVICES = {"docker-socket-proxy", "airflow-init"}
+# root only for the Docker socket (the proxy and its create filter, every capability dropped) or for the
+# data folder's ownership (init)
+ROOT_SERVICES = {"docker-socket-proxy", "docker-api-filter", "airflow-init"}
 RUNNER_STEPS = ("inspect", "chunk", "on_cpu.finetune", "on_cpu.predict")  # inspect and chunk: queue cpu always
 
 
@@ -99,7 +101,8 @@ def test_upload_is_fine_tuned_by_runner_containers_through_the_proxy(stack, uplo
                                              "run_id": run_id, "profile": "cpu-small"}
         assert info["Config"]["Image"] == "helical-runner:cpu"
         assert info["Config"]["User"] == stack.env.get("HELICAL_RUNNER_USER", "50000:0")
-        assert info["HostConfig"]["NetworkMode"] == stack.env.get("HELICAL_NETWORK", "helical")
+        # the runners' own network, shared with MinIO and the Pushgateway only (issue 20)
+        assert info["HostConfig"]["NetworkMode"] == stack.env.get("HELICAL_RUNNER_NETWORK", "helical-runners")
         data = [m for m in info["Mounts"] if m["Destination"] == "/data"]
         assert [(m["Source"], m["RW"]) for m in data] == [(stack.env["HELICAL_DATA_DIR"], False)]
     # succeeded containers are removed; the proxy created each of them (its HTTP log, 201 Created)

@@ -82,10 +82,9 @@ class CheckpointStore:
 
     def _put_s3(self, step: int) -> None:
         loc, client = self.location, storage.s3_client()
-        storage._check_fences(loc)
+        storage.check_fences(loc)
         try:
-            head = storage.with_retries(f"reading {loc}", lambda: client.head_object(Bucket=loc.bucket, Key=loc.key))
-            self._refuse_older(int(head.get("Metadata", {}).get("step", -1)), step)
+            self._refuse_older_than_in_place(step)
         except SupersededError:
             raise
         except Exception as exc:  # noqa: BLE001 - absent is fine: the first checkpoint
@@ -101,15 +100,21 @@ class CheckpointStore:
         try:
             storage.with_retries(f"writing {loc}", put)
         except Exception as exc:  # noqa: BLE001
-            if storage.error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if storage.is_precondition_failed(exc):
                 raise SupersededError(f"{loc} was written by another attempt since this one last saw it; this "
                                       f"attempt (step {step}) stops without replacing it") from None
             raise
         # The ETag as the server keeps it, read back rather than taken from the PUT's answer (moto computes
         # an ETag lazily from a buffer a concurrent listing also reads, and once answered one it didn't keep)
-        head = storage.with_retries(f"reading {loc}", lambda: client.head_object(Bucket=loc.bucket, Key=loc.key))
+        self.etag = self._refuse_older_than_in_place(step)
+
+    def _refuse_older_than_in_place(self, step: int) -> str:
+        """HEAD the checkpoint in place: SupersededError if its step is newer than `step`; else its ETag."""
+        loc = self.location
+        head = storage.with_retries(f"reading {loc}", lambda: storage.s3_client().head_object(
+            Bucket=loc.bucket, Key=loc.key))
         self._refuse_older(int(head.get("Metadata", {}).get("step", -1)), step)
-        self.etag = head["ETag"].strip('"')
+        return head["ETag"].strip('"')
 
     def _replace_local(self, step: int) -> None:
         marker = self.location.path.with_name(CHECKPOINT_NAME + ".step")

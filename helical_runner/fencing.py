@@ -101,7 +101,7 @@ class Lease:
                     Bucket=loc.bucket, Key=loc.key, Body=self._body(), ContentType="application/json",
                     **condition))
             except Exception as exc:  # noqa: BLE001 - only a lost race is retried here
-                if storage.error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                if storage.is_precondition_failed(exc):
                     continue
                 raise
             # read back: the ETag as the server keeps it, and proof that this attempt is the one named

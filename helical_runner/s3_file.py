@@ -134,7 +134,7 @@ class S3File(io.RawIOBase):
         try:
             data = storage.with_retries(f"reading {loc} (bytes {lo}-{hi - 1})", fetch)
         except Exception as exc:
-            if storage.error_code(exc) in ("PreconditionFailed", "412"):
+            if storage.is_precondition_failed(exc):
                 raise InputError(f"{loc} changed while it was being read (its ETag is no longer {self.etag}); "
                                  "run the step again") from None
             if storage.is_not_found(exc):

@@ -150,6 +150,11 @@ def is_not_found(exc: BaseException) -> bool:
     return error_code(exc) in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
 
+def is_precondition_failed(exc: BaseException) -> bool:
+    """A conditional write (IfMatch / IfNoneMatch) refused: another writer came first."""
+    return error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+
+
 # --- fences: writes under a prefix only while this attempt holds its lease (fencing.py) -------------
 
 _fences: dict[str, tuple[Callable[[], None], str]] = {}  # prefix URL -> (check, the lease's own URL)
@@ -164,7 +169,8 @@ def unfence(prefix: Location) -> None:
     _fences.pop(str(prefix).rstrip("/") + "/", None)
 
 
-def _check_fences(loc: Location) -> None:
+def check_fences(loc: Location) -> None:
+    """Run the checks of every fence `loc` lies under (raises to stop the write)."""
     url = str(loc)
     for prefix, (check, exempt) in list(_fences.items()):
         if url.startswith(prefix) and url != exempt:
@@ -236,7 +242,7 @@ def get_bytes(loc: Location) -> bytes:
 
 def upload(src: Path, loc: Location) -> None:
     """Write a local file to the location. Local targets are written to a temp name and renamed."""
-    _check_fences(loc)
+    check_fences(loc)
     if loc.is_s3:
         with_retries(f"writing {loc}", lambda: s3_client().upload_file(str(src), loc.bucket, loc.key))
         return
@@ -244,7 +250,7 @@ def upload(src: Path, loc: Location) -> None:
 
 
 def put_bytes(loc: Location, data: bytes, content_type: str = "application/octet-stream") -> None:
-    _check_fences(loc)
+    check_fences(loc)
     if loc.is_s3:
         with_retries(f"writing {loc}", lambda: s3_client().put_object(
             Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type))
@@ -284,7 +290,7 @@ def list_names(prefix: Location) -> Iterator[str]:
 
 
 def delete(loc: Location) -> None:
-    _check_fences(loc)
+    check_fences(loc)
     if loc.is_s3:
         with_retries(f"deleting {loc}", lambda: s3_client().delete_object(Bucket=loc.bucket, Key=loc.key))
     else:

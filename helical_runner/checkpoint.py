@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -91,22 +92,32 @@ class CheckpointStore:
             if not storage.is_not_found(exc):
                 raise
         condition = {"IfMatch": self.etag} if self.etag else {"IfNoneMatch": "*"}
+        # Names this one write: a PUT the server applied but whose answer was lost (S3 restarting) is retried,
+        # and the retry's 412 is then this attempt's own write, not another attempt's.
+        metadata = {"step": str(step), "write-id": uuid.uuid4().hex}
 
         def put():
             with open(self.local, "rb") as body:
-                return client.put_object(Bucket=loc.bucket, Key=loc.key, Body=body, Metadata={"step": str(step)},
-                                         **condition)
+                return client.put_object(Bucket=loc.bucket, Key=loc.key, Body=body, Metadata=metadata, **condition)
 
         try:
             storage.with_retries(f"writing {loc}", put)
         except Exception as exc:  # noqa: BLE001
-            if storage.is_precondition_failed(exc):
+            if not storage.is_precondition_failed(exc):
+                raise
+            if self._write_id_in_place() != metadata["write-id"]:
                 raise SupersededError(f"{loc} was written by another attempt since this one last saw it; this "
                                       f"attempt (step {step}) stops without replacing it") from None
-            raise
+            log.info("%s: the write whose answer was lost had been applied; going on", loc)
         # The ETag as the server keeps it, read back rather than taken from the PUT's answer (moto computes
         # an ETag lazily from a buffer a concurrent listing also reads, and once answered one it didn't keep)
         self.etag = self._refuse_older_than_in_place(step)
+
+    def _write_id_in_place(self) -> str | None:
+        loc = self.location
+        head = storage.with_retries(f"reading {loc}", lambda: storage.s3_client().head_object(
+            Bucket=loc.bucket, Key=loc.key))
+        return head.get("Metadata", {}).get("write-id")
 
     def _refuse_older_than_in_place(self, step: int) -> str:
         """HEAD the checkpoint in place: SupersededError if its step is newer than `step`; else its ETag."""

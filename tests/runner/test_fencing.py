@@ -4,7 +4,10 @@ conditional writes: IfNoneMatch / IfMatch) and local folders."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 
 import pytest
 import torch
@@ -128,8 +131,6 @@ def test_one_attempt_saves_checkpoint_after_checkpoint_while_others_list_the_pre
     """The common case: one attempt, a checkpoint after every chunk, while Airflow's sensors and people
     list the bucket (moto answered a PUT with an ETag it did not keep when a listing ran at the same time:
     the ETag is read back from the server)."""
-    import threading
-
     stop = threading.Event()
 
     def list_all():
@@ -156,3 +157,70 @@ def test_a_lease_that_vanished_is_taken_again(s3):
     storage.put_bytes(storage.parse(f"s3://{BUCKET}/runs/vanished/report.json"), b"{}")
     holder = json.loads(s3.get_object(Bucket=BUCKET, Key="runs/vanished/lease.finetune.json")["Body"].read())
     assert holder["name"] == "t1" and held.etag
+
+
+class AnswerLosingProxy:
+    """A TCP proxy in front of the S3 server that, once armed, lets one PUT of `key` through and then drops
+    the connection instead of passing the server's answer on: the write is applied, the writer never hears
+    so (what an S3 restarting at the wrong moment does), and its client sends the PUT again."""
+
+    def __init__(self, upstream_port: int, key: str):
+        self.upstream_port, self.target = upstream_port, f"PUT /{BUCKET}/{key}".encode()
+        self.armed = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            current = {"request": b""}
+            threading.Thread(target=self._requests, args=(client, upstream, current), daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, current), daemon=True).start()
+
+    def _requests(self, client, upstream, current) -> None:
+        while data := _recv(client):
+            if data[:8].split(b" ")[0] in {b"GET", b"PUT", b"HEAD", b"POST", b"DELETE"}:
+                current["request"] = data.split(b"\r\n", 1)[0]
+            with contextlib.suppress(OSError):
+                upstream.sendall(data)
+        upstream.close()
+
+    def _answers(self, upstream, client, current) -> None:
+        while data := _recv(upstream):
+            if (self.armed.is_set() and current["request"].startswith(self.target)
+                    and not data.startswith(b"HTTP/1.1 100")):
+                self.armed.clear()
+                for sock in (client, upstream):  # the answer is lost; the write stays applied
+                    with contextlib.suppress(OSError):  # (close alone sends no FIN while a recv blocks on it)
+                        sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                return
+            with contextlib.suppress(OSError):
+                client.sendall(data)
+        client.close()
+
+
+def _recv(sock) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def test_a_checkpoint_put_whose_answer_was_lost_is_not_taken_for_another_attempts(s3, s3_server_control, tmp_path,
+                                                                                   monkeypatch):
+    """S3 applied the PUT, the answer never came, the client sent it again and got 412 (its own write had
+    changed the ETag): the attempt recognises its own write and goes on (CI saw this stop a fine-tune with
+    exit 75 when S3 restarted mid-write)."""
+    proxy = AnswerLosingProxy(s3_server_control.port, "runs/lost-answer/checkpoint.pt")
+    monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+    store = checkpoint.CheckpointStore(storage.parse(f"s3://{BUCKET}/runs/lost-answer"), tmp_path)
+    store.save(_payload(1))
+    proxy.armed.set()
+    store.save(_payload(2))
+    assert not proxy.armed.is_set()  # the answer to the first PUT of step 2 was dropped
+    store.save(_payload(3))
+    head = s3.head_object(Bucket=BUCKET, Key="runs/lost-answer/checkpoint.pt")
+    assert head["Metadata"]["step"] == "3" and head["ETag"].strip('"') == store.etag

@@ -12,6 +12,7 @@ does with its drives."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -156,8 +157,10 @@ def test_infrastructure_restarts_during_a_finetune_are_ridden_out(stack, small_h
 
 
 def test_a_runner_container_stopped_from_outside_is_retried_and_resumes(stack, small_h5ad, reference_run):
-    """`docker stop` (SIGTERM, as an operator or a host shutdown does): the attempt fails, the retry resumes
-    from the last checkpoint, the outputs are an uninterrupted run's."""
+    """`docker stop` (SIGTERM, then SIGKILL after the grace period, as an operator or a host shutdown does)
+    once the first checkpoint is written: the attempt fails with exit 137, the retry's new container resumes
+    from that checkpoint (not from scratch), every training cell is counted once per epoch, and the outputs
+    are an uninterrupted run's."""
     run_id = "faults-container-stop"
     trigger_finetune(stack, run_id)
     with ContainerWatch(run_id) as watch:
@@ -165,8 +168,14 @@ def test_a_runner_container_stopped_from_outside_is_retried_and_resumes(stack, s
         run = wait_for_run(stack, "helical_finetune", run_id, 1800)
     ti = stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances/{FINETUNE}")
     assert run["state"] == "success" and ti["try_number"] == 2, (run["state"], ti)
+    assert "exit code 137" in task_log(stack, run_id, FINETUNE, 1)
     assert "resuming from checkpoint" in task_log(stack, run_id, FINETUNE, 2)
     assert watch.most == 1
+    report = json.loads(stack.s3().get_object(Bucket="helical", Key=f"runs/{run_id}/report.json")["Body"].read())
+    assert report["resumed_from"] and report["resumed_from"]["step"] > 0, report["resumed_from"]
+    cells = report["cells"]
+    trainable = cells["total"] - cells["validation"] - cells["dropped"]
+    assert cells["trained_per_epoch"] == trainable and cells["trained_total"] == FAULT_CONF["epochs"] * trainable
     assert_same_as_uninterrupted(stack, run_id, reference_run)
-    for name in docker_ps(f"label=run_id={run_id}", "status=exited"):
-        docker("rm", name)
+    [stopped] = docker_ps(f"label=run_id={run_id}", "status=exited")  # the stopped attempt, kept for debugging
+    docker("rm", stopped)

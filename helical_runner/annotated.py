@@ -1,11 +1,12 @@
-"""predictions.h5ad: the input's cells with their predictions and embeddings, written chunk by chunk.
+"""predictions.h5ad / embeddings.h5ad: the input's cells with their predictions and embeddings, written chunk
+by chunk.
 
 An AnnData without X (no copy of the counts) and without genes in var:
-  obs                       the input's obs columns, `predicted_<label column>` (categorical over the
-                            model's classes) and `prediction_confidence` (float32, the top probability);
-                            cells the model could not read (no vocabulary gene) keep their row, with a
-                            missing prediction and NaN confidence and embedding
-  obsm['X_geneformer']      cell embeddings [cells, hidden] float32 (model.embed), unless turned off
+  obs                       the input's obs columns; with a label column (predict), `predicted_<label column>`
+                            (categorical over the model's classes) and `prediction_confidence` (float32, the
+                            top probability); cells the model could not read (no vocabulary gene) keep their
+                            row, with a missing prediction and NaN confidence and embedding
+  obsm['X_<family>']        cell embeddings [cells, hidden] float32 (X_geneformer, ...), unless turned off
 
 The first chunk is written with anndata's `write_elem`, so every element carries anndata's encoding
 attributes, into resizable datasets; later chunks are appended with h5py's `resize`. Categorical columns'
@@ -49,17 +50,19 @@ def _storable(values: pd.Series) -> pd.Series | pd.Categorical:
 class AnnotatedWriter:
     """Appends chunks of annotated cells to an .h5ad; `close()` finishes the file (see module docstring)."""
 
-    def __init__(self, path: Path, label_column: str, classes: list[str], embedding_dim: int | None):
+    def __init__(self, path: Path, label_column: str | None, classes: list[str], embedding_dim: int | None,
+                 embedding_key: str = EMBEDDING_KEY):
         self.path = path
-        self.label_column = label_column
+        self.label_column = label_column  # None: no prediction columns (embed)
         self.classes = list(classes)
         self.embedding_dim = embedding_dim
+        self.embedding_key = embedding_key
         self.n_obs = 0
         self._file: h5py.File | None = None
         self._categories: dict[str, list[str]] = {}  # categorical obs column -> its categories so far
         self._columns: list[str] = []
 
-    def append(self, obs: pd.DataFrame, predicted: np.ndarray, confidence: np.ndarray,
+    def append(self, obs: pd.DataFrame, predicted: np.ndarray | None, confidence: np.ndarray | None,
                embeddings: np.ndarray | None) -> None:
         """One chunk: obs [n rows], predicted class indices [n] (-1: none), confidence [n] (NaN: none),
         embeddings [n, embedding_dim] (NaN rows: none; ignored when the writer keeps no embeddings)."""
@@ -67,16 +70,17 @@ class AnnotatedWriter:
 
         frame = pd.DataFrame({str(c): _storable(obs[c]) for c in obs.columns if str(c) != "_index"},
                              index=pd.Index(obs.index.astype(str), name=None))
-        ours = predicted_column(self.label_column)
-        frame[ours] = pd.Categorical.from_codes(np.asarray(predicted, dtype=np.int64), categories=self.classes)
-        frame[CONFIDENCE] = np.asarray(confidence, dtype=np.float32)
+        if self.label_column is not None:
+            ours = predicted_column(self.label_column)
+            frame[ours] = pd.Categorical.from_codes(np.asarray(predicted, dtype=np.int64), categories=self.classes)
+            frame[CONFIDENCE] = np.asarray(confidence, dtype=np.float32)
         n = len(frame)
         if self._file is None:
             self._start(frame, embeddings, write_elem)
         else:
             self._append_obs(frame)
             if self.embedding_dim is not None:
-                self._extend(self._file["obsm"][EMBEDDING_KEY], np.asarray(embeddings, dtype=np.float32))
+                self._extend(self._file["obsm"][self.embedding_key], np.asarray(embeddings, dtype=np.float32))
         self.n_obs += n
 
     def _start(self, frame: pd.DataFrame, embeddings, write_elem) -> None:
@@ -96,7 +100,7 @@ class AnnotatedWriter:
             group["codes"].attrs.update(attrs)  # anndata's encoding-type/-version
         write_elem(self._file, "obsm", {})
         if self.embedding_dim is not None:
-            write_elem(self._file["obsm"], EMBEDDING_KEY, np.asarray(embeddings, dtype=np.float32),
+            write_elem(self._file["obsm"], self.embedding_key, np.asarray(embeddings, dtype=np.float32),
                        dataset_kwargs={"maxshape": (None, self.embedding_dim)})
 
     def _append_obs(self, frame: pd.DataFrame) -> None:

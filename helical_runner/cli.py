@@ -1,4 +1,4 @@
-"""`helical-runner info | inspect | chunk | finetune | predict`: the runner image's entrypoint.
+"""`helical-runner info | inspect | chunk | finetune | predict | embed`: the runner image's entrypoint.
 
 Every failure ends with exactly one line on stderr, `helical-runner: error: <what went wrong>`, and a
 sysexits code (65 bad input: don't retry; 69 a service was unreachable: retry may help; 74 a disk too small
@@ -48,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "URLs are s3://bucket/key (endpoint from S3_ENDPOINT_URL, credentials from AWS_*) or paths.")
     parser.add_argument("--version", action="version", version=f"helical-runner {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,inspect,chunk,finetune,predict}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,inspect,chunk,finetune,predict,embed}")
 
-    info = sub.add_parser("info", help="model metadata as JSON (offline, from helical's cache)")
-    info.add_argument("--model", default="gf-12L-38M-i4096", help="Geneformer model name")
+    info = sub.add_parser("info", help="every model, or one model's metadata, as JSON (offline, from helical's cache)")
+    info.add_argument("--model", help="helical model name (default: list every model and its cache state)")
     info.add_argument("--profile", help="resource profile for the device shown")
 
     inspect = sub.add_parser("inspect", help="what the runner will use in an .h5ad: counts, gene ids, labels, problems")
@@ -107,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="leave the cell embeddings (obsm['X_geneformer']) and the UMAP out")
     _common_run_flags(predict)
     _input_flags(predict)
+
+    embed = sub.add_parser("embed", help="cell embeddings, Leiden clusters and a UMAP from a pretrained model "
+                                         "(no labels needed)")
+    embed.add_argument("--model", default="gf-12L-38M-i4096",
+                       help="helical model name (`helical-runner info` lists them)")
+    embed.add_argument("--data", required=True, help="chunk manifest.json or .h5ad URL")
+    embed.add_argument("--output", required=True,
+                       help="prefix for embeddings.h5ad, umap.png, report.json and report.html")
+    embed.add_argument("--color", nargs="+", action="extend", default=[], metavar="COLUMN",
+                       help="obs column(s) to colour umap.png by, beside the clusters")
+    embed.add_argument("--max-cluster-cells", type=int, default=50_000, metavar="N",
+                       help="cells clustered and laid out together; the rest are placed by nearest neighbours")
+    _common_run_flags(embed)
+    _input_flags(embed)
     return parser
 
 
@@ -121,9 +135,9 @@ def _profile(args):
 
 
 def run_info(args) -> dict:
-    from helical_runner.info import model_info
+    from helical_runner.info import catalogue_info, model_info
 
-    return model_info(args.model, _profile(args))
+    return model_info(args.model, _profile(args)) if args.model else catalogue_info(_profile(args))
 
 
 def run_command(args, profile, scratch, metrics) -> dict:
@@ -155,6 +169,13 @@ def run_command(args, profile, scratch, metrics) -> dict:
         return finetune(args.data, args.label_column, args.output, args.model, profile, config,
                         metrics.run_id, scratch.path, metrics, args.counts, args.gene_column,
                         early_prefetch=not args.no_early_prefetch)
+    if args.command == "embed":
+        from helical_runner.embed import embed
+
+        if args.max_cluster_cells < 10:
+            raise InputError(f"--max-cluster-cells must be at least 10, got {args.max_cluster_cells}")
+        return embed(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics,
+                     args.counts, args.gene_column, args.color, args.max_cluster_cells)
     from helical_runner.predict import predict
 
     return predict(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics,
@@ -168,6 +189,10 @@ def _summary(command: str, result: dict) -> str:
         accuracy = result.get("accuracy")
         return f"{result['steps']} steps, validation accuracy {accuracy:.3f}" if accuracy is not None else \
             f"{result['steps']} steps"
+    if command == "embed":
+        clustered = result.get("clusters")
+        return f"{result['cells']['embedded']} cells embedded" + \
+            (f", {clustered['clusters']} Leiden clusters" if clustered else "")
     return f"{result['cells']['predicted']} cells annotated"
 
 

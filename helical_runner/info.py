@@ -1,23 +1,44 @@
-"""`helical-runner info`: what a model is and where it would run, read offline from helical's cache."""
+"""`helical-runner info`: every model and whether it can run here, or what one model is and where it would
+run, read offline from helical's cache."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 from helical_runner.model_files import locate
 from helical_runner.profiles import Profile
 from helical_runner.runs import versions
 
 
+def catalogue_info(profile: Profile) -> dict:
+    """Every model the runner runs (family, name, embedding and input size, fine-tunes, cached, missing files)
+    and helical's families it doesn't run yet, with why; then the device this profile would use."""
+    import torch
+
+    from helical_runner import models
+
+    return {
+        "models": [asdict(row) for row in models.catalogue()],
+        "not_supported": [{"family": family, "why_not": why} for family, why in models.NOT_YET.items()],
+        "profile": profile.name, "device": profile.device, "precision": profile.precision,
+        "cuda_available": torch.cuda.is_available(), "versions": versions(),
+    }
+
+
 def model_info(model_name: str, profile: Profile) -> dict:
     import torch
 
+    from helical_runner import models
+
+    family = models.family_of(model_name).FAMILY
     files = locate(model_name)
     config = json.loads((files.model_dir / "config.json").read_text())
     weights = next((p for p in files.model_dir.iterdir() if p.name in ("model.safetensors", "pytorch_model.bin")), None)
     n_params = _count_parameters(weights) if weights else None
     return {
         "model": files.name,
+        "family": family,
         "version": files.version,
         "layers": config.get("num_hidden_layers"),
         "hidden_size": config.get("hidden_size"),

@@ -80,7 +80,7 @@ def class_table(metrics: dict | None) -> str:
 
 
 def render(report: dict, figures: dict[str, bytes]) -> str:
-    """The page for one finetune or predict report (report.json's dict) and its pictures {file name: PNG}."""
+    """The page for one finetune, predict or embed report (report.json's dict) and its pictures {file name: PNG}."""
     command, status = report.get("command", "run"), report.get("status", "unknown")
     inputs = report.get("inputs") or {}
     data = inputs.get("data") or {}
@@ -96,7 +96,8 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
 
     summary = _rows([
         ("command", command), ("status", status), ("run id", report.get("run_id")),
-        ("cells", cells.get("total") or cells.get("predicted")),
+        ("cells", cells.get("total") or cells.get("predicted") or cells.get("embedded")),
+        ("Leiden clusters", (report.get("clusters") or {}).get("clusters")),
         ("steps", report.get("steps")), ("epochs", report.get("epochs")),
         (f"{split} accuracy", report.get("accuracy")), (f"{split} macro-F1", (metrics or {}).get("macro_f1")),
         ("duration (s)", durations.get("total_seconds")),
@@ -122,7 +123,7 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
     cell_rows = _rows([(f"cells {k.replace('_', ' ')}", v) for k, v in cells.items()])
     speed = _rows([
         ("cells / s (training)", throughput.get("cells_per_second")),
-        ("cells / s (prediction)", report.get("cells_per_second")),
+        ("cells / s (embedding)" if command == "embed" else "cells / s (prediction)", report.get("cells_per_second")),
         ("time waiting for data", throughput.get("data_wait_fraction")),
         ("padding efficiency", throughput.get("padding_efficiency")),
         *((f"{k.replace('_', ' ')}", v) for k, v in durations.items()),
@@ -144,11 +145,12 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
     ]
     if command == "finetune":
         sections.append(f"<h2>Training curves</h2>{_figure(figures, 'training_curves.png', 'Training curves')}")
-    sections += [
-        f"<h2>Confusion matrix ({split})</h2>{_figure(figures, 'confusion_matrix.png', 'Confusion matrix')}",
-        f"<h2>Per-class metrics ({split})</h2>{class_table(metrics)}",
-    ]
-    if command == "predict":
+    if command != "embed":  # embed has no labels to score
+        sections += [
+            f"<h2>Confusion matrix ({split})</h2>{_figure(figures, 'confusion_matrix.png', 'Confusion matrix')}",
+            f"<h2>Per-class metrics ({split})</h2>{class_table(metrics)}",
+        ]
+    if command in ("predict", "embed"):
         drawn = f'<p class="muted">{umap_note.get("cells", 0):,} of {umap_note.get("of", 0):,} cells</p>' \
             if umap_note else ""
         sections.append(f"<h2>UMAP of the cell embeddings</h2>{_figure(figures, 'umap.png', 'UMAP')}{drawn}")

@@ -185,16 +185,10 @@ class Trainer:
     def predict(self, input_ids: list[np.ndarray], batch_size: int, embeddings: bool = False):
         """Class probabilities [cells, classes] float32, batched by length to limit padding; with
         `embeddings`, also the cell embeddings [cells, hidden] float32 the head saw (see model.embed)."""
-        self.core.eval()
-        lengths = np.array([len(x) for x in input_ids])
-        order = np.argsort(lengths, kind="stable")
         probs = np.zeros((len(input_ids), self.core.classifier.out_features), dtype=np.float32)
         embs = np.zeros((len(input_ids), self.core.classifier.in_features), dtype=np.float32) if embeddings else None
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            ids, mask, lens = collate([input_ids[i] for i in batch], self.pad_id, self.precision.device)
+        for batch, pooled in encode(self.core, input_ids, batch_size, self.pad_id, self.precision):
             with self.precision.autocast():
-                pooled = self.core.embed(ids, mask, lens)
                 logits = self.core.classifier(pooled)  # dropout is the identity in eval mode
             probs[batch] = torch.softmax(logits.float(), dim=1).cpu().numpy()
             if embs is not None:
@@ -210,6 +204,20 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.cells_done = int(state["schedule"]["cells_done"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+def encode(core, input_ids: list[np.ndarray], batch_size: int, pad_id: int, precision: Precision):
+    """Yield (cell positions [b], pooled cell embeddings [b, hidden] on the device) for every cell, in
+    batches of similar length (less padding), in eval mode without gradients. `core.embed(ids, mask,
+    lengths)` is the family's encoder + pooling (model.GeneformerClassifier.embed)."""
+    core.eval()
+    order = np.argsort(np.array([len(x) for x in input_ids]), kind="stable")
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, mask, lens = collate([input_ids[i] for i in batch], pad_id, precision.device)
+            with precision.autocast():
+                yield batch, core.embed(ids, mask, lens)
 
 
 def chunk_order(seed: int, epoch: int, n_chunks: int) -> list[int]:

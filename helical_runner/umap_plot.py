@@ -23,7 +23,7 @@ READ_BLOCK = 65_536  # embedding rows read at a time
 MIN_CELLS = 5  # fewer cells make no neighbourhood graph worth drawing
 
 
-def _labels(group, column: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+def labels(group, column: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
     """(codes of the sampled rows, categories) of an obs column, or None if it is absent."""
     from anndata.io import read_elem
 
@@ -36,10 +36,11 @@ def _labels(group, column: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]
     return codes[rows], [str(c) for c in categories]
 
 
-def sample_embeddings(path: Path, max_cells: int = MAX_CELLS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(row indices, embeddings [rows, hidden]) of up to max_cells cells that have an embedding."""
+def sample_embeddings(path: Path, max_cells: int = MAX_CELLS, seed: int = 0,
+                      key: str = EMBEDDING_KEY) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices, embeddings [rows, hidden]) of up to max_cells cells that have an embedding in obsm[key]."""
     with h5py.File(path, "r") as f:
-        embeddings = f["obsm"][EMBEDDING_KEY]
+        embeddings = f["obsm"][key]
         n = embeddings.shape[0]
         rng = np.random.default_rng(seed)
         wanted = np.sort(rng.choice(n, size=min(n, max_cells), replace=False))
@@ -73,14 +74,16 @@ def plot_umap(h5ad: Path, label_column: str, out: Path, max_cells: int = MAX_CEL
     reducer = umap.UMAP(n_neighbors=min(15, len(rows) - 1), min_dist=0.5, random_state=seed, n_jobs=1)
     layout = reducer.fit_transform(values)
     with h5py.File(h5ad, "r") as f:
-        panels = [("predicted", _labels(f["obs"], predicted_column(label_column), rows)),
-                  ("true", _labels(f["obs"], label_column, rows))]
+        panels = [(f"predicted {label_column}", labels(f["obs"], predicted_column(label_column), rows)),
+                  (f"true {label_column}", labels(f["obs"], label_column, rows))]
     panels = [(name, found) for name, found in panels if found is not None]
-    _draw(layout, panels, label_column, out, len(rows), total)
+    draw(layout, panels, out, len(rows), total, "Geneformer")
     return {"cells": int(len(rows)), "of": int(total)}
 
 
-def _draw(layout: np.ndarray, panels, label_column: str, out: Path, drawn: int, total: int) -> None:
+def draw(layout: np.ndarray, panels, out: Path, drawn: int, total: int, model: str) -> None:
+    """One scatter panel per (title, (codes [cells], categories)), a category's colour the same in every
+    panel, code -1 grey; `model` names the embeddings in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,11 +102,11 @@ def _draw(layout: np.ndarray, panels, label_column: str, out: Path, drawn: int, 
             mine = codes == code
             if mine.any():
                 ax.scatter(*layout[mine].T, s=size, color=colour[category], label=category, linewidths=0)
-        ax.set(title=f"{name} {label_column}", xlabel="UMAP 1", ylabel="UMAP 2", xticks=[], yticks=[])
+        ax.set(title=name, xlabel="UMAP 1", ylabel="UMAP 2", xticks=[], yticks=[])
         if len(categories) <= 30:
             ax.legend(markerscale=max(1.0, 20 / size), fontsize=8, loc="best", frameon=False)
     sample = f"{drawn:,} of {total:,} cells" if drawn < total else f"{drawn:,} cells"
-    fig.suptitle(f"UMAP of Geneformer cell embeddings ({sample})")
+    fig.suptitle(f"UMAP of {model} cell embeddings ({sample})")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -47,11 +47,20 @@ def test_rebuild_without_changes_is_skipped(runner_image, docker_socket):
     assert "up to date" in out.stderr
 
 
-def test_default_command_prints_the_model_as_a_non_root_user(runner_image, data_dir):
+def test_default_command_lists_the_models_as_a_non_root_user(runner_image, data_dir):
+    """`info` (the image's CMD) lists every model and whether the image's cache holds it; `info --model`
+    describes one."""
     result = run(runner_image, data=data_dir)
     assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    rows = {row["name"]: row for row in listing["models"]}
+    assert rows[MODEL]["cached"] and rows[MODEL]["embedding_size"] == 64
+    assert all(path.startswith("/data/helical/") for row in rows.values() for path in row["missing"])
+    assert listing["device"] == "cpu" and listing["cuda_available"] is False
+    result = run(runner_image, "info", "--model", MODEL, data=data_dir)
+    assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    assert info["model"] == MODEL
+    assert info["model"] == MODEL and info["family"] == "geneformer"
     [tokens] = data_dir.glob("helical/**/token_dictionary.json")  # the stand-in's real-gene vocabulary
     assert info["layers"] == 2 and info["hidden_size"] == 64 and info["vocabulary_size"] == len(json.loads(tokens.read_text()))
     assert info["model_dir"].startswith("/data/helical/")

@@ -23,6 +23,16 @@ os.environ.pop("PUSHGATEWAY_URL", None)
 
 BUCKET = "helical"
 MODEL = "gf-12L-38M-i4096"
+# Real .h5ad files from public repositories (SOURCES.md there), kept beside the checkout, never copied in
+REAL_DATA = Path(os.environ.get("HELICAL_REAL_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "real-data"))
+
+
+def real_file(name: str) -> Path:
+    """A file of ../shared/real-data; the test is skipped, saying where it looked, when it is absent."""
+    path = REAL_DATA / name
+    if not path.is_file():
+        pytest.skip(f"real-data fixture {path} is absent (set HELICAL_REAL_DATA to the folder holding it)")
+    return path
 
 
 def free_port() -> int:

@@ -1,0 +1,89 @@
+"""Model families: each turns a chunk of counts into cell embeddings behind one small interface.
+
+A family module (geneformer.py, ...) provides:
+  FAMILY                    its name, also the embeddings' key: obsm['X_<FAMILY>']
+  names()                   the helical model names it runs
+  describe(name)            one row of `helical-runner info` (see ModelRow)
+  load(name, precision)     an Embedder for that model, its files read offline from helical's cache
+
+Commands ask `embedder(name, precision)` and never branch on a family's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from helical_runner.errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """What `helical-runner info` says of one model."""
+
+    family: str
+    name: str  # helical's model name
+    embedding_size: int  # width of a cell embedding
+    input_size: int  # longest input (tokens) the model reads
+    fine_tunes: bool  # `finetune` / `predict` work for it
+    cached: bool  # every file it needs is in helical's cache
+    missing: list[str] = field(default_factory=list)  # files not in the cache (paths)
+    runs_here: bool = True  # this image can run it
+    why_not: str = ""  # when it can't
+
+
+class Embedder(Protocol):
+    family: str
+    name: str
+    obsm_key: str  # X_<family>
+    hidden_size: int
+
+    def genes(self, dataset) -> dict:
+        """How the file's genes meet the vocabulary ({in_file, in_vocabulary, tokens, collapsed});
+        InputError naming the file when none is known."""
+
+    def tokenize(self, chunk):
+        """A dataset.Chunk as token sequences (tokenizer.TokenizedCells: input_ids, kept, cell_ids, ...)."""
+
+    def embed(self, tokens, batch_size: int) -> np.ndarray:
+        """Cell embeddings [kept cells, hidden_size] float32, pooled as helical's get_embeddings pools them."""
+
+
+def _families():
+    from helical_runner.models import geneformer
+
+    return [geneformer]
+
+
+# helical 3.1.4's other RNA families, and why this runner doesn't run them yet (info says so)
+NOT_YET = {
+    "scgpt": "scGPT: not yet supported by helical-runner (issue 22)",
+    "uce": "UCE: not yet supported by helical-runner",
+    "transcriptformer": "TranscriptFormer: not yet supported by helical-runner (helical hard-codes CUDA)",
+    "nicheformer": "Nicheformer: not yet supported by helical-runner",
+    "genept": "GenePT: not yet supported by helical-runner",
+    "tahoe": "Tahoe-x1: not yet supported by helical-runner",
+    "c2s": "Cell2Sentence: not yet supported by helical-runner",
+}
+
+
+def family_of(name: str):
+    """The family module that runs helical model `name`; InputError listing every model otherwise."""
+    for family in _families():
+        if name in family.names():
+            return family
+    known = [n for family in _families() for n in family.names()]
+    raise InputError(f"unknown model '{name}'; models this runner runs: {', '.join(known)} "
+                     "(`helical-runner info` lists them with their cache state)")
+
+
+def embedder(name: str, precision) -> Embedder:
+    """The Embedder of model `name` on `precision.device` (see the family's load)."""
+    return family_of(name).load(name, precision)
+
+
+def catalogue() -> list[ModelRow]:
+    """Every model of every family, in the order `info` prints them."""
+    return [family.describe(name) for family in _families() for name in family.names()]

@@ -31,12 +31,11 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, task
 
-from helical_lib import profiles
+from helical_lib import models, profiles
 from helical_lib.runner import CPU_QUEUE, CPU_STEPS, PLAN_TASK, RunnerOperator
 
 DEFAULT_PROFILE, PROFILES = profiles.load_all()
 STEPS = ("finetune", "predict")  # on the profile's queue
-GENEFORMER_MODEL = "gf-12L-38M-i4096"
 
 
 def optional(type_: str, title: str, description: str, **schema) -> Param:
@@ -51,8 +50,9 @@ PARAMS = {
                   pattern=r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|/data/.+)\.h5ad$"),
     "label_column": Param("cell_type", type="string", title="Label column", minLength=1, maxLength=200,
                           description="obs column with the cell-type labels"),
-    "model": Param(GENEFORMER_MODEL, type="string", title="Model", pattern=r"^gf-[A-Za-z0-9.\-]+$",
-                   description="Geneformer model to start from (helical's name, e.g. gf-12L-38M-i4096)"),
+    "model": Param(models.DEFAULT_MODEL, type="string", title="Model", enum=models.fine_tunable(),
+                   description="Model to start from (helical's name; `helical-runner info` lists them and "
+                               "whether the runner image's cache holds their files)"),
     "profile": Param(DEFAULT_PROFILE, type="string", title="Resource profile", enum=sorted(PROFILES),
                      description="Image, queue, device, memory cap and defaults from config/profiles.yaml"),
     "epochs": optional("integer", "Epochs", "Passes over the data (runner default 1)", minimum=1, maximum=1000),

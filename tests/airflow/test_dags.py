@@ -106,7 +106,7 @@ GOOD = {"data": "s3://helical/incoming/a.h5ad", "label_column": "cell_type", "mo
 
 @pytest.mark.parametrize("name,value", [
     ("data", "http://example.com/a.h5ad"), ("data", "s3://helical/incoming/a.csv"), ("data", "/etc/passwd.h5ad"),
-    ("data", "s3://helical/"), ("label_column", ""), ("model", "bert-base; rm -rf /"),
+    ("data", "s3://helical/"), ("label_column", ""), ("model", "bert-base; rm -rf /"), ("model", "gf-99L-unknown"),
     ("profile", "gpu-1000gb"), ("epochs", 0), ("epochs", "two"), ("precision", "fp8"), ("batch_size", -1),
     ("tokens_per_batch", 0), ("lr", 0), ("lr", 5), ("cells_per_chunk", 0),
 ])

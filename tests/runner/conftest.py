@@ -23,8 +23,9 @@ os.environ.pop("PUSHGATEWAY_URL", None)
 
 BUCKET = "helical"
 MODEL = "gf-12L-38M-i4096"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Real .h5ad files from public repositories (SOURCES.md there), kept beside the checkout, never copied in
-REAL_DATA = Path(os.environ.get("HELICAL_REAL_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "real-data"))
+REAL_DATA = Path(os.environ.get("HELICAL_REAL_DATA", REPO_ROOT.parent / "shared" / "real-data"))
 
 
 def real_file(name: str) -> Path:

@@ -120,3 +120,17 @@ def test_info_without_a_model_lists_every_model_and_its_cache_state(tiny_model):
     assert not other["cached"] and any(p.endswith("/v1/gf-6L-10M-i2048/pytorch_model.bin") for p in other["missing"])
     assert other["embedding_size"] == 256 and other["input_size"] == 2048 and other["fine_tunes"]
     assert "scgpt" in {row["family"] for row in listing["not_supported"]}
+
+
+def test_the_dags_model_list_is_the_runners():
+    """The forms' model fields (dags/helical_lib/models.py, no helical on the DAG side) offer exactly the
+    models the runner runs, with the same families and fine-tuning ability."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+    from helical_runner import models
+
+    spec = importlib.util.spec_from_file_location("dag_models", REPO_ROOT / "dags" / "helical_lib" / "models.py")
+    dag_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dag_models)
+    assert dag_models.MODELS == {row.name: (row.family, row.fine_tunes) for row in models.catalogue()}

@@ -359,6 +359,88 @@ def bench_predict(ctx: Context) -> list[Row]:
     ]
 
 
+# --- 10. embeddings: `embed` vs helical's quick start (read_h5ad + process_data + get_embeddings) -----------
+
+def bench_embed(ctx: Context) -> list[Row]:
+    n = ctx.params["predict_cells"]
+    prefix = ensure_model(ctx, **BENCH_MODEL)
+    env = {"CACHE_DIR_HELICAL_PREFIX": str(prefix)}
+    data = ensure_h5ad(ctx, n, ctx.params["train_genes_per_cell"], seed=4)
+    sides = {k: {"cps": [], "inference": [], "rss": []} for k in ("ours", "helical")}
+    clustering = []
+    for rep in range(ctx.reps):
+        log(f"embed rep {rep + 1}/{ctx.reps}: runner on {n} cells")
+        out = ctx.results / f"embed-runner-{rep}"
+        shutil.rmtree(out, ignore_errors=True)
+        result = ctx.runner(f"embed-runner-{rep}", "embed", "--model", MODEL, "--data", str(data), "--output", str(out),
+                            "--profile", "cpu-small", "--precision", "fp32", "--batch-size", str(PREDICT_BATCH // 4),
+                            "--max-input-size", "4096", **env).check()
+        report = read_report(out)
+        cells, clusters_seconds = report["cells"]["embedded"], report["durations"]["clusters_seconds"]
+        sides["ours"]["cps"].append(cells / (result.seconds - clusters_seconds))  # clustering timed apart
+        sides["ours"]["inference"].append(cells / report["durations"]["embedding_seconds"])
+        clustering.append(clusters_seconds)
+        log(f"embed rep {rep + 1}/{ctx.reps}: helical read_h5ad + process_data + get_embeddings on {n} cells")
+        theirs = ctx.results / f"embed-helical-{rep}.h5ad"
+        result = ctx.child(f"embed-helical-{rep}", "helical-embed", "--path", str(data), "--output", str(theirs),
+                           "--model", MODEL, "--hidden", str(BENCH_MODEL["hidden"]),
+                           "--batch-size", str(PREDICT_BATCH), **env).check()
+        sides["helical"]["cps"].append(result.output["cells"] / result.seconds)
+        sides["helical"]["inference"].append(result.output["cells"] / result.output["inference_seconds"])
+    ours, theirs = sides["ours"], sides["helical"]
+    ratio = median(ours["cps"]) / median(theirs["cps"])
+    setting = (f"{n} cells of ~800 tokens, the random 6-layer 256-hidden Geneformer, fp32, CPU, 2 threads, "
+               f"{PREDICT_BATCH} cells a forward pass on both sides")
+    rows = [
+        Row("10. Embeddings", "cells/s end to end: `embed` (embeddings.h5ad written) vs helical read_h5ad + "
+            "process_data + get_embeddings + write_h5ad", spread(ours["cps"]), spread(theirs["cps"]), ratio,
+            ">= 2", ratio >= 2,
+            f"{setting}. Each side's whole child process; ours less its clustering and UMAP "
+            f"({median(clustering):.1f} s: neighbours, Leiden, UMAP, umap.png), timed apart as the issue asks"),
+        Row("10. Embeddings", "cells/s of the model alone: `embed` vs get_embeddings",
+            spread(ours["inference"]), spread(theirs["inference"]),
+            median(ours["inference"]) / median(theirs["inference"]), "(reference)", None,
+            "ours: report.json durations.embedding_seconds; helical: get_embeddings"),
+    ]
+    return rows + _embed_memory(ctx)
+
+
+def _embed_memory(ctx: Context) -> list[Row]:
+    """Peak RSS of `embed` at two sizes (bounded: one chunk plus the clustering sample), and beside helical's
+    whole-file path at the smaller one. The tiny model and 200 genes a cell keep both sides short."""
+    small_n, big_n = ctx.params["memory_cells"]
+    prefix = ensure_model(ctx, **TINY)
+    env = {"CACHE_DIR_HELICAL_PREFIX": str(prefix)}
+    files = {n: ensure_h5ad(ctx, n, 200, seed=5) for n in (small_n, big_n)}
+    rss, seconds = {}, {}
+    for n in (small_n, big_n):
+        log(f"embed memory: runner on {n:,} cells (tiny model, 200 genes a cell)")
+        out = ctx.results / f"embed-memory-{n}"
+        shutil.rmtree(out, ignore_errors=True)
+        result = ctx.runner(f"embed-memory-{n}", "embed", "--model", MODEL, "--data", str(files[n]), "--output",
+                            str(out), "--profile", "cpu-large", "--precision", "fp32", "--batch-size", "64",
+                            **env).check()
+        rss["ours", n], seconds["ours", n] = result.peak_rss_bytes, result.seconds
+    log(f"embed memory: helical's path on {small_n:,} cells")
+    result = ctx.child(f"embed-memory-helical-{small_n}", "helical-embed", "--path", str(files[small_n]), "--output",
+                       str(ctx.results / f"embed-memory-helical-{small_n}.h5ad"), "--model", MODEL,
+                       "--hidden", str(TINY["hidden"]), "--batch-size", "256", **env).check()
+    rss["helical", small_n], seconds["helical", small_n] = result.peak_rss_bytes, result.seconds
+    ratio = rss["ours", big_n] / rss["ours", small_n]
+    label = f"{big_n // 1000}k vs {small_n // 1000}k cells"
+    return [
+        Row("10. Embeddings", f"peak RSS of `helical-runner embed`, {label}", gib(rss["ours", big_n]),
+            gib(rss["ours", small_n]), ratio, "< 1.15", ratio < 1.15,
+            f"tiny 2-layer 64-hidden model, 200 genes a cell, chunks of cpu-large's size; clusters and UMAP on a "
+            f"50k-cell sample, the rest placed by nearest neighbours; {seconds['ours', big_n]:.0f} s and "
+            f"{seconds['ours', small_n]:.0f} s wall"),
+        Row("10. Embeddings", f"peak RSS of `embed` vs helical's path, {small_n // 1000}k cells",
+            gib(rss["ours", small_n]), gib(rss["helical", small_n]), rss["ours", small_n] / rss["helical", small_n],
+            "(reference)", None, f"helical: read_h5ad + process_data + get_embeddings + write_h5ad, "
+            f"{seconds['helical', small_n]:.0f} s wall"),
+    ]
+
+
 def _same_labels(ours: Path, theirs: Path) -> float:
     """Share of cells both sides gave the same label (the head is the same; pooling and rounding may differ)."""
     import csv
@@ -533,4 +615,5 @@ BENCHMARKS = {
     "first_step": bench_first_step,
     "layouts": bench_layouts,
     "chunk_s3": bench_chunk_s3,
+    "embed": bench_embed,
 }

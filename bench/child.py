@@ -220,6 +220,33 @@ def cmd_helical_annotate(args) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def cmd_helical_embed(args) -> dict:
+    """helical's embedding path on a whole .h5ad, as its quick start: read_h5ad, process_data,
+    get_embeddings (cell mode, last layer); the embeddings written into the AnnData's obsm and saved, as a
+    user keeps them (embed writes embeddings.h5ad)."""
+    import anndata
+    import numpy as np
+    import torch
+    from helical.models.geneformer import Geneformer, GeneformerConfig
+
+    started = time.monotonic()
+    adata = anndata.read_h5ad(args.path)
+    adata.var["ensembl_id"] = adata.var.index.astype(str)
+    config = GeneformerConfig(model_name=args.model, batch_size=args.batch_size, device="cpu", emb_mode="cell")
+    config.config["embsize"] = args.hidden  # the random model's hidden size (ENVIRONMENT.md)
+    model = Geneformer(configurer=config)
+    tokenize_started = time.monotonic()
+    dataset = model.process_data(adata, gene_names="ensembl_id")
+    inference_started = time.monotonic()
+    embeddings = model.get_embeddings(dataset)
+    inference_seconds = time.monotonic() - inference_started
+    adata.obsm["X_geneformer"] = np.asarray(embeddings, dtype=np.float32)
+    adata.write_h5ad(args.output)
+    return {"cells": int(adata.n_obs), "seconds": time.monotonic() - started,
+            "tokenize_seconds": inference_started - tokenize_started, "inference_seconds": inference_seconds,
+            "threads": torch.get_num_threads()}
+
+
 def cmd_padding(args) -> dict:
     """Real tokens / computed tokens: our length-bucketed batches vs helical's file-order batches.
 
@@ -314,6 +341,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="gf-12L-38M-i4096")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=24)
+    p = sub.add_parser("helical-embed")
+    p.add_argument("--path", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--model", default="gf-12L-38M-i4096")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=24)
     p = sub.add_parser("padding")
     p.add_argument("--path", required=True)
     p.add_argument("--model", default="gf-12L-38M-i4096")
@@ -326,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     handler = {"model": cmd_model, "data": cmd_data, "varlen-data": cmd_varlen_data, "read-h5ad": cmd_read_h5ad,
                "helical-train": cmd_helical_train, "padding": cmd_padding, "classifier": cmd_classifier,
-               "helical-annotate": cmd_helical_annotate}[args.cmd]
+               "helical-annotate": cmd_helical_annotate, "helical-embed": cmd_helical_embed}[args.cmd]
     emit(handler(args))
 
 

@@ -72,6 +72,7 @@ def _place_the_rest(h5ad: Path, key: str, reference: np.ndarray, sampled: np.nda
                     layout: np.ndarray) -> int:
     """Place every embedded cell outside `sampled` by its nearest sampled neighbours (module docstring),
     READ_BLOCK rows at a time; returns how many were placed."""
+    import sklearn
     from sklearn.neighbors import NearestNeighbors
 
     index = None
@@ -90,7 +91,8 @@ def _place_the_rest(h5ad: Path, key: str, reference: np.ndarray, sampled: np.nda
                 continue
             if index is None:
                 index = NearestNeighbors(n_neighbors=neighbours).fit(reference)
-            found = index.kneighbors(block[todo], return_distance=False)
+            with sklearn.config_context(working_memory=64):  # MiB of distances at a time: bounded memory
+                found = index.kneighbors(block[todo], return_distance=False)
             votes = ref_codes[found]  # [cells, k]
             counts = np.apply_along_axis(np.bincount, 1, votes, minlength=int(ref_codes.max()) + 1)
             codes[rows[todo]] = counts.argmax(axis=1)

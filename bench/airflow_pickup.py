@@ -61,7 +61,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="helical-bench-pickup-"))
     data = work / "data"
     (data / "scratch").mkdir(parents=True)
-    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "model", "--cache-prefix", str(data / "helical")],
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "model", "--cache-prefix", str(data / "helical")],
                    check=True, capture_output=True)
     for path in [data, *data.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)
@@ -79,7 +79,7 @@ def main() -> None:
             "task_instances"]), 240, "the ingest sensor to defer", interval=2)
         for i in range(args.uploads):
             h5ad = work / f"cells-{i}.h5ad"
-            subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "data", "--output", str(h5ad), "--cells",
+            subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "data", "--output", str(h5ad), "--cells",
                             "200", "--seed", str(i)], check=True, capture_output=True)
             key = f"incoming/pickup-{i}.h5ad"
             put_wall, put = datetime.now().astimezone(), time.monotonic()

@@ -44,7 +44,7 @@ SIZES = {
     },
 }
 
-CHUNK_DONE = "INFO helical_runner.training: epoch 1/1 chunk "  # the loop's log line after each chunk
+CHUNK_DONE = "INFO helical_runner.training.loop: epoch 1/1 chunk "  # the loop's log line after each chunk
 CELLS_PER_CHUNK = 2_000  # cpu-small's chunk size: what the memory benchmark streams with
 BATCH = 12  # the reference batch size
 TOKEN_BUDGET = 16_384  # --tokens-per-batch of the padding benchmark: 4 cells of 4,096 tokens, 80 of 200

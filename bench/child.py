@@ -24,7 +24,7 @@ def emit(result: dict) -> None:
 
 def cmd_model(args) -> dict:
     """A random Geneformer in helical's cache layout, with the dropout of Geneformer's real configs."""
-    from helical_runner.synthetic import write_tiny_geneformer
+    from helical_runner.data.synthetic import write_tiny_geneformer
 
     model_dir = write_tiny_geneformer(Path(args.prefix), args.model, args.layers, args.hidden, args.heads)
     config_path = model_dir / "config.json"
@@ -40,11 +40,11 @@ def cmd_model(args) -> dict:
 
 
 def cmd_data(args) -> dict:
-    """A synthetic raw-count .h5ad (helical_runner.synthetic.make_h5ad), written block by block.
+    """A synthetic raw-count .h5ad (helical_runner.data.synthetic.make_h5ad), written block by block.
 
     --layout csc: the same counts with X stored as CSC (converted in memory: keep --genes-per-cell modest);
     --layout raw: counts in raw/X (with raw/var), X holding log1p(counts per 10,000), as CELLxGENE files do."""
-    from helical_runner.synthetic import make_h5ad
+    from helical_runner.data.synthetic import make_h5ad
 
     out = Path(args.output)
     partial = out.with_name(out.name + ".partial")
@@ -96,7 +96,7 @@ def cmd_varlen_data(args) -> dict:
     import pandas as pd
     import scipy.sparse as sp
 
-    from helical_runner.synthetic import CELL_TYPES, panel
+    from helical_runner.data.synthetic import CELL_TYPES, panel
 
     rng = np.random.default_rng(args.seed)
     sizes = np.clip(rng.lognormal(np.log(args.median_genes), args.sigma, size=args.cells), 100, 4000).astype(int)
@@ -120,9 +120,9 @@ def cmd_classifier(args) -> dict:
     head for the file's cell types. Throughput does not depend on what the head learnt."""
     import torch
 
-    from helical_runner import model as model_io
-    from helical_runner.model_files import locate
-    from helical_runner.synthetic import CELL_TYPES
+    from helical_runner.models.geneformer import network as model_io
+    from helical_runner.models.geneformer.files import locate
+    from helical_runner.data.synthetic import CELL_TYPES
 
     files = locate(args.model, fetch_missing=False)
     torch.manual_seed(args.seed)
@@ -257,10 +257,10 @@ def cmd_padding(args) -> dict:
     """
     import numpy as np
 
-    from helical_runner.batching import is_validation, make_batches, padded_tokens
-    from helical_runner.h5ad_io import H5adRows
-    from helical_runner.model_files import locate
-    from helical_runner.tokenizer import GeneformerTokenizer
+    from helical_runner.training.batching import is_validation, make_batches, padded_tokens
+    from helical_runner.data.h5ad_io import H5adRows
+    from helical_runner.models.geneformer.files import locate
+    from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
 
     tokenizer = GeneformerTokenizer(locate(args.model, fetch_missing=False), args.max_input_size)
     ours_real = ours_padded = theirs_padded = budget_padded = budget_batches = 0

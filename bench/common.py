@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 MODEL = "gf-12L-38M-i4096"  # the cache slot the random models are written to (v3 layout, <cls>/<eos>)
-STAND_IN = "real-genes-20-markers"  # bump when helical_runner/synthetic.py writes different models or cells
+STAND_IN = "real-genes-20-markers"  # bump when helical_runner/data/synthetic.py writes different models or cells
 
 
 def data_dir() -> Path:

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rank-result", help=argparse.SUPPRESS)  # set on data-parallel ranks by the parent
     args = p.parse_args(argv)
-    from helical_runner.precision import DTYPES as PRECISIONS  # the runner's --precision names
+    from helical_runner.training.precision import DTYPES as PRECISIONS  # the runner's --precision names
 
     unknown = [name for name in args.precisions.split(",") + [args.dp_precision] if name not in PRECISIONS]
     if unknown:
@@ -90,7 +90,7 @@ def build_model(args, seed: int):
     import torch
     from transformers import BertConfig, BertModel
 
-    from helical_runner.model import GeneformerClassifier
+    from helical_runner.models.geneformer.network import GeneformerClassifier
 
     config = BertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                         num_attention_heads=args.heads, intermediate_size=args.intermediate,
@@ -112,8 +112,8 @@ def train(args, precision_name: str, device, dist=None) -> dict:
     import numpy as np
     import torch
 
-    from helical_runner.precision import resolve
-    from helical_runner.training import PreparedChunk, Trainer, TrainConfig, TrainState, fit
+    from helical_runner.training.precision import resolve
+    from helical_runner.training.loop import PreparedChunk, Trainer, TrainConfig, TrainState, fit
 
     world = dist.world if dist else 1
     batch = args.batch_size * world  # global batch: each process trains batch_size cells of it
@@ -161,7 +161,7 @@ def _batch_tokens(lengths, batch: int, seed: int) -> list[int]:
     """Real tokens of each step, in the order fit() runs them (make_batches seeded as _train_chunk seeds it)."""
     import numpy as np
 
-    from helical_runner.batching import make_batches
+    from helical_runner.training.batching import make_batches
 
     batches = make_batches(lengths, batch, np.random.default_rng([seed, 0, 0]), bucketed=True)
     return np.array([int(lengths[b].sum()) for b in batches])
@@ -169,7 +169,7 @@ def _batch_tokens(lengths, batch: int, seed: int) -> list[int]:
 
 def data_parallel(args, world: int) -> dict:
     """The same loop as `world` processes (one per GPU); rank 0's figures."""
-    from helical_runner.distributed import launch
+    from helical_runner.training.distributed import launch
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rank0.json"
@@ -197,7 +197,7 @@ def _without(argv: list[str], *flags: str) -> list[str]:
 def rank_main(args) -> int:
     import torch
 
-    from helical_runner.distributed import DistContext
+    from helical_runner.training.distributed import DistContext
 
     dist = DistContext.from_env()
     device = torch.device("cuda", dist.local_rank) if args.device != "cpu" else torch.device("cpu")
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("helical_runner.training").setLevel(logging.ERROR)  # "no validation cells" is by design
+    logging.getLogger("helical_runner.training.loop").setLevel(logging.ERROR)  # "no validation cells" is by design
     if args.rank_result:
         return rank_main(args)
     import torch

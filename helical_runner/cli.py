@@ -135,7 +135,7 @@ def _profile(args):
 
 
 def run_info(args) -> dict:
-    from helical_runner.info import catalogue_info, model_info
+    from helical_runner.commands.info import catalogue_info, model_info
 
     return model_info(args.model, _profile(args)) if args.model else catalogue_info(_profile(args))
 
@@ -143,16 +143,16 @@ def run_info(args) -> dict:
 def run_command(args, profile, scratch, metrics) -> dict:
     metrics.update(memory_limit_bytes=profile.memory_limit_bytes)
     if args.command == "chunk":
-        from helical_runner.chunking import chunk
+        from helical_runner.data.chunking import chunk
 
         return chunk(args.input, args.output, profile.cells_per_chunk, scratch.path, profile.max_input_bytes,
                      progress=metrics.update, counts=args.counts, gene_column=args.gene_column,
                      max_cells=profile.max_cells)
     if args.command == "finetune":
-        from helical_runner.finetune import finetune
+        from helical_runner.commands.finetune import finetune
         from dataclasses import replace
 
-        from helical_runner.training import TrainConfig, merge_config
+        from helical_runner.training.loop import TrainConfig, merge_config
 
         if args.nproc is not None and args.nproc < 1:
             raise InputError(f"--nproc must be at least 1, got {args.nproc}")
@@ -170,13 +170,13 @@ def run_command(args, profile, scratch, metrics) -> dict:
                         metrics.run_id, scratch.path, metrics, args.counts, args.gene_column,
                         early_prefetch=not args.no_early_prefetch)
     if args.command == "embed":
-        from helical_runner.embed import embed
+        from helical_runner.commands.embed import embed
 
         if args.max_cluster_cells < 10:
             raise InputError(f"--max-cluster-cells must be at least 10, got {args.max_cluster_cells}")
         return embed(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics,
                      args.counts, args.gene_column, args.color, args.max_cluster_cells)
-    from helical_runner.predict import predict
+    from helical_runner.commands.predict import predict
 
     return predict(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics,
                    args.counts, args.gene_column, embeddings=not args.no_embeddings)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(exc)
     if args.command == "inspect":
         return run_inspect(args)
-    from helical_runner.distributed import in_rank, launch
+    from helical_runner.training.distributed import in_rank, launch
 
     if not in_rank():
         try:
@@ -222,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_inspect(args) -> int:
     """Print what the runner will use (exit 0), or the facts and then the problem's one line (exit 65)."""
-    from helical_runner import inspection, storage
-    from helical_runner.report import ERROR_NAME, write_json
+    from helical_runner.commands import inspect as inspection
+    from helical_runner.data import storage
+    from helical_runner.outputs.report import ERROR_NAME, write_json
     from helical_runner.runs import Scratch
 
     output = storage.parse(args.output) if args.output else None
@@ -270,9 +271,9 @@ def _data_parallel_world(args) -> int:
 
 
 def _run(args) -> int:
-    from helical_runner import storage
-    from helical_runner.metrics import RunMetrics
-    from helical_runner.report import ERROR_NAME
+    from helical_runner.data import storage
+    from helical_runner.outputs.metrics import RunMetrics
+    from helical_runner.outputs.report import ERROR_NAME
     from helical_runner.runs import Scratch, run_id_for
 
     try:
@@ -287,7 +288,7 @@ def _run(args) -> int:
     info = {"profile": profile.name, "precision": profile.precision, "device": profile.device,
             "model": getattr(args, "model", "") or "", "dag_id": os.environ.get("HELICAL_DAG_ID", ""),
             "task_id": os.environ.get("HELICAL_TASK_ID", "")}
-    from helical_runner.distributed import DistContext
+    from helical_runner.training.distributed import DistContext
 
     main_rank = DistContext.from_env().is_main
     if not main_rank:
@@ -321,7 +322,7 @@ def _record_failure(output, command: str, run_id: str, exc: BaseException) -> in
     """error.json under the output prefix (best effort: S3 may be what failed), then the one line. A
     superseded attempt writes nothing: the outputs are the newer attempt's."""
     from helical_runner.errors import SupersededError
-    from helical_runner.report import ERROR_NAME, write_json
+    from helical_runner.outputs.report import ERROR_NAME, write_json
 
     if isinstance(exc, SupersededError):
         return _fail(exc)

@@ -9,9 +9,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from helical_runner import __version__, storage
-from helical_runner.report import REPORT_NAME
-from helical_runner.storage import Location
+from helical_runner import __version__
+
+from helical_runner.data import storage
+from helical_runner.outputs.report import REPORT_NAME
+from helical_runner.data.storage import Location
 
 
 def run_id_for(output: Location, explicit: str | None) -> str:

@@ -45,11 +45,11 @@ def prepare_data(data: Path, cells: str) -> Path:
     time (a few seconds), so files an older version of the demo left there are never reused."""
     (data / "scratch").mkdir(parents=True, exist_ok=True)
     say("writing a tiny random Geneformer with real human genes into data/demo/helical (helical's cache layout)")
-    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "model", "--cache-prefix",
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "model", "--cache-prefix",
                     str(data / "helical")], check=True, capture_output=True)
     h5ad = data / f"cells-{cells}.h5ad"
     say(f"writing {cells} synthetic cells to {h5ad.relative_to(REPO)}")
-    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "data", "--output", str(h5ad),
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "data", "--output", str(h5ad),
                     "--cells", cells, "--genes-per-cell", "150"], check=True, capture_output=True)
     for path in [data, *data.rglob("*")]:  # the runner image's user (50000) writes scratch and the cache
         path.chmod(0o777 if path.is_dir() else 0o666)

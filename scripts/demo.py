@@ -46,7 +46,7 @@ def main() -> None:
            "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret", "AWS_DEFAULT_REGION": "us-east-1",
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
     os.environ.update(env)
-    from helical_runner.synthetic import make_h5ad, write_tiny_geneformer
+    from helical_runner.data.synthetic import make_h5ad, write_tiny_geneformer
 
     print(f"demo folder: {workdir}")
     print("writing a tiny random Geneformer (gf-12L-38M-i4096 layout) and synthetic cells ...", flush=True)

@@ -12,7 +12,7 @@ case " $* " in *"not slow"*) log "stack: every test is slow; skipped by the mark
 
 ensure_apt docker-compose chromium
 ensure_clients_env
-ensure_venv runner "$REPO_ROOT/requirements/runner.lock"  # helical_runner.synthetic from this clone (PYTHONPATH)
+ensure_venv runner "$REPO_ROOT/requirements/runner.lock"  # helical_runner.data.synthetic from this clone (PYTHONPATH)
 DOCKER_HOST=unix://$(bash scripts/docker-engine.sh)
 export DOCKER_HOST
 VIRTUAL_ENV=$REPO_ROOT/.venv-clients run_pytest .venv-clients/bin/python stack tests/stack "$@"

@@ -14,7 +14,7 @@ from helical_lib.settings import Settings
 
 DATA_MOUNT = "/data"  # where the host data folder appears inside runners (and in form URLs)
 EXIT_USAGE = 2  # argparse's code for arguments the runner can't take: the same command would fail again
-EXIT_SUPERSEDED = 75  # a newer attempt of the step holds its outputs' lease (helical_runner/fencing.py)
+EXIT_SUPERSEDED = 75  # a newer attempt of the step holds its outputs' lease (helical_runner/outputs/fencing.py)
 EXIT_BAD_INPUT = 65  # sysexits EX_DATAERR, the runner's code (and error.json's) for a wrong input: never retried
 
 

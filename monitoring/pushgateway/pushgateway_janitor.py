@@ -1,6 +1,6 @@
 """Delete the Pushgateway groups of runner runs that are over (the Pushgateway has no TTL).
 
-Each runner step pushes its own group {job="helical_runner", run_id, command} (helical_runner/metrics.py) and
+Each runner step pushes its own group {job="helical_runner", run_id, command} (helical_runner/outputs/metrics.py) and
 its last push says status succeeded or failed. Left alone, those groups are exported forever: a finished run
 would look current and a killed runner would say "running" for ever. This script deletes
   - groups whose status is succeeded/failed and whose last push is older than KEEP_FINISHED_SECONDS

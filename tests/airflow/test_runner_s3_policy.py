@@ -58,7 +58,7 @@ def client(service: str, endpoint: str, key: str, secret: str):
     import boto3
     from botocore.config import Config
 
-    # as the runner's own client (helical_runner/storage.py): SigV4, path-style, no retries to hide a denial
+    # as the runner's own client (helical_runner/data/storage.py): SigV4, path-style, no retries to hide a denial
     config = Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1})
     return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
                         aws_secret_access_key=secret, config=config)
@@ -305,8 +305,8 @@ def test_dot_segments_stay_inside_the_writable_prefix(moto_iam, key):
 RUNNER_SCRIPT = textwrap.dedent("""
     import os, sys, tempfile
     from pathlib import Path
-    from helical_runner import storage
-    from helical_runner.s3_file import S3File
+    from helical_runner.data import storage
+    from helical_runner.data.s3_file import S3File
 
     bucket = sys.argv[1]
     loc = storage.parse(f"s3://{bucket}/incoming/x")
@@ -342,7 +342,7 @@ RUNNER_SCRIPT = textwrap.dedent("""
 
 
 def test_the_runners_storage_calls_pass_with_the_runner_credentials(moto_iam):
-    """helical_runner.storage and s3_file, run as in a runner container: S3_ENDPOINT_URL and AWS_* only."""
+    """helical_runner.data.storage and s3_file, run as in a runner container: S3_ENDPOINT_URL and AWS_* only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
     env.update(PYTHONPATH=str(REPO), S3_ENDPOINT_URL=moto_iam.endpoint, AWS_ACCESS_KEY_ID=moto_iam.runner_key,
                AWS_SECRET_ACCESS_KEY=moto_iam.runner_secret, AWS_DEFAULT_REGION="us-east-1", S3_RETRY_SECONDS="5")

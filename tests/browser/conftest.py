@@ -32,8 +32,8 @@ def run_reports(tmp_path_factory) -> dict:
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
     env.pop("PUSHGATEWAY_URL", None)
     data = work / "cells.h5ad"
-    _runner(env, "-m", "helical_runner.synthetic", "model", "--cache-prefix", str(work / "helical"))
-    _runner(env, "-m", "helical_runner.synthetic", "data", "--output", str(data), "--cells", "400",
+    _runner(env, "-m", "helical_runner.data.synthetic", "model", "--cache-prefix", str(work / "helical"))
+    _runner(env, "-m", "helical_runner.data.synthetic", "data", "--output", str(data), "--cells", "400",
             "--genes-per-cell", "150")
     classes = json.loads(_runner(env, "-c", "import anndata, json, sys; obs = anndata.read_h5ad(sys.argv[1]).obs; "
                                  f"print(json.dumps(sorted(map(str, obs['{LABEL}'].unique()))))", str(data)))

@@ -61,7 +61,7 @@ def data_dir(tmp_path_factory) -> Path:
     """
     root = tmp_path_factory.mktemp("data")
     (root / "scratch").mkdir()  # mounted read-write at /data/scratch, as the DAG mounts it
-    subprocess.run([sys.executable, "-m", "helical_runner.synthetic", "model", "--cache-prefix",
+    subprocess.run([sys.executable, "-m", "helical_runner.data.synthetic", "model", "--cache-prefix",
                     str(root / "helical"), "--model", MODEL], check=True, capture_output=True, timeout=300)
     for path in [root, *root.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)

@@ -59,7 +59,7 @@ def data_dir(work_dir):
     uid (50000) in the containers."""
     data = work_dir / "data"
     (data / "scratch").mkdir(parents=True)
-    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "model", "--cache-prefix",
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "model", "--cache-prefix",
                     str(data / "helical")], check=True, capture_output=True, timeout=300)
     for path in [data, *data.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)
@@ -86,7 +86,7 @@ def stack(work_dir, data_dir):
 @pytest.fixture(scope="session")
 def h5ad(work_dir) -> Path:
     path = work_dir / "cells.h5ad"
-    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "data", "--output", str(path), "--cells",
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "data", "--output", str(path), "--cells",
                     "600"], check=True, capture_output=True, timeout=300)
     return path
 
@@ -95,7 +95,7 @@ def h5ad(work_dir) -> Path:
 def small_h5ad(work_dir) -> Path:
     """240 cells: quick to fine-tune, and six chunks of 40 for the resume test."""
     path = work_dir / "small.h5ad"
-    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "data", "--output", str(path), "--cells",
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "data", "--output", str(path), "--cells",
                     "240", "--seed", "7"], check=True, capture_output=True, timeout=300)
     return path
 

@@ -73,7 +73,7 @@ def first_checkpoint(stack, run_id: str, timeout: float = 900) -> str:
 
     def ready():
         running = docker_ps(f"label=run_id={run_id}", f"label=task_id={FINETUNE}", "status=running")
-        if running and container_log(running[0]).count("helical_runner.training: epoch 1/") >= 2:
+        if running and container_log(running[0]).count("helical_runner.training.loop: epoch 1/") >= 2:
             return running
         return None
 

@@ -1,5 +1,5 @@
 """The Pushgateway has no TTL: monitoring/pushgateway/pushgateway_janitor.py against a real Pushgateway with
-groups pushed by the runner's own RunMetrics (helical_runner/metrics.py), and what Prometheus shows after."""
+groups pushed by the runner's own RunMetrics (helical_runner/outputs/metrics.py), and what Prometheus shows after."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pushgateway_janitor  # noqa: E402
 
 
 def push_run(gateway: str, run_id: str, command: str, final: str | None):
-    from helical_runner.metrics import RunMetrics
+    from helical_runner.outputs.metrics import RunMetrics
 
     metrics = RunMetrics(command, run_id, {"dag_id": "helical_finetune", "task_id": f"on_cpu.{command}"},
                          gateway=gateway, interval=0.5)

@@ -1,6 +1,6 @@
 """The promtool tests' input series are what the stack really exports: Airflow series with the names and label
 names the mapping makes of real Airflow packets, runner series with the runner's own metric names
-(helical_runner/metrics.py) and the Pushgateway's group labels, cAdvisor series with the DAGs' labels."""
+(helical_runner/outputs/metrics.py) and the Pushgateway's group labels, cAdvisor series with the DAGs' labels."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def input_series() -> list[tuple[str, set[str], str]]:
 
 
 def runner_metric_names() -> set[str]:
-    from helical_runner.metrics import RunMetrics
+    from helical_runner.outputs.metrics import RunMetrics
 
     metrics = RunMetrics("finetune", "r", {}, gateway="")
     metrics._refresh()

@@ -28,7 +28,7 @@ def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def runner_run(prometheus, pushgateway, tmp_path_factory):
     """`chunk` then a short `finetune` on synthetic cells with the tiny model, pushing every second."""
-    from helical_runner.synthetic import make_h5ad, write_tiny_geneformer
+    from helical_runner.data.synthetic import make_h5ad, write_tiny_geneformer
 
     write_tiny_geneformer(_CACHE_PREFIX, MODEL)
     work = tmp_path_factory.mktemp("runner")

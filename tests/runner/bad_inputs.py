@@ -3,7 +3,7 @@ end-to-end tests upload them to incoming/ (`python tests/runner/bad_inputs.py OU
 reasons.json: name -> the words its reason must contain).
 
 Each entry: name -> (bytes from a valid file's bytes, the words the one-line reason must contain).
-Genes are real human ones the stand-in model knows (helical_runner.synthetic.panel), so only the intended
+Genes are real human ones the stand-in model knows (helical_runner.data.synthetic.panel), so only the intended
 fault is wrong.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from helical_runner.synthetic import make_h5ad, panel
+from helical_runner.data.synthetic import make_h5ad, panel
 
 
 def h5ad_bytes(X, genes=None, obs=None) -> bytes:

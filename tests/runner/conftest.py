@@ -44,7 +44,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from helical_runner.synthetic import write_tiny_geneformer
+    from helical_runner.data.synthetic import write_tiny_geneformer
 
     return write_tiny_geneformer(_CACHE_PREFIX, MODEL)
 
@@ -104,7 +104,7 @@ def s3(s3_server):
 @pytest.fixture(scope="session")
 def cells_h5ad(tmp_path_factory) -> Path:
     """900 cells x 2,000 genes, 4 cell types with marker genes (learnable in a few steps)."""
-    from helical_runner.synthetic import make_h5ad
+    from helical_runner.data.synthetic import make_h5ad
 
     return make_h5ad(tmp_path_factory.mktemp("data") / "cells.h5ad", n_cells=900, n_genes=2000, n_types=4,
                      genes_per_cell=150, seed=1)

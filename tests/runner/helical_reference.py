@@ -5,7 +5,7 @@ from __future__ import annotations
 import anndata
 import numpy as np
 
-from helical_runner.model_files import ModelFiles
+from helical_runner.models.geneformer.files import ModelFiles
 
 
 def helical_tokens(files: ModelFiles, adata: anndata.AnnData, collapse: bool = False) -> list[np.ndarray]:

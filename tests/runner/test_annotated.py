@@ -6,7 +6,7 @@ import anndata
 import numpy as np
 import pandas as pd
 
-from helical_runner.annotated import AnnotatedWriter
+from helical_runner.outputs.annotated import AnnotatedWriter
 
 
 def _chunk(start: int, n: int, donors: list[str]) -> pd.DataFrame:

@@ -94,7 +94,7 @@ def test_unreachable_s3_fails_with_exit_69_after_retrying(tiny_model, capfd, mon
 
 
 def test_gene_symbols_are_mapped_through_the_models_own_mapping(s3, tiny_model, capfd):
-    from helical_runner.synthetic import panel
+    from helical_runner.data.synthetic import panel
 
     genes = list(panel(300)["symbol"])  # real symbols, mapped through the stand-in's mapping file
     X = counts(n_cells=60, n_genes=300)

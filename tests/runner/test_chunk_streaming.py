@@ -46,7 +46,7 @@ def read_chunks(folder: Path):
 
 
 def test_obs_read_chunk_by_chunk_gives_anndatas_rows_and_value_counts(rich_obs, tmp_path):
-    from helical_runner.dataset import summarise_obs
+    from helical_runner.data.dataset import summarise_obs
 
     out = tmp_path / "chunks"
     result = run_cli("chunk", "--input", str(rich_obs["csr"]), "--output", str(out), "--cells-per-chunk", "250")

@@ -25,7 +25,7 @@ import pytest
 import bad_inputs
 from conftest import BUCKET, run_cli
 from helical_runner.errors import InputError
-from helical_runner.h5ad_safety import MAX_RATIO, check_h5ad
+from helical_runner.data.h5ad_safety import MAX_RATIO, check_h5ad
 
 SECRET = "wJalrXUtnFEMI-crafted-test-secret-K7MDENG"  # must never reach stdout, stderr or a report
 TIMEOUT = 60  # seconds: a refusal reads metadata only; the attacks seen ran for minutes
@@ -258,7 +258,7 @@ def honest(valid, tmp_path_factory) -> Path:
 
 
 def test_an_unusual_but_honest_file_opens_and_reads(honest, valid):
-    from helical_runner.h5ad_io import H5adRows
+    from helical_runner.data.h5ad_io import H5adRows
 
     with H5adRows(honest, str(honest), max_cells=60) as rows, H5adRows(valid, str(valid)) as plain:
         assert rows.n_obs == 60 and rows.var_names == plain.var_names

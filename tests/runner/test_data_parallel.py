@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def deterministic_model():
     """The tiny model with dropout off: with dropout, one and two processes draw different masks."""
-    from helical_runner.synthetic import write_tiny_geneformer
+    from helical_runner.data.synthetic import write_tiny_geneformer
 
     prefix = Path(tempfile.mkdtemp(prefix="helical-test-nodropout-"))
     write_tiny_geneformer(prefix, MODEL, dropout=0.0)

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from conftest import BUCKET, run_cli
-from helical_runner import checkpoint, fencing, storage
+from helical_runner.training import checkpoint
+from helical_runner.outputs import fencing
+from helical_runner.data import storage
 from helical_runner.errors import SupersededError
 
 

@@ -23,7 +23,7 @@ EMPTY_CELL = 7  # a cell with no counts at all: Geneformer can't read it, its ro
 def users_file(tmp_path_factory) -> Path:
     """300 cells in the synthetic layout, plus what users' obs tables hold: a free-text column, a count
     column, a nullable integer column, and one cell with no counts."""
-    from helical_runner.synthetic import make_h5ad
+    from helical_runner.data.synthetic import make_h5ad
 
     folder = tmp_path_factory.mktemp("outputs")
     path = make_h5ad(folder / "source.h5ad", n_cells=300, n_genes=2000, n_types=4, genes_per_cell=150, seed=3)

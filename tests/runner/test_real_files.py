@@ -17,11 +17,11 @@ import pytest
 import scipy.sparse as sp
 
 from helical_runner.cli import main
-from helical_runner.dataset import open_dataset
+from helical_runner.data.dataset import open_dataset
 from helical_runner.errors import InputError
-from helical_runner.h5ad_io import H5adRows
-from helical_runner.h5ad_layout import read_frame
-from helical_runner.synthetic import make_h5ad
+from helical_runner.data.h5ad_io import H5adRows
+from helical_runner.data.h5ad_layout import read_frame
+from helical_runner.data.synthetic import make_h5ad
 from test_user_files import (N_CELLS, N_GENES, assert_same_tokens, expected_tokens, log_normalised,  # noqa: F401
                              model_files, runner_tokens, truth, write)
 
@@ -230,7 +230,7 @@ def test_inspect_with_no_obs_columns_says_so(tmp_path, truth, capfd):
 # ------------------------------------------------------------------ the synthetic generator
 
 def test_synthetic_data_caps_genes_at_its_table_and_says_so(tmp_path, capfd):
-    from helical_runner.synthetic import panel
+    from helical_runner.data.synthetic import panel
 
     held = len(panel())
     path = make_h5ad(tmp_path / "many.h5ad", n_cells=20, n_genes=held + 571, genes_per_cell=50)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from helical_runner.report_html import render
+from helical_runner.outputs.report_html import render
 
 
 def test_user_strings_are_escaped_and_the_page_is_self_contained():

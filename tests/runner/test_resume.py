@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import BUCKET, run_cli, wait_for
-from helical_runner.synthetic import make_h5ad
+from helical_runner.data.synthetic import make_h5ad
 
 pytestmark = pytest.mark.slow
 

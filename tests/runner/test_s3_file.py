@@ -1,4 +1,4 @@
-"""Reading an .h5ad in place on S3 (helical_runner.s3_file) against moto's S3 server: the same bytes and rows
+"""Reading an .h5ad in place on S3 (helical_runner.data.s3_file) against moto's S3 server: the same bytes and rows
 as the local file, a connection cut halfway through a response retried, an object replaced mid-read refused.
 
 The cut is made by a real TCP proxy between boto3 and the S3 server that forwards the first part of one
@@ -91,8 +91,8 @@ def uploaded(s3, cells_h5ad):
 
 
 def test_random_reads_return_the_objects_bytes(uploaded, cells_h5ad):
-    from helical_runner.s3_file import S3File
-    from helical_runner.storage import parse
+    from helical_runner.data.s3_file import S3File
+    from helical_runner.data.storage import parse
 
     local = cells_h5ad.read_bytes()
     rng = np.random.default_rng(0)
@@ -109,9 +109,9 @@ def test_random_reads_return_the_objects_bytes(uploaded, cells_h5ad):
 
 
 def test_h5py_reads_the_same_rows_in_place_as_from_the_local_file(uploaded, cells_h5ad):
-    from helical_runner.h5ad_io import H5adRows
-    from helical_runner.s3_file import S3File
-    from helical_runner.storage import parse
+    from helical_runner.data.h5ad_io import H5adRows
+    from helical_runner.data.s3_file import S3File
+    from helical_runner.data.storage import parse
 
     remote_file = S3File(parse(uploaded), **SMALL_BLOCKS)
     with H5adRows(remote_file, uploaded) as remote, H5adRows(cells_h5ad, str(cells_h5ad)) as local:
@@ -126,15 +126,15 @@ def test_h5py_reads_the_same_rows_in_place_as_from_the_local_file(uploaded, cell
 
 
 def test_a_connection_cut_mid_response_is_retried(uploaded, cells_h5ad, s3_server_control, monkeypatch, caplog):
-    from helical_runner.h5ad_io import H5adRows
-    from helical_runner.s3_file import S3File
-    from helical_runner.storage import parse
+    from helical_runner.data.h5ad_io import H5adRows
+    from helical_runner.data.s3_file import S3File
+    from helical_runner.data.storage import parse
 
     proxy = CuttingProxy(s3_server_control.port)
     monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
     try:
         remote_file = S3File(parse(uploaded), **SMALL_BLOCKS)
-        with caplog.at_level(logging.WARNING, logger="helical_runner.storage"), \
+        with caplog.at_level(logging.WARNING, logger="helical_runner.data.storage"), \
                 H5adRows(remote_file, uploaded) as remote, H5adRows(cells_h5ad, str(cells_h5ad)) as local:
             proxy.cut_next(20_000)  # headers and the first part of a 64+ KiB body, then the connection drops
             a, b = remote.rows(0, 900), local.rows(0, 900)
@@ -147,8 +147,8 @@ def test_a_connection_cut_mid_response_is_retried(uploaded, cells_h5ad, s3_serve
 
 def test_an_object_replaced_while_it_is_read_is_refused(uploaded, s3, cells_h5ad):
     from helical_runner.errors import InputError
-    from helical_runner.s3_file import S3File
-    from helical_runner.storage import parse
+    from helical_runner.data.s3_file import S3File
+    from helical_runner.data.storage import parse
 
     remote = S3File(parse(uploaded), **SMALL_BLOCKS)
     remote.read(1000)

@@ -11,8 +11,8 @@ import pytest
 import scipy.sparse as sp
 
 from helical_reference import helical_tokens
-from helical_runner.model_files import ModelFiles
-from helical_runner.tokenizer import GeneformerTokenizer
+from helical_runner.models.geneformer.files import ModelFiles
+from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
 
 
 def _files(tmp_path, genes, medians, special=True, input_size=4096, symbols=None) -> ModelFiles:
@@ -72,7 +72,7 @@ def test_cells_without_vocabulary_genes_are_dropped_and_counted(tmp_path):
 def _pbmc_like(tmp_path, n_cells=200, seed=0):
     """A 10x-style file: real symbols as var names, two of which name one Ensembl id (readthrough genes:
     PAK6 and BUB1B-PAK6 are ENSG00000137843 in NCBI's annotation), plus a symbol no model knows."""
-    from helical_runner.synthetic import panel
+    from helical_runner.data.synthetic import panel
 
     pairs = {"PAK6": "ENSG00000137843", "BUB1B-PAK6": "ENSG00000137843", "GNMT": "ENSG00000124713",
              "CNPY3-GNMT": "ENSG00000124713"}

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from helical_runner.batching import is_validation, make_batches, padding_efficiency
+from helical_runner.training.batching import is_validation, make_batches, padding_efficiency
 from helical_runner.errors import InputError
-from helical_runner.precision import resolve, select_device
-from helical_runner.training import TrainConfig, TrainState, linear_warmup_decay, merge_config
+from helical_runner.training.precision import resolve, select_device
+from helical_runner.training.loop import TrainConfig, TrainState, linear_warmup_decay, merge_config
 
 
 def test_merge_config_keeps_unset_values_and_rejects_bad_ones():
@@ -72,9 +72,9 @@ def test_warmup_then_linear_decay():
 
 
 def test_learning_rate_follows_cells_trained_whatever_the_batch_sizes(tiny_model):
-    from helical_runner import model as model_io
-    from helical_runner.precision import Precision
-    from helical_runner.training import Trainer
+    from helical_runner.models.geneformer import network as model_io
+    from helical_runner.training.precision import Precision
+    from helical_runner.training.loop import Trainer
 
     net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True)
     trainer = Trainer(net, TrainConfig(lr=1e-3, warmup_fraction=0.2), Precision("fp32", torch.device("cpu")),
@@ -131,8 +131,8 @@ def test_grad_scaler_skips_a_step_with_overflowed_gradients_and_backs_off():
 
 
 def test_checkpoint_state_round_trip_without_pickle(tmp_path):
-    from helical_runner.checkpoint import CheckpointStore, state_from_dict, state_to_dict
-    from helical_runner.storage import Location
+    from helical_runner.training.checkpoint import CheckpointStore, state_from_dict, state_to_dict
+    from helical_runner.data.storage import Location
 
     state = TrainState(epoch=1, chunk_pos=2, step=40, cells_seen=480, history=[{"loss": 0.5, "step": 40}],
                        step_losses=[0.9, 0.7], step_lrs=[1e-5, 2e-5],
@@ -148,7 +148,7 @@ def test_checkpoint_state_round_trip_without_pickle(tmp_path):
 
 
 def test_attention_dropout_is_off_by_default_and_settable(tiny_model):
-    from helical_runner import model as model_io
+    from helical_runner.models.geneformer import network as model_io
 
     net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True)
     net.set_attention_dropout(0.1)
@@ -160,7 +160,7 @@ def test_attention_dropout_is_off_by_default_and_settable(tiny_model):
 
 def test_encoder_trains_without_dropout_by_default_as_helical_does(tiny_model):
     # helical's train() runs the encoder in eval mode; ours trains in train mode with its dropout rates at 0
-    from helical_runner import model as model_io
+    from helical_runner.models.geneformer import network as model_io
 
     torch.manual_seed(0)
     net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True)
@@ -183,8 +183,8 @@ def test_encoder_trains_without_dropout_by_default_as_helical_does(tiny_model):
 
 
 def test_key_padding_mask_gives_the_same_logits_as_transformers_own_mask(tiny_model):
-    from helical_runner import model as model_io
-    from helical_runner.batching import collate
+    from helical_runner.models.geneformer import network as model_io
+    from helical_runner.training.batching import collate
 
     torch.manual_seed(0)
     net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True).eval()
@@ -205,9 +205,9 @@ def test_key_padding_mask_gives_the_same_logits_as_transformers_own_mask(tiny_mo
 
 
 def test_fused_adamw_steps_as_the_per_tensor_one(tiny_model):
-    from helical_runner import model as model_io
-    from helical_runner.precision import Precision
-    from helical_runner.training import Trainer
+    from helical_runner.models.geneformer import network as model_io
+    from helical_runner.training.precision import Precision
+    from helical_runner.training.loop import Trainer
 
     nets = []
     for _ in range(2):
@@ -235,7 +235,7 @@ def test_fused_adamw_steps_as_the_per_tensor_one(tiny_model):
 def test_first_chunk_is_read_before_the_loop_asks_and_handed_over_once():
     import threading
 
-    from helical_runner.dataset import HeadStart
+    from helical_runner.data.dataset import HeadStart
 
     calls, read = [], threading.Event()
 
@@ -252,7 +252,7 @@ def test_first_chunk_is_read_before_the_loop_asks_and_handed_over_once():
 
 
 def test_a_resumed_run_starting_at_another_chunk_reads_that_one():
-    from helical_runner.dataset import HeadStart
+    from helical_runner.data.dataset import HeadStart
 
     calls = []
     served = HeadStart(lambda i: calls.append(i) or i, 0).serve(lambda i: calls.append(i) or i)
@@ -260,7 +260,7 @@ def test_a_resumed_run_starting_at_another_chunk_reads_that_one():
 
 
 def test_an_error_of_the_early_read_is_raised_where_the_loop_asks_for_the_chunk():
-    from helical_runner.dataset import HeadStart
+    from helical_runner.data.dataset import HeadStart
 
     def load(i: int):
         raise InputError(f"chunk {i} has no obs column 'cell_type'")

@@ -23,10 +23,10 @@ from conftest import MODEL
 from helical_reference import helical_tokens
 from helical_runner.cli import main
 from helical_runner.errors import InputError
-from helical_runner.h5ad_io import H5adRows
-from helical_runner.model_files import locate
-from helical_runner.synthetic import panel
-from helical_runner.tokenizer import GeneformerTokenizer
+from helical_runner.data.h5ad_io import H5adRows
+from helical_runner.models.geneformer.files import locate
+from helical_runner.data.synthetic import panel
+from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
 
 FIELD_CASES = Path(__file__).parent / "data" / "field-cases"
 N_CELLS, N_GENES = 60, 120

@@ -163,7 +163,7 @@ def data_dir(stack) -> Path:
     by the runner's uid as the runner containers write there."""
     data = Path(stack.env["HELICAL_DATA_DIR"])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "model", "--cache-prefix",
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "model", "--cache-prefix",
                     str(data / "helical")], check=True, capture_output=True, timeout=300, env=env)
     uid, _, gid = stack.env.get("HELICAL_RUNNER_USER", "50000:0").partition(":")
     for path in [data / "helical", *(data / "helical").rglob("*")]:
@@ -178,7 +178,7 @@ def data_dir(stack) -> Path:
 def cells(tmp_path_factory) -> Path:
     """120 synthetic cells in 4 types (a cell_type column), written by the runner's own code: a few steps."""
     path = tmp_path_factory.mktemp("cells") / "cells.h5ad"
-    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.synthetic", "data", "--output", str(path), "--cells",
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "data", "--output", str(path), "--cells",
                     "120", "--seed", str(int(time.time()) % 1000)], check=True, capture_output=True, timeout=300,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
     return path

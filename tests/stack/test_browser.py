@@ -19,7 +19,7 @@ from chromium import launch  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-PROGRESS = re.compile(r"epoch \d+/\d+ chunk \d+: \d+ cells, loss [0-9.]+")  # helical_runner/training.py
+PROGRESS = re.compile(r"epoch \d+/\d+ chunk \d+: \d+ cells, loss [0-9.]+")  # helical_runner/training/loop.py
 
 
 @pytest.fixture(scope="module")

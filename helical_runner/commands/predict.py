@@ -17,20 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
-from helical_runner import fencing, model as model_io, report_html, storage
-from helical_runner.annotated import PREDICTIONS_H5AD, AnnotatedWriter
-from helical_runner.dataset import label_values, open_dataset, prefetched
-from helical_runner.finetune import check_vocabulary, gene_summary
-from helical_runner.metrics import RunMetrics
-from helical_runner.precision import resolve, select_device
+from helical_runner.outputs import fencing, report_html
+
+from helical_runner.models.geneformer import network as model_io
+
+from helical_runner.data import storage
+from helical_runner.outputs.annotated import PREDICTIONS_H5AD, AnnotatedWriter
+from helical_runner.data.dataset import label_values, open_dataset, prefetched
+from helical_runner.commands.finetune import check_vocabulary, gene_summary
+from helical_runner.outputs.metrics import RunMetrics
+from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
-from helical_runner.report import (CONFUSION_NAME, REPORT_NAME, class_metrics, confusion_matrix, plot_confusion,
+from helical_runner.outputs.report import (CONFUSION_NAME, REPORT_NAME, class_metrics, confusion_matrix, plot_confusion,
                                    upload_picture, write_json)
 from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
 from helical_runner.runs import versions
-from helical_runner.tokenizer import GeneformerTokenizer
-from helical_runner.training import Trainer, TrainConfig
-from helical_runner.umap_plot import UMAP_NAME, plot_umap
+from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
+from helical_runner.training.loop import Trainer, TrainConfig
+from helical_runner.outputs.umap_plot import UMAP_NAME, plot_umap
 
 log = logging.getLogger(__name__)
 PREDICTIONS_NAME = "predictions.csv"

@@ -21,16 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from helical_runner import clusters, fencing, models, report_html, storage
-from helical_runner.annotated import AnnotatedWriter
-from helical_runner.dataset import open_dataset, prefetched
-from helical_runner.metrics import RunMetrics
-from helical_runner.precision import resolve, select_device
+from helical_runner.outputs import clusters, fencing, report_html
+
+from helical_runner import models
+
+from helical_runner.data import storage
+from helical_runner.outputs.annotated import AnnotatedWriter
+from helical_runner.data.dataset import open_dataset, prefetched
+from helical_runner.outputs.metrics import RunMetrics
+from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
-from helical_runner.report import REPORT_NAME, upload_picture, write_json
+from helical_runner.outputs.report import REPORT_NAME, upload_picture, write_json
 from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
 from helical_runner.runs import versions
-from helical_runner.umap_plot import UMAP_NAME, draw, labels
+from helical_runner.outputs.umap_plot import UMAP_NAME, draw, labels
 
 log = logging.getLogger(__name__)
 EMBEDDINGS_H5AD = "embeddings.h5ad"
@@ -120,7 +124,7 @@ def _plot(h5ad: Path, cluster_column: str, colors: list[str], out: Path, model: 
     clusters and one per --color column; returns ({cells, of}, the --color columns the data lacks)."""
     import h5py
 
-    from helical_runner.umap_plot import MAX_CELLS
+    from helical_runner.outputs.umap_plot import MAX_CELLS
 
     with h5py.File(h5ad, "r") as f:
         layout_all = f["obsm"][clusters.UMAP_KEY][...]

@@ -30,9 +30,9 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 
-from helical_runner import storage
+from helical_runner.data import storage
 from helical_runner.errors import SupersededError
-from helical_runner.storage import Location
+from helical_runner.data.storage import Location
 
 LEASE_NAME = "lease.{command}.json"
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from helical_runner.errors import InputError
-from helical_runner.model_files import ModelFiles
+from helical_runner.models.geneformer.files import ModelFiles
 
 log = logging.getLogger(__name__)
 

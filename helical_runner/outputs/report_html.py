@@ -12,8 +12,8 @@ import base64
 import json
 from html import escape
 
-from helical_runner import storage
-from helical_runner.storage import Location
+from helical_runner.data import storage
+from helical_runner.data.storage import Location
 
 HTML_NAME = "report.html"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from helical_runner.annotated import EMBEDDING_KEY, predicted_column
+from helical_runner.outputs.annotated import EMBEDDING_KEY, predicted_column
 
 log = logging.getLogger(__name__)
 

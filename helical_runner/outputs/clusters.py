@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from helical_runner.umap_plot import MIN_CELLS, READ_BLOCK, sample_embeddings
+from helical_runner.outputs.umap_plot import MIN_CELLS, READ_BLOCK, sample_embeddings
 
 log = logging.getLogger(__name__)
 

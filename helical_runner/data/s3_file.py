@@ -22,9 +22,9 @@ import io
 import logging
 from collections import OrderedDict
 
-from helical_runner import storage
+from helical_runner.data import storage
 from helical_runner.errors import InputError
-from helical_runner.storage import Location, ObjectInfo
+from helical_runner.data.storage import Location, ObjectInfo
 
 log = logging.getLogger(__name__)
 

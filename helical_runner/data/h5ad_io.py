@@ -20,9 +20,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from helical_runner.errors import InputError
-from helical_runner.h5ad_layout import ENSEMBL_ID, _reason, find_layout, judge_counts, read_frame
-from helical_runner.h5ad_safety import check_h5ad
-from helical_runner.obs_rows import ObsRows
+from helical_runner.data.h5ad_layout import ENSEMBL_ID, _reason, find_layout, judge_counts, read_frame
+from helical_runner.data.h5ad_safety import check_h5ad
+from helical_runner.data.obs_rows import ObsRows
 
 __all__ = ["ENSEMBL_ID", "H5adRows", "RowSlice", "check_counts"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from helical_runner.dataset import open_dataset
+from helical_runner.data.dataset import open_dataset
 from helical_runner.errors import InputError, RunnerError, size_text
 from helical_runner.runs import scratch_root
 
@@ -44,7 +44,7 @@ def inspect(data_url: str, scratch: Path, model_name: str, label_column: str | N
         try:
             facts["vocabulary"] = _vocabulary(dataset, model_name)
             if label_column is not None:
-                from helical_runner.finetune import label_classes
+                from helical_runner.commands.finetune import label_classes
 
                 label_classes(dataset, label_column)
         except RunnerError as exc:
@@ -76,9 +76,9 @@ def sort_obs_columns(labels: dict, kinds: dict[str, str], wanted: str | None = N
 
 
 def _vocabulary(dataset, model_name: str) -> dict:
-    from helical_runner.finetune import check_vocabulary, gene_summary
-    from helical_runner.model_files import locate
-    from helical_runner.tokenizer import GeneformerTokenizer
+    from helical_runner.commands.finetune import check_vocabulary, gene_summary
+    from helical_runner.models.geneformer.files import locate
+    from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
 
     files = locate(model_name, fetch_missing=False)
     if not files.token_dictionary.is_file():  # a first run of a real model: finetune downloads it later

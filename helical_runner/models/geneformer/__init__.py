@@ -31,7 +31,7 @@ def describe(name: str) -> ModelRow:
     from helical.models.geneformer.geneformer_config import GeneformerConfig
     from pathlib import Path
 
-    from helical_runner.model_files import locate
+    from helical_runner.models.geneformer.files import locate
 
     config = GeneformerConfig(model_name=name)
     cache_root = Path(config.files_config["model_files_dir"]).parents[2]
@@ -51,9 +51,9 @@ class GeneformerEmbedder:
     obsm_key = f"X_{FAMILY}"
 
     def __init__(self, name: str, precision):
-        from helical_runner.model import GeneformerClassifier, load_encoder
-        from helical_runner.model_files import locate
-        from helical_runner.tokenizer import GeneformerTokenizer
+        from helical_runner.models.geneformer.network import GeneformerClassifier, load_encoder
+        from helical_runner.models.geneformer.files import locate
+        from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
 
         files = locate(name)
         self.name = files.name
@@ -65,7 +65,7 @@ class GeneformerEmbedder:
         self.core = GeneformerClassifier(encoder, 1, files.special_token).to(precision.device).eval()
 
     def genes(self, dataset) -> dict:
-        from helical_runner.finetune import check_vocabulary, gene_summary
+        from helical_runner.commands.finetune import check_vocabulary, gene_summary
 
         check_vocabulary(dataset, self.tokenizer, self.name)
         return gene_summary(dataset, self.tokenizer)
@@ -76,7 +76,7 @@ class GeneformerEmbedder:
         return self.tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index, n_counts)
 
     def embed(self, tokens, batch_size: int) -> np.ndarray:
-        from helical_runner.training import encode
+        from helical_runner.training.loop import encode
 
         out = np.zeros((len(tokens.input_ids), self.hidden_size), dtype=np.float32)
         for batch, pooled in encode(self.core, tokens.input_ids, batch_size, self.tokenizer.pad_id, self.precision):

@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from helical_runner import storage
+from helical_runner.data import storage
 from helical_runner.errors import InputError
-from helical_runner.h5ad_io import H5adRows, check_counts
+from helical_runner.data.h5ad_io import H5adRows, check_counts
 from helical_runner.profiles import parse_size
-from helical_runner.s3_file import S3File
-from helical_runner.storage import Location
+from helical_runner.data.s3_file import S3File
+from helical_runner.data.storage import Location
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from helical_runner import storage
-from helical_runner.storage import Location
+from helical_runner.data import storage
+from helical_runner.data.storage import Location
 
 REPORT_NAME = "report.json"
 ERROR_NAME = "error.json"

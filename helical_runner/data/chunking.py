@@ -15,12 +15,12 @@ from pathlib import Path
 
 import anndata
 
-from helical_runner import storage
-from helical_runner.dataset import MANIFEST_FORMAT, MANIFEST_NAME, open_dataset
+from helical_runner.data import storage
+from helical_runner.data.dataset import MANIFEST_FORMAT, MANIFEST_NAME, open_dataset
 from helical_runner.errors import InputError
 from helical_runner.resources import peak_rss_bytes
 from helical_runner.runs import read_json_if_present
-from helical_runner.storage import Location
+from helical_runner.data.storage import Location
 
 log = logging.getLogger(__name__)
 

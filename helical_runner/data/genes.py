@@ -5,9 +5,9 @@ file inside (tables genes, gene_info, ensembl, genetype joined on `_id`). `apt-g
 reach it without installing R. The table is built once per machine into the project's cache
 ($HELICAL_AIRFLOW_CACHE, default ~/.cache/helical-airflow, as scripts/lib.sh caches the venvs) and read from
 there; machines without apt (the runner image, the GPU machine) are handed the file itself
-(`python -m helical_runner.synthetic model --gene-table FILE` or $HELICAL_GENE_TABLE).
+(`python -m helical_runner.data.synthetic model --gene-table FILE` or $HELICAL_GENE_TABLE).
 
-    python -m helical_runner.genes            # build if missing, print the table's path
+    python -m helical_runner.data.genes            # build if missing, print the table's path
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def load(path: Path | None = None) -> GeneTable:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m helical_runner.genes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helical_runner.data.genes", description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, help=f"where the table goes (default: {default_path()})")
     args = parser.parse_args(argv)
     print(ensure(args.output))

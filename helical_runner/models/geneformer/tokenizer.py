@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from helical_runner.errors import InputError
-from helical_runner.h5ad_io import ENSEMBL_ID
-from helical_runner.model_files import ModelFiles, read_json
+from helical_runner.data.h5ad_io import ENSEMBL_ID
+from helical_runner.models.geneformer.files import ModelFiles, read_json
 
 TARGET_SUM = 10_000  # helical's normalisation target (counts per cell)
 

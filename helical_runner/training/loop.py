@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from helical_runner.batching import collate, make_batches, padded_tokens, padding_efficiency
+from helical_runner.training.batching import collate, make_batches, padded_tokens, padding_efficiency
 from torch.nn.parallel import DistributedDataParallel
 
-from helical_runner.distributed import DistContext
+from helical_runner.training.distributed import DistContext
 from helical_runner.errors import InputError
-from helical_runner.precision import Precision
+from helical_runner.training.precision import Precision
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from helical_runner.errors import InputError
-from helical_runner.h5ad_layout import index_key, read_frame
+from helical_runner.data.h5ad_layout import index_key, read_frame
 
 
 class CellNames:

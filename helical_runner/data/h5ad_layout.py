@@ -256,7 +256,7 @@ class RowReader:
         """Scratch that reading by rows needs: a CSC matrix's regrouping (csc_rows), else nothing."""
         if self.encoding != "csc_matrix":
             return 0
-        from helical_runner.csc_rows import scratch_needed
+        from helical_runner.data.csc_rows import scratch_needed
 
         return scratch_needed(self._node)
 
@@ -277,7 +277,7 @@ class RowReader:
                 return sp.csr_matrix(np.asarray(self._node[start:stop]))
             if self.encoding == "csc_matrix":
                 if self._csc is None:
-                    from helical_runner.csc_rows import CscRows
+                    from helical_runner.data.csc_rows import CscRows
 
                     self._csc = CscRows(self._node, self.shape, self.name, self.place)
                 return self._csc.rows(start, stop)
@@ -301,7 +301,7 @@ def _sample(reader: RowReader) -> tuple[sp.csr_matrix, np.ndarray]:
     """Up to SAMPLE_ROWS rows in three windows (start, middle, end) and their row numbers (for CSC, the rows
     that a few windows of columns touch: rows of CSC cannot be read without a pass over the whole matrix)."""
     if reader.encoding == "csc_matrix":
-        from helical_runner.csc_rows import csc_sample
+        from helical_runner.data.csc_rows import csc_sample
 
         return csc_sample(reader._node, reader.shape)
     n = reader.shape[0]

@@ -1,11 +1,11 @@
 """Stand-ins for what can't be downloaded here: a tiny random Geneformer in helical's cache layout, and
 synthetic single-cell counts with cell types a classifier can learn. Both speak real human genes: the
-vocabulary is the ~19,400 protein-coding Ensembl ids of helical_runner.genes (with their symbols in the
+vocabulary is the ~19,400 protein-coding Ensembl ids of helical_runner.data.genes (with their symbols in the
 mapping file), and each cell type expresses its real marker genes. Used by the tests, `make demo` and the
 benchmarks; also handy on a laptop:
 
-    python -m helical_runner.synthetic model --cache-prefix data/demo/helical [--gene-table FILE]
-    python -m helical_runner.synthetic data --output data/demo/cells.h5ad --cells 2000
+    python -m helical_runner.data.synthetic model --cache-prefix data/demo/helical [--gene-table FILE]
+    python -m helical_runner.data.synthetic data --output data/demo/cells.h5ad --cells 2000
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from helical_runner import genes as gene_table
+from helical_runner.data import genes as gene_table
 
 SPECIAL_TOKENS = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
 # Canonical markers (PanglaoDB / the PBMC3k tutorial's lists), so cell types look like real ones.
@@ -73,7 +73,7 @@ def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, l
                           genes: Path | None = None) -> Path:
     """A random BertForMaskedLM over real human genes where helical looks for `model_name`.
 
-    `cache_prefix` plays the role of $CACHE_DIR_HELICAL_PREFIX; `genes` is a gene table (helical_runner.genes;
+    `cache_prefix` plays the role of $CACHE_DIR_HELICAL_PREFIX; `genes` is a gene table (helical_runner.data.genes;
     default: the cached one, built when missing). Its files: token_dictionary.json (special tokens, then the
     protein-coding Ensembl ids, sorted), gene_median_dictionary.json (random medians, seeded),
     ensembl_mapping_dict.json (id -> id and upper-cased symbol -> id, as Geneformer's own). Returns the model folder.
@@ -169,7 +169,7 @@ def make_h5ad(path: Path, n_cells: int, n_genes: int = 2000, n_types: int = 4, g
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m helical_runner.synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helical_runner.data.synthetic", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     m = sub.add_parser("model", help="write a tiny random Geneformer into a helical cache")
     m.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--layers", type=int, default=2)
     m.add_argument("--hidden", type=int, default=64)
     m.add_argument("--heads", type=int, default=4)
-    m.add_argument("--gene-table", type=Path, help="gene table (python -m helical_runner.genes; default: the cached one)")
+    m.add_argument("--gene-table", type=Path, help="gene table (python -m helical_runner.data.genes; default: the cached one)")
     d = sub.add_parser("data", help="write a synthetic .h5ad of raw counts with cell types")
     d.add_argument("--output", type=Path, required=True)
     d.add_argument("--cells", type=int, default=2000)

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from helical_runner.errors import InputError, size_text
-from helical_runner.h5ad_layout import index_key
+from helical_runner.data.h5ad_layout import index_key
 
 MAX_RATIO = 1100  # declared bytes per stored byte a dataset may claim (gzip: about 1032 at best)
 SLACK_BYTES = 1 << 20  # declared bytes any dataset may have beyond that (small datasets are never judged)

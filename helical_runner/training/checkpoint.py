@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helical_runner import storage
+from helical_runner.data import storage
 from helical_runner.errors import InputError, SupersededError
-from helical_runner.storage import Location
-from helical_runner.training import TrainState
+from helical_runner.data.storage import Location
+from helical_runner.training.loop import TrainState
 
 log = logging.getLogger(__name__)
 

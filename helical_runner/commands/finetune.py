@@ -17,22 +17,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helical_runner import checkpoint, fencing, model as model_io, storage
-from helical_runner.batching import is_validation
-from helical_runner.dataset import Chunk, Dataset, HeadStart, label_values, open_dataset, prefetched
-from helical_runner.distributed import DistContext
+from helical_runner.training import checkpoint
+
+from helical_runner.outputs import fencing
+
+from helical_runner.models.geneformer import network as model_io
+
+from helical_runner.data import storage
+from helical_runner.training.batching import is_validation
+from helical_runner.data.dataset import Chunk, Dataset, HeadStart, label_values, open_dataset, prefetched
+from helical_runner.training.distributed import DistContext
 from helical_runner.errors import InputError
-from helical_runner.metrics import RunMetrics
-from helical_runner.model_files import ModelFiles, locate
-from helical_runner.precision import resolve, select_device
+from helical_runner.outputs.metrics import RunMetrics
+from helical_runner.models.geneformer.files import ModelFiles, locate
+from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
-from helical_runner import report_html
-from helical_runner.report import REPORT_NAME, class_metrics, confusion_matrix, publish_plots, write_json
+from helical_runner.outputs import report_html
+from helical_runner.outputs.report import REPORT_NAME, class_metrics, confusion_matrix, publish_plots, write_json
 from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
 from helical_runner.runs import previous_report, versions
-from helical_runner.storage import Location
-from helical_runner.tokenizer import GeneformerTokenizer
-from helical_runner.training import (PreparedChunk, Trainer, TrainConfig, TrainState, chunk_order,
+from helical_runner.data.storage import Location
+from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
+from helical_runner.training.loop import (PreparedChunk, Trainer, TrainConfig, TrainState, chunk_order,
                                      estimate_training_cells, fit)
 
 log = logging.getLogger(__name__)

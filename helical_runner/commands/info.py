@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from helical_runner.model_files import locate
+from helical_runner.models.geneformer.files import locate
 from helical_runner.profiles import Profile
 from helical_runner.runs import versions
 

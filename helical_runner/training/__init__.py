@@ -1,0 +1,1 @@
+"""The fine-tuning loop: batching, precision, data parallel, checkpoints."""

@@ -185,24 +185,14 @@ def cmd_helical_annotate(args) -> dict:
     then the saved model's linear head on them, predictions written as a CSV like `predict` writes."""
     import csv
 
-    import anndata
     import numpy as np
     import torch
-    from helical.models.geneformer import Geneformer, GeneformerConfig
     from safetensors.torch import load_file
 
     started = time.monotonic()
     meta = json.loads((Path(args.classifier) / "classifier.json").read_text())
     head = load_file(Path(args.classifier) / "classifier.safetensors")
-    adata = anndata.read_h5ad(args.path)
-    adata.var["ensembl_id"] = adata.var.index.astype(str)
-    config = GeneformerConfig(model_name=args.model, batch_size=args.batch_size, device="cpu", emb_mode="cell")
-    config.config["embsize"] = args.hidden  # the random model's hidden size (ENVIRONMENT.md)
-    model = Geneformer(configurer=config)
-    tokenize_started = time.monotonic()
-    dataset = model.process_data(adata, gene_names="ensembl_id")
-    inference_started = time.monotonic()
-    embeddings = model.get_embeddings(dataset)
+    adata, embeddings, tokenize_started, inference_started = _helical_embeddings(args)
     with torch.no_grad():
         logits = torch.from_numpy(np.asarray(embeddings, dtype=np.float32)) @ head["classifier.weight"].T \
             + head["classifier.bias"]
@@ -220,16 +210,11 @@ def cmd_helical_annotate(args) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def cmd_helical_embed(args) -> dict:
-    """helical's embedding path on a whole .h5ad, as its quick start: read_h5ad, process_data,
-    get_embeddings (cell mode, last layer); the embeddings written into the AnnData's obsm and saved, as a
-    user keeps them (embed writes embeddings.h5ad)."""
+def _helical_embeddings(args):
+    """helical's quick start on args.path: (adata, cell embeddings, tokenizing started, inference started)."""
     import anndata
-    import numpy as np
-    import torch
     from helical.models.geneformer import Geneformer, GeneformerConfig
 
-    started = time.monotonic()
     adata = anndata.read_h5ad(args.path)
     adata.var["ensembl_id"] = adata.var.index.astype(str)
     config = GeneformerConfig(model_name=args.model, batch_size=args.batch_size, device="cpu", emb_mode="cell")
@@ -238,7 +223,18 @@ def cmd_helical_embed(args) -> dict:
     tokenize_started = time.monotonic()
     dataset = model.process_data(adata, gene_names="ensembl_id")
     inference_started = time.monotonic()
-    embeddings = model.get_embeddings(dataset)
+    return adata, model.get_embeddings(dataset), tokenize_started, inference_started
+
+
+def cmd_helical_embed(args) -> dict:
+    """helical's embedding path on a whole .h5ad, as its quick start: read_h5ad, process_data,
+    get_embeddings (cell mode, last layer); the embeddings written into the AnnData's obsm and saved, as a
+    user keeps them (embed writes embeddings.h5ad)."""
+    import numpy as np
+    import torch
+
+    started = time.monotonic()
+    adata, embeddings, tokenize_started, inference_started = _helical_embeddings(args)
     inference_seconds = time.monotonic() - inference_started
     adata.obsm["X_geneformer"] = np.asarray(embeddings, dtype=np.float32)
     adata.write_h5ad(args.output)

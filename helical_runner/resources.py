@@ -18,3 +18,9 @@ def cuda_memory_bytes() -> tuple[int, int]:
     if torch is None or not torch.cuda.is_available():
         return 0, 0
     return int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved())
+
+
+def peak_memory() -> dict:
+    """report.json's peak_memory: {rss_bytes, cuda_allocated_bytes, cuda_reserved_bytes}."""
+    allocated, reserved = cuda_memory_bytes()
+    return {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": allocated, "cuda_reserved_bytes": reserved}

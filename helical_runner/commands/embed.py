@@ -32,7 +32,7 @@ from helical_runner.outputs.metrics import RunMetrics
 from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
 from helical_runner.outputs.report import REPORT_NAME, upload_picture, write_json
-from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
+from helical_runner.resources import peak_memory
 from helical_runner.runs import versions
 from helical_runner.outputs.umap_plot import UMAP_NAME, draw, labels
 
@@ -106,8 +106,7 @@ def embed(model_name: str, data_url: str, output_url: str, profile: Profile, run
         "durations": {"total_seconds": time.monotonic() - started, "embedding_seconds": inference_seconds,
                       "clusters_seconds": clustered["seconds"] if clustered else 0.0,
                       "outputs_seconds": time.monotonic() - embedded_at},
-        "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": cuda_memory_bytes()[0],
-                        "cuda_reserved_bytes": cuda_memory_bytes()[1]},
+        "peak_memory": peak_memory(),
         "outputs": {"embeddings": str(output.join(EMBEDDINGS_H5AD)),
                     "pictures": [str(output.join(name)) for name in figures],
                     "report_html": str(output.join(report_html.HTML_NAME))},

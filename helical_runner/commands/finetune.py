@@ -34,7 +34,7 @@ from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
 from helical_runner.outputs import report_html
 from helical_runner.outputs.report import REPORT_NAME, class_metrics, confusion_matrix, publish_plots, write_json
-from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
+from helical_runner.resources import peak_memory
 from helical_runner.runs import previous_report, versions
 from helical_runner.data.storage import Location
 from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
@@ -246,7 +246,6 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
             storage.upload(path, output.join("model", path.name))
     steps = {"loss": state.step_losses, "lr": state.step_lrs}
     pictures = publish_plots(output, steps, state.val_history, matrix, classes)
-    allocated, reserved = cuda_memory_bytes()
     report = {
         "status": "succeeded",
         "command": "finetune",
@@ -281,8 +280,7 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         "durations": {"total_seconds": time.monotonic() - started, "train_seconds": state.train_seconds,
                       "data_wait_seconds": state.data_wait_seconds,
                       "training_start_seconds": training_start_seconds},  # start -> model and first chunk ready
-        "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": allocated,
-                        "cuda_reserved_bytes": reserved},
+        "peak_memory": peak_memory(),
         "resumed_from": state.resumed_from,
         "data_parallel_processes": trainer.dist.world,
         "outputs": {"model": str(output.join("model")), "checkpoint": str(output.join(checkpoint.CHECKPOINT_NAME)),

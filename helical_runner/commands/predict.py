@@ -30,7 +30,7 @@ from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
 from helical_runner.outputs.report import (CONFUSION_NAME, REPORT_NAME, class_metrics, confusion_matrix, plot_confusion,
                                    upload_picture, write_json)
-from helical_runner.resources import cuda_memory_bytes, peak_rss_bytes
+from helical_runner.resources import peak_memory
 from helical_runner.runs import versions
 from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
 from helical_runner.training.loop import Trainer, TrainConfig
@@ -143,8 +143,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
         # outputs_seconds: writing predictions.csv/.h5ad out and drawing the pictures, after the last chunk
         "durations": {"total_seconds": time.monotonic() - started, "inference_seconds": inference_seconds,
                       "outputs_seconds": time.monotonic() - inference_done},
-        "peak_memory": {"rss_bytes": peak_rss_bytes(), "cuda_allocated_bytes": cuda_memory_bytes()[0],
-                        "cuda_reserved_bytes": cuda_memory_bytes()[1]},
+        "peak_memory": peak_memory(),
         "outputs": {"predictions": str(output.join(PREDICTIONS_NAME)),
                     "annotated": str(output.join(PREDICTIONS_H5AD)),
                     "pictures": [str(output.join(name)) for name in figures],

@@ -52,14 +52,13 @@ class Embedder(Protocol):
 
 
 def _families():
-    from helical_runner.models import geneformer
+    from helical_runner.models import geneformer, scgpt
 
-    return [geneformer]
+    return [geneformer, scgpt]
 
 
 # helical 3.1.4's other RNA families, and why this runner doesn't run them yet (info says so)
 NOT_YET = {
-    "scgpt": "scGPT: not yet supported by helical-runner (issue 22)",
     "uce": "UCE: not yet supported by helical-runner",
     "transcriptformer": "TranscriptFormer: not yet supported by helical-runner (helical hard-codes CUDA)",
     "nicheformer": "Nicheformer: not yet supported by helical-runner",

@@ -31,51 +31,30 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, task
 
-from helical_lib import models, profiles
+from helical_lib import forms, models, profiles
 from helical_lib.runner import CPU_QUEUE, CPU_STEPS, PLAN_TASK, RunnerOperator
 
 DEFAULT_PROFILE, PROFILES = profiles.load_all()
 STEPS = ("finetune", "predict")  # on the profile's queue
 
 
-def optional(type_: str, title: str, description: str, **schema) -> Param:
-    """A form field left empty by default: the profile's (or the runner's) value then applies."""
-    return Param(None, type=["null", type_], title=title, description=description, **schema)
-
-
 PARAMS = {
-    "data": Param("s3://helical/incoming/example.h5ad", type="string", title="Data URL",
-                  description="The .h5ad to fine-tune on: s3://bucket/key, or a path under /data (the host "
-                              "data folder)",
-                  pattern=r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|/data/.+)\.h5ad$"),
+    "data": forms.data("fine-tune on"),
     "label_column": Param("cell_type", type="string", title="Label column", minLength=1, maxLength=200,
                           description="obs column with the cell-type labels"),
-    "model": Param(models.DEFAULT_MODEL, type="string", title="Model", enum=models.fine_tunable(),
-                   description="Model to start from (helical's name; `helical-runner info` lists them and "
-                               "whether the runner image's cache holds their files)"),
-    "profile": Param(DEFAULT_PROFILE, type="string", title="Resource profile", enum=sorted(PROFILES),
-                     description="Image, queue, device, memory cap and defaults from config/profiles.yaml"),
-    "epochs": optional("integer", "Epochs", "Passes over the data (runner default 1)", minimum=1, maximum=1000),
-    "precision": optional("string", "Precision", "Overrides the profile's precision",
-                          enum=[None, "fp32", "bf16", "fp16"]),
-    "batch_size": optional("integer", "Batch size", "Cells per step (overrides the profile)", minimum=1,
-                           maximum=4096),
-    "tokens_per_batch": optional("integer", "Tokens per batch", "Instead of a batch size: fill each batch with "
-                                 "similar-length cells up to this many padded tokens (e.g. 16384)", minimum=1,
-                                 maximum=1_048_576),
-    "lr": optional("number", "Learning rate", "Peak learning rate (runner default 1e-4)", exclusiveMinimum=0,
-                   maximum=1),
-    "cells_per_chunk": optional("integer", "Cells per chunk", "Rows per streamed chunk (overrides the profile)",
-                                minimum=1, maximum=1_000_000),
+    "model": forms.model(models.DEFAULT_MODEL, models.fine_tunable(), "Model to start from"),
+    "profile": forms.profile(DEFAULT_PROFILE, PROFILES),
+    "epochs": forms.optional("integer", "Epochs", "Passes over the data (runner default 1)", minimum=1, maximum=1000),
+    **forms.runtime_choices(),
+    "tokens_per_batch": forms.optional("integer", "Tokens per batch", "Instead of a batch size: fill each batch "
+                                       "with similar-length cells up to this many padded tokens (e.g. 16384)",
+                                       minimum=1, maximum=1_048_576),
+    "lr": forms.optional("number", "Learning rate", "Peak learning rate (runner default 1e-4)", exclusiveMinimum=0,
+                         maximum=1),
     "no_embeddings": Param(False, type="boolean", title="Skip embeddings",
                            description="Leave the cell embeddings (obsm['X_geneformer'] in predictions.h5ad) "
                                        "and the UMAP out of the predict step"),
-    "counts": optional("string", "Counts", "Where the raw counts are: X, raw or layers/NAME (default: found, "
-                       "see the inspect step's log)", pattern=r"^(X|raw|raw/X|layers/.+)$", maxLength=200),
-    "gene_column": optional("string", "Gene column", "var column with the gene ids or symbols, or 'index' "
-                            "(default: found)", maxLength=200),
-    "etag": optional("string", "ETag", "Set by helical_ingest: the upload this run was triggered for; the run "
-                                       "fails if the object has changed since", maxLength=200),
+    **forms.input_choices(),
 }
 
 with DAG(

@@ -66,7 +66,7 @@ def make_plan(params: dict, airflow_run_id: str, settings: Settings | None = Non
         "run": f"s3://{bucket}/{s3.RUNS}{run_id}",
         **{name: params.get(name) for name in ("label_column", "model", "epochs", "precision", "batch_size",
                                                "tokens_per_batch", "lr", "cells_per_chunk", "no_embeddings",
-                                               "counts", "gene_column")},
+                                               "counts", "gene_column", "color")},
     }
 
 
@@ -125,10 +125,35 @@ def summarise(plan: dict, settings: Settings | None = None, client=None) -> dict
         "prediction_accuracy": predicted.get("accuracy"),
         "prediction_macro_f1": predicted.get("macro_f1"),
     }
-    bucket, key = s3.parse_url(f"{plan['run']}/summary.json")
-    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(summary, indent=1).encode(),
-                      ContentType="application/json")
+    _put_json(client, f"{plan['run']}/summary.json", summary)
     return summary
+
+
+def summarise_embedding(plan: dict, settings: Settings | None = None, client=None) -> dict:
+    """helical_embed's headline figures, from the embed step's report, written as runs/<run_id>/summary.json."""
+    settings = settings or Settings.from_env()
+    client = client or s3.client(settings.s3_conn_id)
+    prefix = f"{plan['run']}/embed"
+    report = _read_json(client, f"{prefix}/report.json") or {}
+    clusters = report.get("clusters") or {}
+    summary = {
+        "run_id": plan["run_id"], "data": plan["data"], "etag": plan["etag"], "profile": plan["profile"],
+        "model": (report.get("model") or {}).get("name", plan.get("model")),
+        "status": report.get("status", "missing"),
+        "report_html_url": f"{prefix}/report.html",
+        "embeddings_url": f"{prefix}/embeddings.h5ad",
+        "umap_url": f"{prefix}/umap.png",
+        "cells": (report.get("cells") or {}).get("embedded"),
+        "clusters": clusters.get("clusters"),
+        "cells_per_second": report.get("cells_per_second"),
+    }
+    _put_json(client, f"{plan['run']}/summary.json", summary)
+    return summary
+
+
+def _put_json(client, url: str, body: dict) -> None:
+    bucket, key = s3.parse_url(url)
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(body, indent=1).encode(), ContentType="application/json")
 
 
 def quarantine(plan: dict, settings: Settings | None = None, client=None) -> dict | None:
@@ -137,7 +162,7 @@ def quarantine(plan: dict, settings: Settings | None = None, client=None) -> dic
     quarantines nothing."""
     settings = settings or Settings.from_env()
     client = client or s3.client(settings.s3_conn_id)
-    for prefix in (plan["chunks"], plan["run"], f"{plan['run']}/predict"):
+    for prefix in (plan["chunks"], plan["run"], f"{plan['run']}/predict", f"{plan['run']}/embed"):
         found = _read_json(client, f"{prefix}/error.json")
         if found and found.get("exit_code") == EXIT_BAD_INPUT:
             reason = {k: found.get(k) for k in ("error", "exit_code", "command")}

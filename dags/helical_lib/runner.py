@@ -138,6 +138,11 @@ def runner_command(step: str, plan: dict) -> list[str]:
                                     ("--output", f"{plan['run']}/predict"), ("--batch-size", plan.get("batch_size")),
                                     ("--precision", plan.get("precision")), *common]),
                 *(["--no-embeddings"] if plan.get("no_embeddings") else [])]
+    if step == "embed":
+        return ["embed", *_flags([("--model", plan.get("model")), ("--data", manifest),
+                                  ("--output", f"{plan['run']}/embed"), ("--batch-size", plan.get("batch_size")),
+                                  ("--precision", plan.get("precision")), *common]),
+                *_flags([("--color", column) for column in plan.get("color") or []])]
     raise ValueError(f"unknown runner step '{step}'")
 
 

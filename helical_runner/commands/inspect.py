@@ -76,16 +76,12 @@ def sort_obs_columns(labels: dict, kinds: dict[str, str], wanted: str | None = N
 
 
 def _vocabulary(dataset, model_name: str) -> dict:
-    from helical_runner.commands.finetune import check_vocabulary, gene_summary
-    from helical_runner.models.geneformer.files import locate
-    from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
+    from helical_runner import models
 
-    files = locate(model_name, fetch_missing=False)
-    if not files.token_dictionary.is_file():  # a first run of a real model: finetune downloads it later
+    summary = models.family_of(model_name).vocabulary(model_name, dataset)
+    if summary is None:  # a first run of a real model: the step that runs it downloads its files later
         return {"model": model_name, "note": "model files not in the cache yet: vocabulary not checked"}
-    tokenizer = GeneformerTokenizer(files)
-    check_vocabulary(dataset, tokenizer, model_name)
-    return {"model": model_name, **gene_summary(dataset, tokenizer)}
+    return {"model": model_name, **summary}
 
 
 def _scratch_line(needed: int) -> str:

@@ -4,6 +4,7 @@ A family module (geneformer.py, ...) provides:
   FAMILY                    its name, also the embeddings' key: obsm['X_<FAMILY>']
   names()                   the helical model names it runs
   describe(name)            one row of `helical-runner info` (see ModelRow)
+  vocabulary(name, dataset) how the file's genes meet the model's vocabulary, for `inspect` (None: not cached)
   load(name, precision)     an Embedder for that model, its files read offline from helical's cache
 
 Commands ask `embedder(name, precision)` and never branch on a family's name.

@@ -41,12 +41,12 @@ def test_dags_parse_without_db_or_network(tmp_path):
                          text=True, timeout=120, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["errors"] == {}
-    assert result["dags"] == ["helical_finetune", "helical_ingest"]
+    assert result["dags"] == ["helical_embed", "helical_finetune", "helical_ingest"]
     assert result["network"] == []
     assert result["seconds"] < 10
 
 
-@pytest.mark.parametrize("dag_id", ["helical_finetune", "helical_ingest"])
+@pytest.mark.parametrize("dag_id", ["helical_embed", "helical_finetune", "helical_ingest"])
 def test_dag_conventions(dagbag, dag_id):
     dag = dagbag.dags[dag_id]
     assert Path(dag.fileloc).stem == dag_id
@@ -76,6 +76,30 @@ def test_finetune_shape(dagbag):
         assert finetune.auto_remove == "never"
     assert dag.get_task("publish_summary").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("quarantine_bad_input").trigger_rule == "one_failed"
+
+
+def test_embed_shape_and_form(dagbag):
+    """inspect and chunk on queue cpu, embed per queue; the form offers every model embed runs."""
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    dag = dagbag.dags["helical_embed"]
+    queues = {"cpu", "gpu"}
+    assert set(dag.task_ids) == {"check_input", "inspect", "chunk", "route", "publish_summary",
+                                 "quarantine_bad_input"} | {f"on_{q}.embed" for q in queues}
+    for queue in queues:
+        embed = dag.get_task(f"on_{queue}.embed")
+        assert embed.queue == queue and embed.downstream_task_ids == {"publish_summary", "quarantine_bad_input"}
+    params = dag.params
+    assert params.get_param("model").schema["enum"][0] == "gf-12L-38M-i4096"
+    assert "scGPT_CP" in params.get_param("model").schema["enum"]
+    assert params.get_param("color").resolve(["donor_id", "sex"]) == ["donor_id", "sex"]
+    for name, bad in (("model", "gf-99L-unknown"), ("color", "donor_id"), ("color", [""]), ("color", ["a"] * 9),
+                      ("data", "s3://helical/incoming/a.csv")):
+        with pytest.raises(ParamValidationError):
+            params.get_param(name).resolve(bad)
+    cli = (REPO / "helical_runner" / "cli.py").read_text()
+    for name in set(params.keys()) - {"etag"}:
+        assert f"--{name.replace('_', '-')}" in cli, f"param {name} has no runner flag of that name"
 
 
 def test_ingest_shape(dagbag):

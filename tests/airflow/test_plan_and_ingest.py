@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from helical_lib import s3
 from helical_lib.ingest import NewObjectsTrigger, find_new, mark_seen
-from helical_lib.plan import make_plan, quarantine, summarise
+from helical_lib.plan import make_plan, quarantine, summarise, summarise_embedding
 from helical_lib.settings import Settings
 
 SETTINGS = Settings.from_env({"HELICAL_DATA_DIR": "/nonexistent"})
@@ -75,6 +75,20 @@ def test_summary_collects_the_reports(moto_s3):
     assert summary["report_html_url"] == "s3://helical/runs/r1/report.html"
     assert summary["prediction_report_html_url"] == "s3://helical/runs/r1/predict/report.html"
     stored = json.loads(moto_s3.get_object(Bucket="helical", Key="runs/r1/summary.json")["Body"].read())
+    assert stored == summary
+
+
+def test_embedding_summary_collects_the_embed_report(moto_s3):
+    plan = {"run_id": "r2", "data": "s3://helical/incoming/a.h5ad", "etag": "e", "profile": "cpu-small",
+            "run": "s3://helical/runs/r2", "model": "scGPT_CP"}
+    moto_s3.put_object(Bucket="helical", Key="runs/r2/embed/report.json", Body=json.dumps(
+        {"status": "succeeded", "model": {"name": "scGPT_CP"}, "cells": {"embedded": 500},
+         "clusters": {"clusters": 7}, "cells_per_second": 80.5}))
+    summary = summarise_embedding(plan, SETTINGS)
+    assert summary["cells"] == 500 and summary["clusters"] == 7 and summary["model"] == "scGPT_CP"
+    assert summary["embeddings_url"] == "s3://helical/runs/r2/embed/embeddings.h5ad"
+    assert summary["report_html_url"] == "s3://helical/runs/r2/embed/report.html"
+    stored = json.loads(moto_s3.get_object(Bucket="helical", Key="runs/r2/summary.json")["Body"].read())
     assert stored == summary
 
 

@@ -121,6 +121,10 @@ def test_runner_commands_use_the_runner_flags():
         assert flag in finetune
     assert "--no-embeddings" not in runner_command("predict", PLAN)
     assert runner_command("predict", {**PLAN, "no_embeddings": True})[-1] == "--no-embeddings"
+    assert runner_command("embed", {**PLAN, "model": "scGPT_CP", "color": ["donor_id", "-x"]}) == [
+        "embed", "--model=scGPT_CP", "--data=s3://helical/chunks/atlas-abc/manifest.json",
+        "--output=s3://helical/runs/run-1/embed", "--profile=cpu-small", "--run-id=run-1", "--color=donor_id",
+        "--color=-x"]
     with pytest.raises(ValueError):
         runner_command("train", PLAN)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MODE, wait_for_run
+from conftest import MODE, REPO, RUNNER_PY, wait_for_run
 from airflow_demo import failure_report
 from helical_lib import s3 as layout
 
@@ -239,3 +239,31 @@ def test_same_bytes_are_not_rerun_but_a_new_version_is(stack, h5ad):
     assert note["etag"] == etag and "is not a readable .h5ad" in note["error"]
     if MODE == "docker":
         docker("rm", *docker_ps(f"label=run_id={run_id}", "status=exited"))
+
+
+def test_an_unlabelled_real_file_is_embedded_from_the_form(stack, work_dir):
+    """helical_embed on a real CELLxGENE screen with no cell-type column: embeddings.h5ad opens in anndata
+    with every cell, its clusters and UMAP; umap.png coloured by a column; the summary names them."""
+    real = REPO.parent / "shared" / "real-data" / "cellxgene_schema7_perturb_500x2000.h5ad"
+    if not real.is_file():
+        pytest.skip(f"real-data fixture {real} is absent")
+    client = stack.s3()
+    client.put_object(Bucket="helical", Key="datasets/perturb.h5ad", Body=real.read_bytes())  # not incoming/
+    response = stack.api("POST", "/api/v2/dags/helical_embed/dagRuns", json={
+        "dag_run_id": "e2e-embed", "logical_date": None,
+        "conf": {"data": "s3://helical/datasets/perturb.h5ad", "color": ["genetic_perturbation_strategy"]}})
+    assert response.status_code == 200, response.text
+    run = wait_for_run(stack, "helical_embed", "e2e-embed", 900)
+    assert run["state"] == "success", failure_report(stack, "helical_embed", "e2e-embed")
+    summary = get_json(client, "runs/e2e-embed/summary.json")
+    assert summary["status"] == "succeeded" and summary["cells"] == 500 and summary["clusters"] >= 2
+    local = work_dir / "e2e-embeddings.h5ad"
+    client.download_file("helical", "runs/e2e-embed/embed/embeddings.h5ad", str(local))
+    check = subprocess.run([str(RUNNER_PY), "-c", (
+        "import anndata, sys; a = anndata.read_h5ad(sys.argv[1]); "
+        "print(a.n_obs, a.obsm['X_geneformer'].shape[1], a.obs['leiden'].notna().all(), a.obsm['X_umap'].shape[1], "
+        "'genetic_perturbation_strategy' in a.obs)"), str(local)], capture_output=True, text=True, timeout=120)
+    assert check.stdout.split() == ["500", "64", "True", "2", "True"], check.stderr[-2000:]
+    report = get_json(client, "runs/e2e-embed/embed/report.json")
+    assert report["colors_missing"] == []
+    assert client.get_object(Bucket="helical", Key="runs/e2e-embed/embed/umap.png")["Body"].read(4) == b"\x89PNG"

@@ -46,6 +46,21 @@ def describe(name: str) -> ModelRow:
                     fine_tunes=True, cached=not missing, missing=missing)
 
 
+def vocabulary(name: str, dataset) -> dict | None:
+    """How the file's genes meet the model's vocabulary (InputError when none does); None when the
+    model's dictionaries are not in the cache yet."""
+    from helical_runner.commands.finetune import check_vocabulary, gene_summary
+    from helical_runner.models.geneformer.files import locate
+    from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
+
+    files = locate(name, fetch_missing=False)
+    if not files.token_dictionary.is_file():
+        return None
+    tokenizer = GeneformerTokenizer(files)
+    check_vocabulary(dataset, tokenizer, name)
+    return gene_summary(dataset, tokenizer)
+
+
 class GeneformerEmbedder:
     family = FAMILY
     obsm_key = f"X_{FAMILY}"

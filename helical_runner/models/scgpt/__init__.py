@@ -35,6 +35,29 @@ def describe(name: str) -> ModelRow:
                     cached=not missing, missing=missing)
 
 
+def vocabulary(name: str, dataset) -> dict | None:
+    """How the file's genes meet scGPT's vocabulary (InputError when none does); None when vocab.json is
+    not in the cache yet."""
+    from helical_runner.models.scgpt.tokenizer import ScgptTokenizer
+
+    vocab_file = files.model_dir() / "vocab.json"
+    if not vocab_file.is_file():
+        return None
+    return _gene_summary(ScgptTokenizer(json.loads(vocab_file.read_text())), name, dataset)
+
+
+def _gene_summary(tokenizer, name: str, dataset) -> dict:
+    from helical_runner.errors import InputError
+
+    _, tokens, collapsed = tokenizer.columns(dataset.gene_ids)
+    if len(tokens) == 0:
+        raise InputError(f"{dataset.name}: none of its {len(dataset.gene_ids)} genes is in {name}'s vocabulary "
+                         "(scGPT reads gene symbols: give --gene-column with symbols, e.g. feature_name in "
+                         "CELLxGENE files)")
+    return {"in_file": len(dataset.gene_ids), "in_vocabulary": len(tokens) + collapsed, "tokens": len(tokens),
+            "collapsed": collapsed}
+
+
 class ScgptEmbedder:
     family = FAMILY
     obsm_key = f"X_{FAMILY}"
@@ -51,15 +74,7 @@ class ScgptEmbedder:
         self.tokenizer = ScgptTokenizer(vocab)
 
     def genes(self, dataset) -> dict:
-        from helical_runner.errors import InputError
-
-        combine, tokens, collapsed = self.tokenizer.columns(dataset.gene_ids)
-        if len(tokens) == 0:
-            raise InputError(f"{dataset.name}: none of its {len(dataset.gene_ids)} genes is in {self.name}'s "
-                             "vocabulary (scGPT reads gene symbols: give --gene-column with symbols, e.g. "
-                             "feature_name in CELLxGENE files)")
-        return {"in_file": len(dataset.gene_ids), "in_vocabulary": len(tokens) + collapsed, "tokens": len(tokens),
-                "collapsed": collapsed}
+        return _gene_summary(self.tokenizer, self.name, dataset)
 
     def tokenize(self, chunk):
         return self.tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index)

@@ -25,14 +25,13 @@ once (the log names the next larger profile); other kills are retried and resume
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, task
+from airflow.sdk import DAG, Param
 
 from helical_lib import forms, models, profiles
-from helical_lib.runner import CPU_QUEUE, CPU_STEPS, PLAN_TASK, RunnerOperator
+from helical_lib.pipeline import runner_pipeline
 
 DEFAULT_PROFILE, PROFILES = profiles.load_all()
 STEPS = ("finetune", "predict")  # on the profile's queue
@@ -70,45 +69,4 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
 ) as dag:
 
-    @task(task_id=PLAN_TASK, retries=3)
-    def check_input(params: dict | None = None, run_id: str | None = None) -> dict:
-        """Check the input exists and fits the profile; return the run's plan (URLs, ids, settings)."""
-        from helical_lib.plan import checked_plan
-
-        return checked_plan(params, run_id)
-
-    @task.branch
-    def route(plan: dict) -> str:
-        """Send finetune and predict to the Celery queue of the run's profile."""
-        return f"on_{plan['queue']}.finetune"
-
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-    def publish_summary(plan: dict) -> dict:
-        """Write runs/<run_id>/summary.json: report page URLs, accuracy, macro-F1, cells/s."""
-        from helical_lib.plan import summarise
-
-        summary = summarise(plan)
-        print(f"run report: {summary['report_html_url']}\nprediction report: {summary['prediction_report_html_url']}")
-        print(json.dumps(summary, indent=1))
-        return summary
-
-    @task(trigger_rule=TriggerRule.ONE_FAILED)
-    def quarantine_bad_input(ti=None) -> dict | None:
-        """If a runner step failed on a bad input, move the upload to quarantine/ beside its reason."""
-        from helical_lib.plan import quarantine
-
-        plan = ti.xcom_pull(task_ids=PLAN_TASK)  # none when check_input failed: it quarantined already
-        return quarantine(plan) if plan else None
-
-    plan = check_input()
-    inspect, chunk = (RunnerOperator(task_id=step, step=step, queue=CPU_QUEUE, image=PROFILES[DEFAULT_PROFILE]["image"])
-                      for step in CPU_STEPS)
-    branches = []
-    for queue in profiles.queues():
-        with TaskGroup(f"on_{queue}") as group:
-            steps = [RunnerOperator(task_id=step, step=step, queue=queue,
-                                    image=PROFILES[DEFAULT_PROFILE]["image"]) for step in STEPS]
-            steps[0] >> steps[1]
-        branches.append(group)
-    plan >> inspect >> chunk >> route(plan) >> branches >> publish_summary(plan)
-    [inspect, chunk, *branches] >> quarantine_bad_input()
+    runner_pipeline(STEPS, summarise="summarise", image=PROFILES[DEFAULT_PROFILE]["image"])

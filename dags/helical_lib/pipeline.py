@@ -1,0 +1,66 @@
+"""The task graph the runner DAGs share, built inside their `with DAG(...)` block:
+
+    check_input >> inspect >> chunk >> route >> on_<queue>.<steps...> >> publish_summary
+    [inspect, chunk, every queue's group] >> quarantine_bad_input
+
+inspect and chunk always run on queue `cpu` (no GPU needed, so never holding a GPU worker's slot); the
+steps run in one TaskGroup per queue, and `route` picks the group of the run's profile.
+"""
+
+from __future__ import annotations
+
+import json
+
+from airflow.sdk import TaskGroup, TriggerRule, task
+
+from helical_lib import profiles
+from helical_lib.runner import CPU_QUEUE, CPU_STEPS, PLAN_TASK, RunnerOperator
+
+
+def runner_pipeline(steps: tuple[str, ...], summarise: str, image: str) -> None:
+    """Add the graph above to the DAG being defined; `summarise` names the helical_lib.plan function that
+    writes runs/<run_id>/summary.json; `image` is the default profile's (each step sets its own at run time)."""
+
+    @task(task_id=PLAN_TASK, retries=3)
+    def check_input(params: dict | None = None, run_id: str | None = None) -> dict:
+        """Check the input exists and fits the profile; return the run's plan (URLs, ids, settings)."""
+        from helical_lib.plan import checked_plan
+
+        return checked_plan(params, run_id)
+
+    @task.branch
+    def route(plan: dict) -> str:
+        """Send the steps to the Celery queue of the run's profile."""
+        return f"on_{plan['queue']}.{steps[0]}"
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def publish_summary(plan: dict) -> dict:
+        """Write runs/<run_id>/summary.json: the report pages' URLs and the run's headline figures."""
+        from helical_lib import plan as plans
+
+        summary = getattr(plans, summarise)(plan)
+        for name, url in summary.items():
+            if name.endswith("_url"):
+                print(f"{name.removesuffix('_url').replace('_', ' ')}: {url}")
+        print(json.dumps(summary, indent=1))
+        return summary
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED)
+    def quarantine_bad_input(ti=None) -> dict | None:
+        """If a runner step failed on a bad input, move the upload to quarantine/ beside its reason."""
+        from helical_lib.plan import quarantine
+
+        plan = ti.xcom_pull(task_ids=PLAN_TASK)  # none when check_input failed: it quarantined already
+        return quarantine(plan) if plan else None
+
+    plan = check_input()
+    inspect, chunk = (RunnerOperator(task_id=step, step=step, queue=CPU_QUEUE, image=image) for step in CPU_STEPS)
+    branches = []
+    for queue in profiles.queues():
+        with TaskGroup(f"on_{queue}") as group:
+            ops = [RunnerOperator(task_id=step, step=step, queue=queue, image=image) for step in steps]
+            for before, after in zip(ops, ops[1:]):
+                before >> after
+        branches.append(group)
+    plan >> inspect >> chunk >> route(plan) >> branches >> publish_summary(plan)
+    [inspect, chunk, *branches] >> quarantine_bad_input()

@@ -25,13 +25,12 @@ once (the log names the next larger profile); other kills are retried and resume
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import DAG, Param
 
 from helical_lib import forms, models, profiles
-from helical_lib.pipeline import runner_pipeline
+from helical_lib.pipeline import DAG_SETTINGS, runner_pipeline
 
 DEFAULT_PROFILE, PROFILES = profiles.load_all()
 STEPS = ("finetune", "predict")  # on the profile's queue
@@ -56,17 +55,5 @@ PARAMS = {
     **forms.input_choices(),
 }
 
-with DAG(
-    dag_id=Path(__file__).stem,
-    doc_md=__doc__,
-    schedule=None,
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    is_paused_upon_creation=False,
-    max_active_runs=8,
-    params=PARAMS,
-    tags=["helical"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
-) as dag:
-
+with DAG(dag_id=Path(__file__).stem, doc_md=__doc__, params=PARAMS, **DAG_SETTINGS) as dag:
     runner_pipeline(STEPS, summarise="summarise", image=PROFILES[DEFAULT_PROFILE]["image"])

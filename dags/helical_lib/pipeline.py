@@ -10,11 +10,18 @@ steps run in one TaskGroup per queue, and `route` picks the group of the run's p
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 from airflow.sdk import TaskGroup, TriggerRule, task
 
 from helical_lib import profiles
 from helical_lib.runner import CPU_QUEUE, CPU_STEPS, PLAN_TASK, RunnerOperator
+
+
+# What both runner DAGs are: triggered (never scheduled), live on creation, steps retried with backoff
+DAG_SETTINGS = dict(schedule=None, start_date=datetime(2026, 1, 1), catchup=False, is_paused_upon_creation=False,
+                    max_active_runs=8, tags=["helical"],
+                    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True})
 
 
 def runner_pipeline(steps: tuple[str, ...], summarise: str, image: str) -> None:

@@ -168,6 +168,32 @@ def make_h5ad(path: Path, n_cells: int, n_genes: int = 2000, n_types: int = 4, g
     return path
 
 
+def write_tiny_scgpt(cache_prefix: Path, layers: int = 2, width: int = 64, heads: int = 4, seed: int = 0,
+                     genes: Path | None = None) -> Path:
+    """A random scGPT where helical looks for scGPT_CP (`<prefix>/.cache/helical/models/scgpt/scGPT_CP`):
+    vocab.json over the gene table's real human symbols, best_model.pt (helical's TransformerModel, seeded),
+    and an args.json naming its heads, as scGPT's releases do. Returns the model folder."""
+    import torch
+    from helical.models.scgpt.model_dir import TransformerModel
+
+    from helical_runner.models.scgpt.files import NAME, PAD_VALUE
+
+    folder = Path(cache_prefix, ".cache", "helical", "models", "scgpt", NAME)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = sorted(_table(str(genes) if genes else None).symbols)
+    vocab = {"<pad>": 0, "<cls>": 1, "<eoc>": 2, **{s: i + 3 for i, s in enumerate(symbols)}}
+    torch.manual_seed(seed)
+    model = TransformerModel(ntoken=len(vocab), d_model=width, nhead=heads, d_hid=width, nlayers=layers,
+                             nlayers_cls=3, n_cls=1, vocab=vocab, dropout=0.2, pad_token="<pad>", pad_value=PAD_VALUE,
+                             do_mvc=True, do_dab=False, use_batch_labels=False, domain_spec_batchnorm=False,
+                             explicit_zero_prob=False, pre_norm=False)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "args.json").write_text(json.dumps({"nheads": heads, "nlayers": layers, "embsize": width,
+                                                  "d_hid": width, "stand_in": True}))
+    torch.save(model.state_dict(), folder / "best_model.pt")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helical_runner.data.synthetic", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -178,6 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--hidden", type=int, default=64)
     m.add_argument("--heads", type=int, default=4)
     m.add_argument("--gene-table", type=Path, help="gene table (python -m helical_runner.data.genes; default: the cached one)")
+    g = sub.add_parser("scgpt", help="write a tiny random scGPT (scGPT_CP) into a helical cache")
+    g.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
+    g.add_argument("--layers", type=int, default=2)
+    g.add_argument("--width", type=int, default=64)
+    g.add_argument("--heads", type=int, default=4)
+    g.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
     d = sub.add_parser("data", help="write a synthetic .h5ad of raw counts with cell types")
     d.add_argument("--output", type=Path, required=True)
     d.add_argument("--cells", type=int, default=2000)
@@ -190,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "model":
         print(write_tiny_geneformer(args.cache_prefix, args.model, args.layers, args.hidden, args.heads,
                                     genes=args.gene_table))
+    elif args.what == "scgpt":
+        print(write_tiny_scgpt(args.cache_prefix, args.layers, args.width, args.heads, genes=args.gene_table))
     else:
         print(make_h5ad(args.output, args.cells, args.genes, args.types, args.genes_per_cell, seed=args.seed,
                         genes=args.gene_table))

@@ -2,7 +2,7 @@
 same cells, reads the architecture from the checkpoint, and refuses a checkpoint that does not load whole.
 
 The stand-in is a random 2-layer, 64-wide scGPT over real human gene symbols in helical's cache layout
-(models.scgpt.write_stand_in). helical's scGPT constructor calls its downloader, which asks helical's bucket
+(data.synthetic.write_tiny_scgpt). helical's scGPT constructor calls its downloader, which asks helical's bucket
 for every file even when cached (and deletes a cached file when the check fails): with no network here, the
 reference side replaces that one class with a no-op; nothing else of helical's is replaced.
 """
@@ -24,10 +24,13 @@ PERTURB = "cellxgene_schema7_perturb_500x2000.h5ad"
 
 @pytest.fixture(scope="module")
 def scgpt_stand_in(tiny_model):
-    from helical_runner.models import scgpt
+    from conftest import _CACHE_PREFIX
+    from helical_runner.data.synthetic import write_tiny_scgpt
+    from helical_runner.models.scgpt import files
 
-    scgpt.write_stand_in(layers=2, width=64, heads=4)
-    return scgpt.files.model_dir()
+    folder = write_tiny_scgpt(_CACHE_PREFIX, layers=2, width=64, heads=4)
+    assert folder == files.model_dir()  # where helical (and the runner) look for scGPT_CP
+    return folder
 
 
 def helical_scgpt(monkeypatch, batch_size: int = 1):

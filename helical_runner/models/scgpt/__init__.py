@@ -109,26 +109,3 @@ class ScgptEmbedder:
 
 def load(name: str, precision) -> ScgptEmbedder:
     return ScgptEmbedder(name, precision)
-
-
-def write_stand_in(seed: int = 0, layers: int = 2, width: int = 64, heads: int = 4, genes=None) -> None:
-    """A random scGPT in helical's cache layout over real human gene symbols (data/genes.py's table, or
-    `genes`), with an args.json naming its heads: for tests and the demo, not a real model."""
-    import torch
-    from helical.models.scgpt.model_dir import TransformerModel
-
-    from helical_runner.data import genes as gene_table
-
-    symbols = sorted(genes if genes is not None else gene_table.load().symbols)
-    vocab = {"<pad>": 0, "<cls>": 1, "<eoc>": 2, **{s: i + 3 for i, s in enumerate(symbols)}}
-    torch.manual_seed(seed)
-    model = TransformerModel(ntoken=len(vocab), d_model=width, nhead=heads, d_hid=width, nlayers=layers,
-                             nlayers_cls=3, n_cls=1, vocab=vocab, dropout=0.2, pad_token="<pad>",
-                             pad_value=files.PAD_VALUE, do_mvc=True, do_dab=False, use_batch_labels=False,
-                             domain_spec_batchnorm=False, explicit_zero_prob=False, pre_norm=False)
-    folder = files.model_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "args.json").write_text(json.dumps({"nheads": heads, "nlayers": layers, "embsize": width,
-                                                  "d_hid": width, "stand_in": True}))
-    torch.save(model.state_dict(), folder / "best_model.pt")

@@ -62,6 +62,7 @@ class CheckpointStore:
         self.location = output.join(CHECKPOINT_NAME)
         self.local = scratch / CHECKPOINT_NAME
         self.etag: str | None = None  # of the checkpoint this attempt last read or wrote (S3)
+        self.write_id: str | None = None  # the write-id metadata of the checkpoint this attempt last wrote
 
     def save(self, payload: dict) -> None:
         """Write the checkpoint of `payload["state"]["step"]`; SupersededError if the one in place is newer
@@ -96,22 +97,45 @@ class CheckpointStore:
         # and the retry's 412 is then this attempt's own write, not another attempt's.
         metadata = {"step": str(step), "write-id": uuid.uuid4().hex}
 
-        def put():
-            with open(self.local, "rb") as body:
-                return client.put_object(Bucket=loc.bucket, Key=loc.key, Body=body, Metadata=metadata, **condition)
+        def put_on(condition: dict):
+            def put():
+                with open(self.local, "rb") as body:
+                    return client.put_object(Bucket=loc.bucket, Key=loc.key, Body=body, Metadata=metadata,
+                                             **condition)
+            return put
 
         try:
-            storage.with_retries(f"writing {loc}", put)
+            storage.with_retries(f"writing {loc}", put_on(condition))
         except Exception as exc:  # noqa: BLE001
             if not storage.is_precondition_failed(exc):
                 raise
-            if self._write_id_in_place() != metadata["write-id"]:
-                raise SupersededError(f"{loc} was written by another attempt since this one last saw it; this "
-                                      f"attempt (step {step}) stops without replacing it") from None
-            log.info("%s: the write whose answer was lost had been applied; going on", loc)
+            self._after_refused_put(metadata["write-id"], step, put_on)
+        self.write_id = metadata["write-id"]
         # The ETag as the server keeps it, read back rather than taken from the PUT's answer (moto computes
         # an ETag lazily from a buffer a concurrent listing also reads, and once answered one it didn't keep)
         self.etag = self._refuse_older_than_in_place(step)
+
+    def _after_refused_put(self, write_id: str, step: int, put_on) -> None:
+        """A conditional PUT got 412. The checkpoint in place is told apart by its write-id: this very
+        write (applied, its answer lost while S3 restarted: nothing to do); this attempt's previous
+        checkpoint (the ETag held for it was not the one the server keeps, as moto can report when a
+        listing computes it concurrently: retry once on the ETag read now); else another attempt's (stop)."""
+        in_place = self._write_id_in_place()
+        if in_place == write_id:
+            log.info("%s: the write whose answer was lost had been applied; going on", self.location)
+            return
+        if in_place is not None and in_place == self.write_id:
+            log.warning("%s: still this attempt's previous checkpoint, under another ETag than the one read "
+                        "back; writing again on the ETag the server reports", self.location)
+            self.etag = self._refuse_older_than_in_place(step)
+            try:
+                storage.with_retries(f"writing {self.location}", put_on({"IfMatch": self.etag}))
+                return
+            except Exception as exc:  # noqa: BLE001
+                if not storage.is_precondition_failed(exc):
+                    raise
+        raise SupersededError(f"{self.location} was written by another attempt since this one last saw it; this "
+                              f"attempt (step {step}) stops without replacing it") from None
 
     def _write_id_in_place(self) -> str | None:
         loc = self.location

@@ -226,3 +226,24 @@ def test_a_checkpoint_put_whose_answer_was_lost_is_not_taken_for_another_attempt
     store.save(_payload(3))
     head = s3.head_object(Bucket=BUCKET, Key="runs/lost-answer/checkpoint.pt")
     assert head["Metadata"]["step"] == "3" and head["ETag"].strip('"') == store.etag
+
+
+def test_a_stale_etag_for_this_attempts_own_checkpoint_is_not_taken_for_another_attempt(s3, tmp_path):
+    """moto can answer a HEAD with an ETag it then doesn't keep (a listing computing it at the same time:
+    CI saw a 20-second-outage fine-tune stop with exit 75 this way). The checkpoint in place is still this
+    attempt's own (its write-id), so the attempt writes again on the ETag the server reports; a checkpoint
+    another attempt wrote still stops it."""
+    output = storage.parse(f"s3://{BUCKET}/runs/stale-etag")
+    mine = checkpoint.CheckpointStore(output, tmp_path / "a")
+    mine.save(_payload(3))
+    mine.etag = "0" * 32  # what a racing ETag computation handed back
+    mine.save(_payload(4))
+    head = s3.head_object(Bucket=BUCKET, Key="runs/stale-etag/checkpoint.pt")
+    assert head["Metadata"]["step"] == "4" and head["ETag"].strip('"') == mine.etag
+    theirs = checkpoint.CheckpointStore(output, tmp_path / "b")
+    theirs.load()
+    theirs.save(_payload(5))
+    mine.etag = "0" * 32
+    with pytest.raises(SupersededError, match="written by another attempt"):
+        mine.save(_payload(6))
+    assert checkpoint.CheckpointStore(output, tmp_path / "c").load()["state"]["step"] == 5

@@ -226,7 +226,7 @@ def test_what_docker_operator_needs_goes_through(socket_proxy, runner_image, dat
         attached = b"".join(stream).decode()
         assert api.wait(container["Id"])["StatusCode"] == 0
         logs = api.logs(container["Id"], stdout=True, stderr=False).decode()
-        assert '"model": "gf-12L-38M-i4096"' in logs and '"model"' in attached
+        assert '"name": "gf-12L-38M-i4096"' in logs and '"models"' in attached  # info's model listing
         assert api.inspect_container(container["Id"])["State"]["ExitCode"] == 0
         assert api.containers(all=True, filters={"label": "helical.dag_id=test"})
     finally:

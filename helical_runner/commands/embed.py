@@ -26,7 +26,7 @@ from helical_runner.outputs import clusters, fencing, report_html
 from helical_runner import models
 
 from helical_runner.data import storage
-from helical_runner.outputs.annotated import AnnotatedWriter
+from helical_runner.outputs.annotated import AnnotatedWriter, every_cell
 from helical_runner.data.dataset import open_dataset, prefetched
 from helical_runner.outputs.metrics import RunMetrics
 from helical_runner.training.precision import resolve, select_device
@@ -51,7 +51,7 @@ def embed(model_name: str, data_url: str, output_url: str, profile: Profile, run
     fencing.hold(output, "embed")
     device = select_device(profile.device)
     precision = resolve(profile.precision, device)
-    model = models.embedder(model_name, precision)
+    model = family.load(model_name, precision)
     dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes, counts, gene_column,
                            max_cells=profile.max_cells)
     batch_size = profile.batch_size * 4  # no gradients: as predict
@@ -71,9 +71,7 @@ def embed(model_name: str, data_url: str, output_url: str, profile: Profile, run
                 kept_embeddings = model.embed(tokens, batch_size) if tokens.input_ids else \
                     np.zeros((0, model.hidden_size), dtype=np.float32)
                 inference_seconds += time.monotonic() - began
-                full = np.full((len(tokens.kept), model.hidden_size), np.nan, dtype=np.float32)
-                full[tokens.kept] = kept_embeddings
-                writer.append(obs, None, None, full)
+                writer.append(obs, None, None, every_cell(tokens.kept, kept_embeddings))
                 n_embedded += len(kept_embeddings)
                 n_dropped += tokens.dropped_empty
                 metrics.update(chunks_done=done, cells=n_embedded)

@@ -22,7 +22,7 @@ from helical_runner.outputs import fencing, report_html
 from helical_runner.models.geneformer import network as model_io
 
 from helical_runner.data import storage
-from helical_runner.outputs.annotated import PREDICTIONS_H5AD, AnnotatedWriter
+from helical_runner.outputs.annotated import PREDICTIONS_H5AD, AnnotatedWriter, every_cell
 from helical_runner.data.dataset import label_values, open_dataset, prefetched
 from helical_runner.commands.finetune import check_vocabulary, gene_summary
 from helical_runner.outputs.metrics import RunMetrics
@@ -163,11 +163,7 @@ def _all_cells(kept: np.ndarray, best: np.ndarray, probs: np.ndarray, embs: np.n
     predicted[kept] = best
     confidence = np.full(len(kept), np.nan, dtype=np.float32)
     confidence[kept] = probs[np.arange(len(best)), best]
-    full = None
-    if embs is not None:
-        full = np.full((len(kept), embs.shape[1]), np.nan, dtype=np.float32)
-        full[kept] = embs
-    return predicted, confidence, full
+    return predicted, confidence, every_cell(kept, embs) if embs is not None else None
 
 
 class ScoredCells:

@@ -5,9 +5,9 @@ A family module (geneformer.py, ...) provides:
   names()                   the helical model names it runs
   describe(name)            one row of `helical-runner info` (see ModelRow)
   vocabulary(name, dataset) how the file's genes meet the model's vocabulary, for `inspect` (None: not cached)
-  load(name, precision)     an Embedder for that model, its files read offline from helical's cache
+  load(name, precision)     an Embedder (below) for that model, its files read offline from helical's cache
 
-Commands ask `embedder(name, precision)` and never branch on a family's name.
+Commands ask `family_of(name)` and never branch on a family's name.
 """
 
 from __future__ import annotations
@@ -77,11 +77,6 @@ def family_of(name: str):
     known = [n for family in _families() for n in family.names()]
     raise InputError(f"unknown model '{name}'; models this runner runs: {', '.join(known)} "
                      "(`helical-runner info` lists them with their cache state)")
-
-
-def embedder(name: str, precision) -> Embedder:
-    """The Embedder of model `name` on `precision.device` (see the family's load)."""
-    return family_of(name).load(name, precision)
 
 
 def catalogue() -> list[ModelRow]:

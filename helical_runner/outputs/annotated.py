@@ -31,6 +31,14 @@ EMBEDDING_KEY = "X_geneformer"
 CONFIDENCE = "prediction_confidence"
 
 
+def every_cell(kept: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`rows` [kept cells, width] spread over all of a chunk's cells as float32, NaN where `kept` is False
+    (cells with no vocabulary gene keep their row in the file, without an embedding)."""
+    full = np.full((len(kept), rows.shape[1]), np.nan, dtype=np.float32)
+    full[kept] = rows
+    return full
+
+
 def predicted_column(label_column: str) -> str:
     return f"predicted_{label_column}"
 

@@ -28,16 +28,10 @@ def names() -> list[str]:
 
 
 def describe(name: str) -> ModelRow:
-    from helical.models.geneformer.geneformer_config import GeneformerConfig
-    from pathlib import Path
+    from helical_runner.models.geneformer.files import locate, missing_files
 
-    from helical_runner.models.geneformer.files import locate
-
-    config = GeneformerConfig(model_name=name)
-    cache_root = Path(config.files_config["model_files_dir"]).parents[2]
-    missing = [str(cache_root / rel) for rel in config.list_of_files_to_download
-               if not rel.endswith("training_args.bin") and not (cache_root / rel).is_file()]
-    facts = config.model_map[name]
+    missing = [str(path) for path in missing_files(name)]
+    facts = _config().model_map[name]
     width = int(facts["embsize"])
     if not missing:  # a stand-in's width is its own
         files = locate(name, fetch_missing=False)
@@ -49,14 +43,18 @@ def describe(name: str) -> ModelRow:
 def vocabulary(name: str, dataset) -> dict | None:
     """How the file's genes meet the model's vocabulary (InputError when none does); None when the
     model's dictionaries are not in the cache yet."""
-    from helical_runner.commands.finetune import check_vocabulary, gene_summary
     from helical_runner.models.geneformer.files import locate
     from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
 
     files = locate(name, fetch_missing=False)
     if not files.token_dictionary.is_file():
         return None
-    tokenizer = GeneformerTokenizer(files)
+    return _gene_summary(GeneformerTokenizer(files), name, dataset)
+
+
+def _gene_summary(tokenizer, name: str, dataset) -> dict:
+    from helical_runner.commands.finetune import check_vocabulary, gene_summary
+
     check_vocabulary(dataset, tokenizer, name)
     return gene_summary(dataset, tokenizer)
 
@@ -80,10 +78,7 @@ class GeneformerEmbedder:
         self.core = GeneformerClassifier(encoder, 1, files.special_token).to(precision.device).eval()
 
     def genes(self, dataset) -> dict:
-        from helical_runner.commands.finetune import check_vocabulary, gene_summary
-
-        check_vocabulary(dataset, self.tokenizer, self.name)
-        return gene_summary(dataset, self.tokenizer)
+        return _gene_summary(self.tokenizer, self.name, dataset)
 
     def tokenize(self, chunk):
         # helical normalises by obs['n_counts'] when the file has it (else the cell's total), as finetune does

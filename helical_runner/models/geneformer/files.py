@@ -41,16 +41,27 @@ def _geneformer_config(name: str):
         raise InputError(f"unknown model '{name}'; Geneformer models: {', '.join(known)}") from None
 
 
+def _missing(config) -> tuple[Path, list[str]]:
+    """(helical's cache root, the model's files not in it, relative to it)."""
+    cache_root = Path(config.files_config["model_files_dir"]).parents[2]
+    return cache_root, [rel for rel in config.list_of_files_to_download
+                        if not rel.endswith("training_args.bin")  # never read, so not required offline
+                        and not (cache_root / rel).is_file()]
+
+
+def missing_files(name: str) -> list[Path]:
+    """The model's files that are not in helical's cache (full paths)."""
+    cache_root, missing = _missing(_geneformer_config(name))
+    return [cache_root / rel for rel in missing]
+
+
 def locate(name: str, fetch_missing: bool = True) -> ModelFiles:
     """The model's files, downloading any that are missing through helical's downloader."""
     config = _geneformer_config(name)
     model_name = config.config["model_name"]  # helical maps deprecated names to new ones
     facts = config.model_map[model_name]
     files = config.files_config
-    cache_root = Path(files["model_files_dir"]).parents[2]
-    missing = [rel for rel in config.list_of_files_to_download
-               if not rel.endswith("training_args.bin")  # never read, so not required offline
-               and not (cache_root / rel).is_file()]
+    cache_root, missing = _missing(config)
     if missing and fetch_missing:
         _download(missing, cache_root, model_name)
     return ModelFiles(

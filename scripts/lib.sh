@@ -93,6 +93,11 @@ ensure_clients_env() {
     ensure_venv clients "$REPO_ROOT/requirements/clients.lock"
 }
 
+# The MLflow tracking server (make demo, the tests): its own venv, as the compose stack runs it in its own image.
+ensure_mlflow_env() {
+    ensure_venv mlflow "$REPO_ROOT/requirements/mlflow.lock"
+}
+
 # ensure_apt PACKAGE...: install the Debian packages that are missing (one apt-get update per machine).
 ensure_apt() {
     local missing=() pkg

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--label-column", help="obs column the run will train on (checked for 2+ classes)")
     inspect.add_argument("--model", default="gf-12L-38M-i4096", help="Geneformer model whose vocabulary is counted")
     inspect.add_argument("--output", help="also write inspect.json (or error.json) under this prefix")
+    inspect.add_argument("--unlabelled-ok", action="store_true",
+                         help="a --label-column that is missing (or has under 2 classes) is no problem: "
+                              "inspect.json then says labelled: false")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of lines")
     inspect.add_argument("--run-id", help="id for the scratch folder (default: $HELICAL_RUN_ID)")
     _input_flags(inspect)
@@ -93,18 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--no-length-bucketing", action="store_true", help="batch cells in random order only")
     finetune.add_argument("--no-early-prefetch", action="store_true",
                           help="read the first chunk only once the model has loaded (by default the two overlap)")
+    finetune.add_argument("--register", metavar="NAME",
+                          help="registered model (MLflow) the fine-tuned model becomes a version of, when "
+                               "MLFLOW_TRACKING_URI is set (default helical-<label column>)")
+    finetune.add_argument("--promote", choices=["auto", "always", "never"], default="auto",
+                          help="move the registered model's alias 'champion' to the new version: auto when there is "
+                               "no champion or the new macro-F1 beats the champion's (default), always, or never")
     finetune.add_argument("--nproc", type=int, help="data-parallel processes (default: the profile's gpus when > 1; "
                                                     "on CPU, gloo processes)")
     _common_run_flags(finetune)
     _input_flags(finetune)
 
     predict = sub.add_parser("predict", help="annotate cells with a fine-tuned model")
-    predict.add_argument("--model", required=True, help="model folder written by finetune (<output>/model)")
+    predict.add_argument("--model", required=True,
+                         help="model folder written by finetune (<output>/model), or a registered model: "
+                              "models:/NAME@ALIAS or models:/NAME/VERSION (MLflow's registry, MLFLOW_TRACKING_URI)")
     predict.add_argument("--data", required=True, help="chunk manifest.json or .h5ad URL")
     predict.add_argument("--output", required=True,
                          help="prefix for predictions.csv, predictions.h5ad, umap.png, report.json and report.html")
     predict.add_argument("--no-embeddings", action="store_true",
                          help="leave the cell embeddings (obsm['X_geneformer']) and the UMAP out")
+    predict.add_argument("--embeddings", metavar="URL",
+                         help="an embed step's embeddings.h5ad of the same data: its Leiden clusters and UMAP are "
+                              "added to predictions.h5ad")
     _common_run_flags(predict)
     _input_flags(predict)
 
@@ -140,7 +154,7 @@ def run_info(args) -> dict:
     return model_info(args.model, _profile(args)) if args.model else catalogue_info(_profile(args))
 
 
-def run_command(args, profile, scratch, metrics) -> dict:
+def run_command(args, profile, scratch, metrics, tracking=None) -> dict:
     metrics.update(memory_limit_bytes=profile.memory_limit_bytes)
     if args.command == "chunk":
         from helical_runner.data.chunking import chunk
@@ -168,18 +182,20 @@ def run_command(args, profile, scratch, metrics) -> dict:
                 config = merge_config(replace(config, **{name: None if rate < 0 else rate}))  # checks the rate
         return finetune(args.data, args.label_column, args.output, args.model, profile, config,
                         metrics.run_id, scratch.path, metrics, args.counts, args.gene_column,
-                        early_prefetch=not args.no_early_prefetch)
+                        early_prefetch=not args.no_early_prefetch, tracking=tracking,
+                        register=args.register, promote=args.promote)
     if args.command == "embed":
         from helical_runner.commands.embed import embed
 
         if args.max_cluster_cells < 10:
             raise InputError(f"--max-cluster-cells must be at least 10, got {args.max_cluster_cells}")
         return embed(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics,
-                     args.counts, args.gene_column, args.color, args.max_cluster_cells)
+                     args.counts, args.gene_column, args.color, args.max_cluster_cells, tracking=tracking)
     from helical_runner.commands.predict import predict
 
     return predict(args.model, args.data, args.output, profile, metrics.run_id, scratch.path, metrics,
-                   args.counts, args.gene_column, embeddings=not args.no_embeddings)
+                   args.counts, args.gene_column, embeddings=not args.no_embeddings,
+                   embeddings_url=args.embeddings, tracking=tracking)
 
 
 def _summary(command: str, result: dict) -> str:
@@ -231,7 +247,7 @@ def run_inspect(args) -> int:
     scratch = Scratch.create(args.run_id or os.environ.get("HELICAL_RUN_ID") or "inspect")
     try:
         facts = inspection.inspect(args.data, scratch.path, args.model, args.label_column, args.counts,
-                                   args.gene_column)
+                                   args.gene_column, unlabelled_ok=args.unlabelled_ok)
         print(json.dumps(facts, indent=1) if args.json else inspection.text(facts), flush=True)
         if output is not None:
             write_json(output, "inspect.json", facts)
@@ -295,10 +311,18 @@ def _run(args) -> int:
         log.setLevel(logging.WARNING)  # rank 0 tells the story
     metrics = RunMetrics(args.command, run_id, info, gateway=None if main_rank else "").start()
     scratch = Scratch.create(run_id)
+    tracking = None
     try:
-        result = run_command(args, profile, scratch, metrics)
+        tracking = _tracking(args, profile, output, run_id, scratch.path, metrics) if main_rank else None
+        result = run_command(args, profile, scratch, metrics, tracking)
+        if tracking is not None:
+            tracking.finish("FINISHED")
     except BaseException as exc:  # noqa: BLE001 - every failure gets its one line and an error report
         metrics.finish("failed")
+        from helical_runner.errors import SupersededError
+
+        if tracking is not None and not isinstance(exc, SupersededError):  # a newer attempt owns the run now
+            tracking.finish("FAILED")
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             exc = disk_full(exc, scratch.path.parent)
         if not isinstance(exc, (RunnerError, KeyboardInterrupt)):
@@ -316,6 +340,31 @@ def _run(args) -> int:
         pass
     print(f"{args.command} done: {_summary(args.command, result)}; outputs under {output}", file=sys.stderr)
     return 0
+
+
+TRACKED = ("finetune", "predict", "embed")  # the steps that train or annotate: one MLflow run each
+
+
+def _tracking(args, profile, output, run_id: str, scratch, metrics):
+    """The step's MLflow tracking (helical_runner.tracking), started with its parameters and telling the
+    pushed metrics its run; None for steps that aren't tracked."""
+    from dataclasses import asdict
+
+    from helical_runner import tracking
+
+    if args.command not in TRACKED:
+        return None
+    if getattr(args, "register", None):
+        from helical_runner.tracking.registry import check_name
+
+        check_name(args.register)
+    found = tracking.from_env(args.command, str(output), run_id, scratch)
+    found.on_open = lambda t: metrics.name_mlflow_run(t.run_id, t.experiment_id or "", t.url or "")
+    metrics.listeners.append(found.progress)  # the loop's step, loss, learning rate, validation figures
+    skip = {"verbose", "command", "output", "run_id", "profile"}
+    params = {k: (" ".join(v) if isinstance(v, list) else v) for k, v in vars(args).items() if k not in skip}
+    params.update({f"profile.{k}": v for k, v in asdict(profile).items()})
+    return found.start(params)
 
 
 def _record_failure(output, command: str, run_id: str, exc: BaseException) -> int:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from helical_runner.outputs import clusters, fencing, report_html
+from helical_runner.outputs.publish import publish_report
+from helical_runner.tracking import NoTracking
 
 from helical_runner import models
 
@@ -42,7 +44,7 @@ EMBEDDINGS_H5AD = "embeddings.h5ad"
 
 def embed(model_name: str, data_url: str, output_url: str, profile: Profile, run_id: str, scratch: Path,
           metrics: RunMetrics, counts: str | None = None, gene_column: str | None = None,
-          colors: list[str] | None = None, max_cluster_cells: int = clusters.MAX_CELLS) -> dict:
+          colors: list[str] | None = None, max_cluster_cells: int = clusters.MAX_CELLS, tracking=None) -> dict:
     """Embed every cell of `data_url` with `model_name` and write the outputs above. InputError (one line)
     for an unknown model, a file the readers refuse or one with no gene in the model's vocabulary."""
     started = time.monotonic()
@@ -110,8 +112,7 @@ def embed(model_name: str, data_url: str, output_url: str, profile: Profile, run
                     "report_html": str(output.join(report_html.HTML_NAME))},
         "versions": versions(),
     }
-    report_html.publish(output, report, figures)
-    write_json(output, REPORT_NAME, report)
+    publish_report(output, report, figures, tracking or NoTracking())
     log.info("embeddings of %d cells written to %s", n_embedded, output.join(EMBEDDINGS_H5AD))
     return report
 

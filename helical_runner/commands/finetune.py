@@ -6,6 +6,7 @@ the same output resumes from it), report.json, report.html, training_curves.png,
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -33,7 +34,9 @@ from helical_runner.models.geneformer.files import ModelFiles, locate
 from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
 from helical_runner.outputs import report_html
-from helical_runner.outputs.report import REPORT_NAME, class_metrics, confusion_matrix, publish_plots, write_json
+from helical_runner.outputs.publish import publish_report
+from helical_runner.outputs.report import REPORT_NAME, class_metrics, confusion_matrix, publish_plots
+from helical_runner.tracking import NoTracking, registry
 from helical_runner.resources import peak_memory
 from helical_runner.runs import previous_report, versions
 from helical_runner.data.storage import Location
@@ -120,10 +123,14 @@ def _fingerprint(dataset: Dataset, files: ModelFiles, classes, label_column, con
 
 def finetune(data_url: str, label_column: str, output_url: str, model_name: str, profile: Profile,
              config: TrainConfig, run_id: str, scratch: Path, metrics: RunMetrics, counts: str | None = None,
-             gene_column: str | None = None, early_prefetch: bool = True) -> dict:
+             gene_column: str | None = None, early_prefetch: bool = True, tracking=None,
+             register: str | None = None, promote: str = "auto") -> dict:
     """Fine-tune on `data_url` (manifest or .h5ad; `counts`/`gene_column` as `--counts`/`--gene-column`).
     With `early_prefetch` the first chunk is read while helical's model files are located (its import takes
-    seconds) and tokenized while the model loads, both on background threads, so training starts sooner."""
+    seconds) and tokenized while the model loads, both on background threads, so training starts sooner.
+    With `tracking` (helical_runner.tracking) the model is logged to the step's MLflow run and registered as
+    a version of `register` (default helical-<label column>), `promote` deciding the champion alias."""
+    tracking = tracking or NoTracking()
     started = time.monotonic()
     output = storage.parse(output_url)
     previous = previous_report(output)
@@ -174,6 +181,8 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         store = checkpoint.CheckpointStore(output, scratch)
         fingerprint = _fingerprint(dataset, files, classes, label_column, config, profile, precision.name)
         state = _resume(store, trainer, fingerprint)
+        if state.step:  # what the killed attempt trained before its checkpoint may not have reached MLflow
+            tracking.log_history({"loss": state.step_losses, "learning_rate": state.step_lrs}, state.val_history)
 
         def save_checkpoint(current: TrainState) -> None:
             if not dist.is_main:
@@ -199,7 +208,8 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
             return {"status": "succeeded", "steps": state.step, "accuracy": None, "rank": dist.rank}
         report = _publish(output, trainer, state, dataset, files, classes, label_column, config, profile,
                           precision.name, run_id, started, data_url, tokenizer,
-                          training_start[0] if training_start else None)
+                          training_start[0] if training_start else None,
+                          tracking, register or registry.default_name(label_column), promote)
         dist.barrier()
         return report
     finally:
@@ -227,7 +237,7 @@ def _resume(store: checkpoint.CheckpointStore, trainer: Trainer, fingerprint: di
 def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dataset, files: ModelFiles,
              classes: list[str], label_column: str, config: TrainConfig, profile: Profile, precision: str,
              run_id: str, started: float, data_url: str, tokenizer: GeneformerTokenizer,
-             training_start_seconds: float | None) -> dict:
+             training_start_seconds: float | None, tracking, register: str, promote: str) -> dict:
     labels = np.asarray(state.val_labels, dtype=np.int64)
     if len(labels):
         predictions = trainer.predict(state.val_ids, config.batch_size * 4).argmax(axis=1)
@@ -244,6 +254,7 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         model_io.save(trainer.core, meta, files, Path(tmp))
         for path in sorted(Path(tmp).iterdir()):
             storage.upload(path, output.join("model", path.name))
+        tracking.log_artifacts(Path(tmp), "model")
     steps = {"loss": state.step_losses, "lr": state.step_lrs}
     pictures = publish_plots(output, steps, state.val_history, matrix, classes)
     report = {
@@ -289,8 +300,10 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         "versions": versions(),
     }
     report["macro_f1"] = report["class_metrics"]["macro_f1"]
-    report_html.publish(output, report, pictures)
-    write_json(output, REPORT_NAME, report)  # last: a finished report.json means a finished run
+    tracking.register_model(register, promote, {
+        "base_model": files.name, "label_column": label_column, "classes": json.dumps(classes)[:5000],
+        "data_etag": dataset.etag, "data": data_url, "airflow.run_id": run_id}, report["macro_f1"])
+    publish_report(output, report, pictures, tracking)
     log.info("fine-tuning done: %d steps, validation accuracy %s, report at %s", state.step,
              f"{report['accuracy']:.3f}" if report["accuracy"] is not None else "n/a", output.join(REPORT_NAME))
     return report

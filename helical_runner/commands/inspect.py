@@ -24,8 +24,10 @@ NUMERIC_LABEL_VALUES = 50  # and at most this many of them
 
 
 def inspect(data_url: str, scratch: Path, model_name: str, label_column: str | None = None,
-            counts: str | None = None, gene_column: str | None = None) -> dict:
-    """The facts as a JSON-ready dict; `problem` is the one-line reason a run would stop, or None.
+            counts: str | None = None, gene_column: str | None = None, unlabelled_ok: bool = False) -> dict:
+    """The facts as a JSON-ready dict; `problem` is the one-line reason a run would stop, or None. With a
+    `label_column`, `labelled` says whether it holds 2+ classes; if not, that is the problem, unless
+    `unlabelled_ok` (then `unlabelled` gives the reason and there is no problem).
 
     Raises InputError only when the file cannot be opened at all (then nothing else can be said)."""
     dataset = open_dataset(data_url, scratch, cells_per_chunk=1 << 30, counts=counts, gene_column=gene_column)
@@ -43,12 +45,20 @@ def inspect(data_url: str, scratch: Path, model_name: str, label_column: str | N
         }
         try:
             facts["vocabulary"] = _vocabulary(dataset, model_name)
-            if label_column is not None:
-                from helical_runner.commands.finetune import label_classes
-
-                label_classes(dataset, label_column)
         except RunnerError as exc:
             facts["problem"] = str(exc)
+        if label_column is not None and facts["problem"] is None:
+            from helical_runner.commands.finetune import label_classes
+
+            try:
+                label_classes(dataset, label_column)
+                facts["labelled"] = True
+            except RunnerError as exc:
+                facts["labelled"] = False
+                if unlabelled_ok:  # the run annotates the file instead of fine-tuning on it
+                    facts["unlabelled"] = str(exc)
+                else:
+                    facts["problem"] = str(exc)
         return facts
     finally:
         dataset.close()
@@ -130,6 +140,8 @@ def text(facts: dict) -> str:
             ("numeric QC or per-cell ids", rest["numeric_or_per_cell"])) if names]
         plural = "s" if rest["count"] > 1 else ""
         lines.append(f"{'and ' if likely else ''}{rest['count']} other obs column{plural}: {'; '.join(parts)}")
+    if facts.get("unlabelled"):
+        lines.append(f"unlabelled: {facts['unlabelled']} (annotated instead of fine-tuned on)")
     lines.append(f"problem: {facts['problem'] or 'none'}")
     return "\n".join(lines)
 

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from helical_runner.errors import InputError
 from helical_runner.outputs import fencing, report_html
+from helical_runner.outputs.publish import publish_report
+from helical_runner.tracking import NoTracking, registry
 
 from helical_runner.models.geneformer import network as model_io
 
@@ -40,15 +43,20 @@ log = logging.getLogger(__name__)
 PREDICTIONS_NAME = "predictions.csv"
 
 
-def fetch_model(model_url: str, dest: Path) -> Path:
-    """A local copy of a saved model folder (local folders are used in place)."""
+def fetch_model(model_url: str, dest: Path) -> tuple[Path, dict | None]:
+    """A local copy of a saved model folder (local folders are used in place), and where the registry had
+    it when `model_url` is models:/NAME@ALIAS or models:/NAME/VERSION (tracking.registry.download)."""
+    if registry.is_registry_uri(model_url):
+        return registry.download(model_url, dest)
+    return _fetch_folder(model_url, dest), None
+
+
+def _fetch_folder(model_url: str, dest: Path) -> Path:
     loc = storage.parse(model_url)
     if not loc.is_s3:
         return loc.path
     names = list(storage.list_names(loc))
     if model_io.META_FILE not in names:
-        from helical_runner.errors import InputError
-
         raise InputError(f"{loc} is not a fine-tuned model folder (no {model_io.META_FILE})")
     for name in names:
         storage.download(loc.join(name), dest / name)
@@ -57,15 +65,20 @@ def fetch_model(model_url: str, dest: Path) -> Path:
 
 def predict(model_url: str, data_url: str, output_url: str, profile: Profile, run_id: str, scratch: Path,
             metrics: RunMetrics, counts: str | None = None, gene_column: str | None = None,
-            embeddings: bool = True) -> dict:
+            embeddings: bool = True, embeddings_url: str | None = None, tracking=None) -> dict:
     """Annotate `data_url`'s cells. Gene ids are looked for first where the model's training file had them
-    (its saved `gene_column`), so another file of the same kind gives the same tokens."""
+    (its saved `gene_column`), so another file of the same kind gives the same tokens. `model_url` is a
+    model folder or a registry URL (fetch_model); with `embeddings_url` (an embed step's embeddings.h5ad of
+    the same chunks) predictions.h5ad also gets its clusters and UMAP (clusters.copy_clusters)."""
     started = time.monotonic()
+    tracking = tracking or NoTracking()
     output = storage.parse(output_url)
     fencing.hold(output, "predict")  # before anything is written: an older attempt of this step is fenced out
     device = select_device(profile.device)
     precision = resolve(profile.precision, device)
-    model_dir = fetch_model(model_url, scratch / "model")
+    model_dir, registered = fetch_model(model_url, scratch / "model")
+    tracking.log_params({"model_version": registered and registered["version"],
+                         "model_name": registered and registered["name"]})
     net, meta = model_io.load(model_dir)
     net.to(device)
     tokenizer = GeneformerTokenizer(model_io.files_of_saved_model(model_dir, meta), meta.input_size)
@@ -114,6 +127,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
                     metrics.update(chunks_done=done, cells=n_predicted)
                     log.info("predicted chunk %d/%d (%d cells so far)", done, dataset.n_chunks, n_predicted)
             writer.close()
+            joined = _copy_clusters(embeddings_url, writer.path) if embeddings_url else None
             inference_done = time.monotonic()
             storage.upload(table, output.join(PREDICTIONS_NAME))
             storage.upload(writer.path, output.join(PREDICTIONS_H5AD))
@@ -126,7 +140,9 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
         "status": "succeeded", "command": "predict", "run_id": run_id,
         "inputs": {"model": model_url, "data": {"url": data_url, "etag": dataset.etag, "size": dataset.size,
                                                   "cells": dataset.n_cells, "chunks": dataset.n_chunks}},
-        "model": {"base_model": meta.base_model, "labels": meta.labels, "label_column": meta.label_column},
+        "model": {"base_model": meta.base_model, "labels": meta.labels, "label_column": meta.label_column,
+                  "registered": registered},
+        "clusters_from": {"embeddings": embeddings_url, "column": joined} if embeddings_url else None,
         "profile": asdict(profile), "precision": precision.name, "device": str(device),
         "batch_size": profile.batch_size * 4, "embeddings": embeddings,
         "data_layout": dataset.layout,
@@ -150,11 +166,25 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
                     "report_html": str(output.join(report_html.HTML_NAME))},
         "versions": versions(),
     }
-    report_html.publish(output, report, figures)
-    write_json(output, REPORT_NAME, report)
+    publish_report(output, report, figures, tracking or NoTracking())
     log.info("predictions for %d cells written to %s and %s", n_predicted, output.join(PREDICTIONS_NAME),
              output.join(PREDICTIONS_H5AD))
     return report
+
+
+def _copy_clusters(embeddings_url: str, h5ad: Path) -> str | None:
+    from helical_runner.data.s3_file import S3File
+    from helical_runner.outputs.clusters import copy_clusters
+
+    loc = storage.parse(embeddings_url)
+    if not storage.exists(loc):
+        raise InputError(f"--embeddings {loc}: not found (run embed on the same chunks first)")
+    source = S3File(loc) if loc.is_s3 else loc.path
+    try:
+        return copy_clusters(source, h5ad)
+    finally:
+        if loc.is_s3:
+            source.close()
 
 
 def _all_cells(kept: np.ndarray, best: np.ndarray, probs: np.ndarray, embs: np.ndarray | None):

@@ -3,9 +3,9 @@
 All of it is scanpy's: `sc.pp.neighbors` (a 15-nearest-neighbour graph on the embeddings, pynndescent),
 `sc.tl.leiden` (igraph's Leiden, scanpy's recommended flavor: 2 iterations, undirected) and `sc.tl.umap`
 (umap-learn, scanpy's defaults). On more than `max_cells` cells they run on a seeded random sample of that
-many cells; every other cell is then placed by `sc.tl.ingest`, which gives it the majority cluster of its
-nearest sampled neighbours and a position from the fitted UMAP (umap-learn's `transform`), block by block,
-so memory holds the sample and one block. The report says how many cells were clustered and how many placed.
+many cells; every other cell then gets the majority cluster and the mean UMAP position of its 15 nearest
+sampled neighbours (scikit-learn's exact kNN; scanpy's own `ingest` fails with pynndescent 0.7), block by
+block, so memory holds the sample and one block. The report says how many cells were clustered and placed.
 
 Cells without an embedding (no gene in the model's vocabulary) get a missing cluster and NaN coordinates.
 """
@@ -60,7 +60,7 @@ def cluster_and_umap(h5ad: Path, key: str, column: str = CLUSTER_COLUMN, max_cel
     codes[rows] = pd.Categorical(reference.obs[column], categories=categories).codes
     layout[rows] = reference.obsm[UMAP_KEY]
     placed = _place_the_rest(h5ad, key, values, rows, codes, layout)
-    _write(h5ad, column, pd.Categorical.from_codes(codes, categories=categories), layout)
+    write_clusters(h5ad, column, pd.Categorical.from_codes(codes, categories=categories), layout)
     info = {"column": column, "clusters": len(categories), "clustered": int(len(rows)), "placed": placed, "of": int(total),
             "seconds": time.monotonic() - started}
     log.info("%d Leiden clusters on %d cells%s", len(categories), len(rows),
@@ -101,7 +101,30 @@ def _place_the_rest(h5ad: Path, key: str, reference: np.ndarray, sampled: np.nda
     return placed
 
 
-def _write(h5ad: Path, column: str, clusters: pd.Categorical, layout: np.ndarray) -> None:
+def copy_clusters(source, h5ad: Path) -> str | None:
+    """Bring the embed step's clusters and UMAP from its embeddings.h5ad `source` (a path or a file object
+    such as s3_file.S3File) into `h5ad`, which holds the same cells in the same order (both written from one
+    chunk manifest): obs['leiden'] (or 'leiden_embed', whichever the embed step wrote) and obsm['X_umap'].
+    Returns the column, or None when `source` has no clusters. Raises InputError when the cells differ."""
+    from anndata.io import read_elem
+
+    from helical_runner.errors import InputError
+
+    with h5py.File(source, "r") as src, h5py.File(h5ad, "r") as dst:
+        column = next((c for c in (f"{CLUSTER_COLUMN}_embed", CLUSTER_COLUMN) if c in src["obs"]), None)
+        if column is None or UMAP_KEY not in src["obsm"]:
+            return None
+        index = src["obs"][src["obs"].attrs["_index"]][...]
+        if not np.array_equal(index, dst["obs"][dst["obs"].attrs["_index"]][...]):
+            raise InputError("--embeddings: its cells are not the predicted cells (another data set or order)")
+        taken = column in dst["obs"]
+        clusters, layout = read_elem(src["obs"][column]), src["obsm"][UMAP_KEY][...]
+    column = f"{column}_embed" if taken else column
+    write_clusters(h5ad, column, clusters, layout)
+    return column
+
+
+def write_clusters(h5ad: Path, column: str, clusters: pd.Categorical, layout: np.ndarray) -> None:
     """obs[column] and obsm['X_umap'] in anndata's encoding; the column joins obs's column order."""
     from anndata.io import write_elem
 

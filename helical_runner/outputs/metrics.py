@@ -14,6 +14,7 @@ Names (the monitoring dashboards and alert rules use exactly these):
   helical_runner_peak_rss_bytes, helical_runner_memory_limit_bytes,
   helical_runner_cuda_memory_allocated_bytes, helical_runner_cuda_memory_reserved_bytes,
   helical_runner_start_time_seconds, helical_runner_duration_seconds, helical_runner_last_update_time_seconds
+  helical_runner_mlflow_run_info{mlflow_run_id,experiment_id,url}      1, once the step's MLflow run is known
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class RunMetrics:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
+        self.listeners: list = []  # called with each update's values (MLflow tracking: helical_runner.tracking)
         self.registry = CollectorRegistry()
         info_labels = {"model": "", "profile": "", "precision": "", "device": "", "dag_id": "", "task_id": ""}
         info_labels.update({k: str(v) for k, v in info.items() if k in info_labels})
@@ -71,9 +73,16 @@ class RunMetrics:
                                  registry=self.registry)
         self._cuda_reserved = Gauge(f"{JOB}_cuda_memory_reserved_bytes", "Peak CUDA memory reserved",
                                     registry=self.registry)
+        self._mlflow = Gauge(f"{JOB}_mlflow_run_info", "The step's MLflow run (helical_runner.tracking)",
+                             ["mlflow_run_id", "experiment_id", "url"], registry=self.registry)
         Gauge(f"{JOB}_start_time_seconds", "Unix time the run started", registry=self.registry).set(self.started)
         self._duration = Gauge(f"{JOB}_duration_seconds", "Seconds since the run started", registry=self.registry)
         self._updated = Gauge(f"{JOB}_last_update_time_seconds", "Unix time of this push", registry=self.registry)
+
+    def name_mlflow_run(self, run_id: str, experiment_id: str, url: str) -> None:
+        """Label the pushed metrics with the step's MLflow run, so a dashboard leads to it."""
+        self._mlflow.clear()
+        self._mlflow.labels(mlflow_run_id=run_id, experiment_id=experiment_id, url=url).set(1)
 
     @property
     def enabled(self) -> bool:
@@ -84,6 +93,8 @@ class RunMetrics:
             for name, value in values.items():
                 if value is not None:
                     self.values[_ALIASES.get(name, name)] = float(value)
+        for listener in self.listeners:
+            listener(values)
 
     def start(self) -> "RunMetrics":
         if self.enabled:

@@ -102,6 +102,14 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
         (f"{split} accuracy", report.get("accuracy")), (f"{split} macro-F1", (metrics or {}).get("macro_f1")),
         ("duration (s)", durations.get("total_seconds")),
     ])
+    tracking = report.get("tracking") or {}
+    registered = tracking.get("registered_model") or {}
+    summary += _rows([
+        ("MLflow run", tracking.get("url") or tracking.get("status")),
+        ("registered model", registered.get("uri")), ("champion", registered.get("reason")),
+        ("model used", ((report.get("model") or {}).get("registered") or {}).get("uri")),
+        ("not in MLflow", ", ".join(tracking.get("not_logged") or [])),
+    ])
     chosen = _rows([
         ("data", data.get("url")), ("data ETag", data.get("etag")), ("data size", _bytes(data.get("size"))),
         ("cells in the data", data.get("cells")), ("chunks", data.get("chunks")),
@@ -163,6 +171,10 @@ def render(report: dict, figures: dict[str, bytes]) -> str:
 
 def publish(output: Location, report: dict, figures: dict[str, bytes]) -> Location:
     """Render the page and upload it as report.html under `output`; returns its location."""
+    return put(output, render(report, figures).encode())
+
+
+def put(output: Location, html: bytes) -> Location:
     loc = output.join(HTML_NAME)
-    storage.put_bytes(loc, render(report, figures).encode(), "text/html; charset=utf-8")
+    storage.put_bytes(loc, html, "text/html; charset=utf-8")
     return loc

@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import f1_score
 
 from helical_runner.training.batching import collate, make_batches, padded_tokens, padding_efficiency
 from torch.nn.parallel import DistributedDataParallel
@@ -299,8 +300,10 @@ def _evaluate_epoch(trainer: Trainer, epoch: int, state: TrainState, progress: C
     labels = np.asarray(state.val_labels)
     loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels)))
     accuracy = float((probs.argmax(axis=1) == labels).mean())
+    # scikit-learn's macro average over the classes seen or predicted, as report.json's class_metrics
+    macro_f1 = float(f1_score(labels, probs.argmax(axis=1), average="macro", zero_division=0))
     state.val_history.append({"epoch": epoch + 1, "step": state.step, "val_loss": loss,
-                              "val_accuracy": accuracy, "val_cells": len(labels)})
-    progress(val_accuracy=accuracy, val_loss=loss)
+                              "val_accuracy": accuracy, "val_macro_f1": macro_f1, "val_cells": len(labels)})
+    progress(val_accuracy=accuracy, val_loss=loss, val_macro_f1=macro_f1)
     log.info("epoch %d: validation loss %.4f, accuracy %.3f on %d held-out cells", epoch + 1, loss, accuracy,
              len(labels))

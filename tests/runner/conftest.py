@@ -24,6 +24,7 @@ os.environ.pop("PUSHGATEWAY_URL", None)
 BUCKET = "helical"
 MODEL = "gf-12L-38M-i4096"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # shared helpers: mlflow_server.py
 # Real .h5ad files from public repositories (SOURCES.md there), kept beside the checkout, never copied in
 REAL_DATA = Path(os.environ.get("HELICAL_REAL_DATA", REPO_ROOT.parent / "shared" / "real-data"))
 

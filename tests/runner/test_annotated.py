@@ -38,3 +38,34 @@ def test_chunks_append_into_one_anndata_with_growing_categories(tmp_path):
     assert pd.isna(result.obs["predicted_cell_type"].iloc[2])
     assert result.obs["predicted_cell_type"].iloc[3] == "T cell"
     np.testing.assert_array_equal(result.obsm["X_geneformer"], np.concatenate(embeddings))
+
+
+def test_embed_clusters_and_umap_join_the_predictions_of_the_same_cells(tmp_path):
+    """helical_annotate's predict step brings the embed step's Leiden clusters and UMAP into
+    predictions.h5ad (predict --embeddings): same cells, same order, read back by anndata."""
+    from helical_runner.errors import InputError
+    from helical_runner.outputs.clusters import copy_clusters
+
+    cells = [f"cell-{i}" for i in range(40)]
+    rng = np.random.default_rng(0)
+    leiden = pd.Categorical(rng.choice(["0", "1", "2"], 40), categories=["0", "1", "2"])
+    umap = rng.normal(size=(40, 2)).astype(np.float32)
+    anndata.AnnData(obs=pd.DataFrame({"donor": ["a"] * 40, "leiden": leiden}, index=cells),
+                    obsm={"X_umap": umap}).write_h5ad(tmp_path / "embeddings.h5ad")
+    predictions = tmp_path / "predictions.h5ad"
+    anndata.AnnData(obs=pd.DataFrame({"donor": ["a"] * 40, "predicted_cell_type": ["T"] * 40},
+                                     index=cells)).write_h5ad(predictions)
+
+    assert copy_clusters(tmp_path / "embeddings.h5ad", predictions) == "leiden"
+    joined = anndata.read_h5ad(predictions)
+    assert list(joined.obs.columns) == ["donor", "predicted_cell_type", "leiden"]
+    assert joined.obs["leiden"].tolist() == list(leiden) and np.array_equal(joined.obsm["X_umap"], umap)
+
+    other = tmp_path / "other.h5ad"
+    anndata.AnnData(obs=pd.DataFrame(index=cells[::-1])).write_h5ad(other)
+    try:
+        copy_clusters(tmp_path / "embeddings.h5ad", other)
+    except InputError as exc:
+        assert str(exc) == "--embeddings: its cells are not the predicted cells (another data set or order)"
+    else:
+        raise AssertionError("cells in another order were joined")

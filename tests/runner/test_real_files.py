@@ -241,3 +241,25 @@ def test_synthetic_data_caps_genes_at_its_table_and_says_so(tmp_path, capfd):
         assert tuple(f["X"].attrs["shape"]) == (20, held) and f["var/_index"].shape == (held,)
     with H5adRows(path, "many.h5ad") as rows:  # consistent: it opens
         assert rows.layout.n_vars == held
+
+
+# ------------------------------------------------------------------ unlabelled files (issue 23's upload routing)
+
+def test_inspect_of_an_unlabelled_file_is_no_problem_when_the_run_may_annotate_it(tmp_path, truth, model_files,
+                                                                                  capfd):
+    """Most users' files carry no cell types: with --unlabelled-ok a missing label column is a fact
+    (inspect.json labelled: false, the run annotates instead), without it the run's one-line problem."""
+    path = write(tmp_path / "unlabelled.h5ad", truth["X"], truth)
+    out = tmp_path / "out"
+    assert main(["inspect", "--data", str(path), "--label-column", "no_such_column", "--unlabelled-ok",
+                 "--output", str(out)]) == 0
+    facts = json.loads((out / "inspect.json").read_text())
+    assert facts["labelled"] is False and facts["problem"] is None
+    assert facts["unlabelled"] == f"{path}: no obs column 'no_such_column' usable as labels (categorical obs " \
+                                  "columns: cell_type)"
+    assert capfd.readouterr().out.splitlines()[-2].startswith("unlabelled: ")
+
+    assert main(["inspect", "--data", str(path), "--label-column", "no_such_column"]) == 65
+    assert main(["inspect", "--data", str(path), "--label-column", "cell_type", "--unlabelled-ok",
+                 "--output", str(out)]) == 0
+    assert json.loads((out / "inspect.json").read_text())["labelled"] is True

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
 from helical_lib import forms, models, profiles
 from helical_lib.pipeline import DAG_SETTINGS, runner_pipeline
@@ -32,8 +32,7 @@ PARAMS = {
     "data": forms.data("embed"),
     "model": forms.model(models.DEFAULT_MODEL, models.embeddable(), "Pretrained model to embed the cells with"),
     "profile": forms.profile(DEFAULT_PROFILE, PROFILES),
-    "color": Param([], type="array", title="Colour by", items={"type": "string", "minLength": 1, "maxLength": 200},
-                   maxItems=8, description="obs columns to colour umap.png by, beside the clusters (e.g. donor_id)"),
+    "color": forms.color(),
     **forms.runtime_choices(),
     **forms.input_choices(),
 }

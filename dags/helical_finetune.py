@@ -1,10 +1,10 @@
 """
 ### Fine-tune Geneformer on an .h5ad and annotate its cells
 
-Trigger from the UI (the form below is validated) or let `helical_ingest` trigger it for every upload to
-`incoming/`. The run checks its input (and that a live Celery worker serves its profile's queue: if none
-does, it fails at once saying how to start one), then runs four `helical-runner` containers through the
-docker-socket-proxy:
+Trigger from the UI (the form below is validated) or let `helical_ingest` trigger it for uploads to
+`incoming/train/<label column>/` and plain `incoming/` (README, "Uploads and annotation"). The run checks its
+input (and that a live Celery worker serves its profile's queue: if none does, it fails at once saying how to
+start one), then runs four `helical-runner` containers through the docker-socket-proxy:
 
 0. **inspect** the .h5ad: the task log shows where its counts and gene ids are, how many genes the model
    knows, its label columns, and stops the run in seconds if the file can't be used;
@@ -12,10 +12,19 @@ docker-socket-proxy:
    inspect and chunk always run on queue `cpu`: they need no GPU, so they never hold a GPU worker's slot;
 2. **finetune** a cell-type classifier on the streamed chunks → `runs/<run_id>/` (model, checkpoint,
    report.json, report.html, pictures), on the Celery queue of the resource profile (`config/profiles.yaml`);
+   with MLflow (`MLFLOW_TRACKING_URI`) the run is tracked there and the model registered as a new version of
+   *Registered model* (default `helical-<label column>`); *Promote* moves its alias `champion` (auto: when
+   there is no champion yet or the new macro-F1 beats the champion's);
 3. **predict** cell types with the new model (same queue) → `runs/<run_id>/predict/` (predictions.h5ad with
    the cells' obs, predictions and embeddings; predictions.csv, umap.png, report.json, report.html);
 
-and **publishes** a summary (report page URLs, accuracy, macro-F1, cells/s) to `runs/<run_id>/summary.json`.
+and **publishes** a summary (report page URLs, accuracy, macro-F1, cells/s, the MLflow run, the registered
+model version and whether it became champion) to `runs/<run_id>/summary.json`.
+
+With *Annotate if unlabelled* (`or_annotate`, set by `helical_ingest` for plain `incoming/<name>.h5ad`
+uploads) a file without the label column is no bad input: inspect says so (`labelled: false` in
+`runs/<run_id>/inspect.json`), **check_labels** skips chunk, finetune and predict, and **annotate_instead**
+triggers `helical_annotate` on the same file and ETag (run id `<this run id>__annotate`); the summary names it.
 Containers that fail are kept for debugging (`docker ps -a --filter label=app=helical-runner`); a bad
 input (runner exit code 65, or an upload over the profile's size cap or deleted before its run) fails at
 once instead of being retried, and the upload is moved to `quarantine/<name>` with the one-line reason in
@@ -52,8 +61,16 @@ PARAMS = {
     "no_embeddings": Param(False, type="boolean", title="Skip embeddings",
                            description="Leave the cell embeddings (obsm['X_geneformer'] in predictions.h5ad) "
                                        "and the UMAP out of the predict step"),
+    "registered_model": forms.registered_model(None, "MLflow registered model the fine-tuned model becomes a "
+                                               "new version of (default helical-<label column>)"),
+    "promote": Param("auto", type="string", title="Promote", enum=["auto", "always", "never"],
+                     description="Move the registered model's alias 'champion' to the new version: auto when there "
+                                 "is no champion yet or the new macro-F1 beats the champion's, always, or never"),
+    "or_annotate": Param(False, type="boolean", title="Annotate if unlabelled",
+                         description="When the file has no such label column, hand it to helical_annotate (the "
+                                     "registered model's champion annotates it) instead of failing"),
     **forms.input_choices(),
 }
 
 with DAG(dag_id=Path(__file__).stem, doc_md=__doc__, params=PARAMS, **DAG_SETTINGS) as dag:
-    runner_pipeline(STEPS, summarise="summarise", image=PROFILES[DEFAULT_PROFILE]["image"])
+    runner_pipeline(STEPS, summarise="summarise", image=PROFILES[DEFAULT_PROFILE]["image"], annotate_unlabelled=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
+from helical_lib.registry import NAME_PATTERN
+
 DATA_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|/data/.+)\.h5ad$"
 
 
@@ -29,6 +31,11 @@ def profile(default: str, names) -> Param:
                  description="Image, queue, device, memory cap and defaults from config/profiles.yaml")
 
 
+def color() -> Param:
+    return Param([], type="array", title="Colour by", items={"type": "string", "minLength": 1, "maxLength": 200},
+                 maxItems=8, description="obs columns to colour umap.png by, beside the clusters (e.g. donor_id)")
+
+
 def runtime_choices() -> dict[str, Param]:
     """Precision, batch size and chunk size: each overrides the profile when given."""
     return {
@@ -51,3 +58,9 @@ def input_choices() -> dict[str, Param]:
         "etag": optional("string", "ETag", "Set by helical_ingest: the upload this run was triggered for; the run "
                                            "fails if the object has changed since", maxLength=200),
     }
+
+
+def registered_model(default: str | None, description: str) -> Param:
+    """A registered model's name in MLflow (letters, digits, '-', '_', '.'; as the runner checks it)."""
+    return Param(default, type="string" if default else ["null", "string"], title="Registered model",
+                 description=description, pattern=NAME_PATTERN, maxLength=200)

@@ -1,9 +1,9 @@
 """Find uploads in incoming/ that no run has been started for: a trigger (polls in the triggerer, costs no
-worker slot) and the deferrable sensor that waits on it.
+worker slot) and the deferrable sensor that waits on it; and which DAG each upload goes to (route).
 
 "New" means a (key, ETag) pair with no marker under ledger/. Markers are written only after the
-helical_finetune run exists, and that run's id is derived from key + ETag, so a crash between the two
-makes the next pass trigger again, which Airflow turns into a no-op: every upload gets exactly one run.
+run exists, and that run's id is derived from key + ETag, so a crash between the two makes the next pass
+trigger again, which Airflow turns into a no-op: every upload gets exactly one run.
 """
 
 from __future__ import annotations
@@ -16,8 +16,48 @@ from airflow.sdk import BaseSensorOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from helical_lib import s3
+from helical_lib.plan import ANNOTATE_DAG
 
 log = logging.getLogger(__name__)
+
+FINETUNE_DAG = "helical_finetune"
+TRAIN = f"{s3.INCOMING}train/"  # incoming/train/<label column>/<name>.h5ad: fine-tune on that column
+ANNOTATE = f"{s3.INCOMING}annotate/"  # incoming/annotate/<name>.h5ad: annotate
+DEFAULT_LABEL_COLUMN = "cell_type"  # a plain upload fine-tunes on it, or is annotated when it lacks it
+MAX_LABEL_COLUMN = 200  # helical_finetune's form takes label columns of 1 to 200 characters
+
+
+def route(key: str) -> tuple[str, dict] | None:
+    """(DAG id, conf beside data and etag) for an upload, by where it was put (README, "Uploads and annotation"):
+
+        incoming/train/<label column>/<name>.h5ad  -> helical_finetune on that column (<name> may hold folders)
+        incoming/annotate/<name>.h5ad              -> helical_annotate (<name> may hold folders)
+        any other incoming/<name>.h5ad             -> helical_finetune on cell_type, or_annotate: handed to
+                                                      helical_annotate when it has no such column
+
+    A train/ folder name that can't be a label column (empty, as in incoming/train//x.h5ad, or over 200
+    characters) and a file directly in train/ make a plain upload: every upload gets a run. None for a key
+    that is no .h5ad under incoming/."""
+    if not key.startswith(s3.INCOMING) or not key.endswith(".h5ad"):
+        return None
+    if key.startswith(ANNOTATE):
+        return ANNOTATE_DAG, {}
+    label, sep, _ = key.removeprefix(TRAIN).partition("/")
+    if key.startswith(TRAIN) and sep and 0 < len(label) <= MAX_LABEL_COLUMN:
+        return FINETUNE_DAG, {"label_column": label}
+    return FINETUNE_DAG, {"label_column": DEFAULT_LABEL_COLUMN, "or_annotate": True}
+
+
+def runs_to_start(objects: list[dict], bucket: str, dag_id: str) -> list[dict]:
+    """One trigger request per upload that route() sends to `dag_id`: a run id derived from key + ETag, the
+    object (and the route's settings) in the conf."""
+    requests = []
+    for obj in objects:
+        found = route(obj["key"])
+        if found and found[0] == dag_id:
+            requests.append({"trigger_run_id": s3.ingest_run_id(obj["key"], obj["etag"]),
+                             "conf": {"data": f"s3://{bucket}/{obj['key']}", "etag": obj["etag"], **found[1]}})
+    return requests
 
 
 def find_new(client, bucket: str, prefix: str = s3.INCOMING, suffix: str = ".h5ad") -> list[dict]:

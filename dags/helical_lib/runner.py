@@ -15,11 +15,11 @@ from typing import Any
 
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 from airflow.providers.docker.operators.docker import DockerOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from docker.types import DeviceRequest, Mount
 
 from helical_lib import profiles
-from helical_lib.plan import DATA_MOUNT, EXIT_BAD_INPUT, EXIT_SUPERSEDED, EXIT_USAGE
+from helical_lib.plan import DATA_MOUNT, EXIT_BAD_INPUT, EXIT_SUPERSEDED, EXIT_USAGE, NO_MODEL
 from helical_lib.s3 import connection_env, safe_id
 from helical_lib.settings import Settings
 
@@ -59,6 +59,10 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
         environment["PUSHGATEWAY_URL"] = settings.pushgateway_url
     if settings.runner_profiles:  # profiles edited after the image was built: runners read the same file
         environment["HELICAL_PROFILES"] = settings.runner_profiles
+    if settings.mlflow_tracking_uri:  # each step logs an MLflow run (experiment = HELICAL_DAG_ID)
+        environment["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    if settings.mlflow_ui_url:
+        environment["HELICAL_MLFLOW_UI_URL"] = settings.mlflow_ui_url
     gpus = int(profile.get("gpus") or 0)
     device_requests = None
     if profile["device"] == "cuda" and gpus > 0:
@@ -120,9 +124,11 @@ def runner_command(step: str, plan: dict) -> list[str]:
     manifest = f"{plan['chunks']}/manifest.json"
     choices = [("--counts", plan.get("counts")), ("--gene-column", plan.get("gene_column"))]  # read by the first two
     if step == "inspect":  # its facts go to the task log; a bad file fails here (error.json under the run)
-        return ["inspect", *_flags([("--data", plan["data"]), ("--label-column", plan["label_column"]),
+        return ["inspect", *_flags([("--data", plan["data"]), ("--label-column", plan.get("label_column")),
                                     ("--output", plan["run"]), ("--model", plan.get("model")), *choices,
-                                    ("--run-id", plan["run_id"])])]
+                                    ("--run-id", plan["run_id"])]),
+                # no label column is then no error: inspect.json says `labelled: false` (pipeline's check_labels)
+                *(["--unlabelled-ok"] if plan.get("or_annotate") else [])]
     if step == "chunk":
         return ["chunk", *_flags([("--input", plan["data"]), ("--output", plan["chunks"]),
                                   ("--cells-per-chunk", plan.get("cells_per_chunk")), *choices, *common])]
@@ -132,10 +138,13 @@ def runner_command(step: str, plan: dict) -> list[str]:
                                      ("--model", plan.get("model")), ("--epochs", plan.get("epochs")),
                                      ("--batch-size", plan.get("batch_size")),
                                      ("--tokens-per-batch", plan.get("tokens_per_batch")), ("--lr", plan.get("lr")),
-                                     ("--precision", plan.get("precision")), *common])]
-    if step == "predict":
-        return ["predict", *_flags([("--model", f"{plan['run']}/model"), ("--data", manifest),
-                                    ("--output", f"{plan['run']}/predict"), ("--batch-size", plan.get("batch_size")),
+                                     ("--precision", plan.get("precision")),
+                                     ("--register", plan.get("registered_model")), ("--promote", plan.get("promote")),
+                                     *common])]
+    if step == "predict":  # the run's own model, or helical_annotate's pinned models:/NAME/VERSION
+        return ["predict", *_flags([("--model", plan["model_uri"]), ("--data", manifest),
+                                    ("--output", f"{plan['run']}/predict"), ("--embeddings", plan.get("embeddings")),
+                                    ("--batch-size", plan.get("batch_size")),
                                     ("--precision", plan.get("precision")), *common]),
                 *(["--no-embeddings"] if plan.get("no_embeddings") else [])]
     if step == "embed":
@@ -189,6 +198,8 @@ class RunnerOperator(DockerOperator):
 
     def configure(self, context) -> None:
         plan = context["ti"].xcom_pull(task_ids=PLAN_TASK)
+        if self.step == "predict" and not plan.get("model_uri"):  # helical_annotate before any champion exists
+            raise AirflowSkipException(NO_MODEL)
         settings = Settings.from_env()
         profile = profiles.get(plan["profile"])
         if self.step in CPU_STEPS:

@@ -31,6 +31,10 @@ class Settings:
     runner_mode: str  # docker (containers through the proxy) | local (the same CLI as a worker subprocess)
     runner_bin: str  # the helical-runner executable for local mode
     runner_profiles: str  # profiles file as runners see it (a /data path): ""= the copy baked into the image
+    # MLflow's tracking server as runners reach it (they log runs and register models there; check_input
+    # resolves helical_annotate's registered model there too); "" = no tracking, no registry
+    mlflow_tracking_uri: str
+    mlflow_ui_url: str  # the MLflow UI as a person opens it, for the links in reports; "" = the tracking URI
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None) -> "Settings":
@@ -49,4 +53,6 @@ class Settings:
             runner_mode=env.get("HELICAL_RUNNER_MODE", "docker"),
             runner_bin=env.get("HELICAL_RUNNER_BIN", "helical-runner"),
             runner_profiles=env.get("HELICAL_RUNNER_PROFILES", ""),
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""),
+            mlflow_ui_url=env.get("HELICAL_MLFLOW_UI_URL", ""),
         )

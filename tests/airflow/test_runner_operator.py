@@ -24,7 +24,7 @@ PLAN = {"data": "s3://helical/incoming/atlas.h5ad", "etag": "abc", "size": 10, "
         "profile": "cpu-small", "queue": "cpu", "chunks": "s3://helical/chunks/atlas-abc",
         "run": "s3://helical/runs/run-1", "label_column": "cell_type", "model": "gf-12L-38M-i4096",
         "epochs": None, "precision": None, "batch_size": None, "tokens_per_batch": None, "lr": None,
-        "cells_per_chunk": None}
+        "cells_per_chunk": None, "model_uri": "s3://helical/runs/run-1/model"}
 
 
 def kwargs_for(profile_name: str, settings: Settings = SETTINGS) -> dict:

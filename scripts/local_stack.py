@@ -8,7 +8,12 @@ With a Docker engine (runner_mode docker) it also starts the docker-socket-proxy
 and puts runner containers on a network of their own (scripts/runner-network.sh), as the compose stack
 does: moto's S3 (and the Pushgateway, when asked for) listen on that network's gateway address, everything
 else (Postgres, redis, the proxy, the Airflow API) on 127.0.0.1 only, which a container can't reach.
-The engine and the runner image come from scripts/ (see scripts/suite-e2e.sh)."""
+The engine and the runner image come from scripts/ (see scripts/suite-e2e.sh).
+
+With mlflow=True it also runs MLflow's tracking server (`mlflow server` from .venv-mlflow, built by
+scripts/lib.sh ensure_mlflow_env) as the compose stack does: backend store in this Postgres (database
+`mlflow`), artifacts in s3://helical/mlflow on moto, served through the tracking server, listening where
+runners reach it (the gateway address, like S3); Airflow, and through it the runners, get its URL."""
 
 from __future__ import annotations
 
@@ -26,6 +31,35 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+MLFLOW_BIN = REPO / ".venv-mlflow" / "bin" / "mlflow"
+
+
+def mlflow_server_argv(host: str, port: int, backend_uri: str, artifacts: str) -> list[str]:
+    """`mlflow server` as make demo and the tests run it: one worker, artifacts (`artifacts`, an s3:// URL)
+    served through the tracking server, so its clients need only its URL; any Host header accepted (runners
+    call it by the runner network's gateway address)."""
+    return [str(MLFLOW_BIN), "server", "--host", host, "--port", str(port), "--workers", "1",
+            "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts, "--serve-artifacts",
+            "--allowed-hosts", "*"]
+
+
+def mlflow_healthy(url: str) -> bool:
+    """Does the tracking server at url answer its /health?"""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def mlflow_server_env(s3_url: str, key: str, secret: str) -> dict:
+    """The server's environment: its S3 endpoint and keys (the server's alone), nothing inherited that
+    would point MLflow or boto3 elsewhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "AIRFLOW", "HELICAL_"))}
+    return {**env, "MLFLOW_S3_ENDPOINT_URL": s3_url, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def free_port() -> int:
@@ -65,6 +99,7 @@ class Stack:
     runner_network: str = "helical-local-runners"
     pushgateway: bool = False  # start Debian's prometheus-pushgateway for runner metrics
     race_ingest: bool = False  # add a second ingest DAG on the same prefix (tests: two sensors racing)
+    mlflow: bool = False  # start MLflow's tracking server (Postgres database mlflow, artifacts s3://helical/mlflow)
     extra_env: dict = field(default_factory=dict)  # on top of the Airflow processes' environment
     ports: dict = field(default_factory=dict)
     procs: dict = field(default_factory=dict)
@@ -80,7 +115,7 @@ class Stack:
     # --- servers ---------------------------------------------------------------------------------------
     def start(self) -> "Stack":
         self.ports = {name: free_port() for name in ("postgres", "redis", "s3", "api", "worker_logs",
-                                                     "trigger_logs", "pushgateway", "proxy")}
+                                                     "trigger_logs", "pushgateway", "proxy", "mlflow")}
         if self.runner_mode == "docker":
             if not self.engine_socket:
                 raise ValueError("runner_mode docker needs engine_socket, the Docker engine's unix socket")
@@ -100,6 +135,8 @@ class Stack:
                                         f"--web.listen-address={self.runner_host}:{self.ports['pushgateway']}"])
             servers.append((self.runner_host, self.ports["pushgateway"]))
         wait_for(lambda: all(port_open(port, host) for host, port in servers), 30, "redis, moto and the Pushgateway")
+        if self.mlflow:  # starts in tens of seconds: waited for once Airflow is up
+            self._start_mlflow()
         self.env = self._airflow_env()
         self._run(["airflow", "db", "migrate"], "db-migrate", timeout=600)
         self._spawn("api-server", ["airflow", "api-server", "--host", "127.0.0.1", "--port", str(self.ports["api"])],
@@ -109,6 +146,8 @@ class Stack:
         self._spawn("triggerer", ["airflow", "triggerer"], self.env)
         self._spawn("worker", ["airflow", "celery", "worker", "--queues", "cpu", "--concurrency", "2"], self.env)
         wait_for(lambda: self.api("GET", "/api/v2/version").status_code == 200, 180, "the api-server")
+        if self.mlflow:
+            self._wait_for_mlflow()
         return self
 
     def start_worker(self, queue: str, concurrency: int = 1, timeout: float = 180) -> str:
@@ -134,6 +173,28 @@ class Stack:
         self.proxy_pids = [int(pid) for pid in out.stdout.split()]
         self.docker_url = f"tcp://127.0.0.1:{self.ports['proxy']}"
 
+    def _start_mlflow(self) -> None:
+        """MLflow's tracking server in its own database of this Postgres, artifacts on this moto."""
+        if not MLFLOW_BIN.exists():
+            raise RuntimeError(f"{MLFLOW_BIN} is missing: run `bash -c 'source scripts/lib.sh && ensure_mlflow_env'`")
+        self._createdb("mlflow")
+        backend = f"postgresql+psycopg2://airflow@127.0.0.1:{self.ports['postgres']}/mlflow"
+        argv = mlflow_server_argv(self.runner_host, self.ports["mlflow"], backend, "s3://helical/mlflow")
+        self._spawn("mlflow", argv, mlflow_server_env(self.s3_url, "e2e-key", "e2e-secret"))
+
+    def _wait_for_mlflow(self) -> None:
+        """Until it answers /health; a server that exits (a missing driver, a port taken) is said at once."""
+        process = self.procs["mlflow"]
+        wait_for(lambda: process.poll() is not None or self.mlflow_healthy(), 180, "MLflow's tracking server")
+        if process.poll() is not None:
+            log = (self.work / "mlflow.log").read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"mlflow server exited with {process.returncode}: {log}")
+
+    def _createdb(self, name: str) -> None:
+        subprocess.run([*self._as_postgres, str(self._pg_bin / "createdb"), "-h", "127.0.0.1", "-p",
+                        str(self.ports["postgres"]), "-U", "airflow", name], check=True, capture_output=True,
+                       timeout=60)
+
     def _start_postgres(self) -> None:
         pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
         pgdata = self.work / "pgdata"
@@ -149,8 +210,8 @@ class Stack:
                         f"-p {self.ports['postgres']} -k {pgdata} -c listen_addresses=127.0.0.1 -c fsync=off",
                         "start"], check=True, capture_output=True, timeout=120)
         self._pg_stop = [*as_postgres, str(pg_bin / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "stop"]
-        subprocess.run([*as_postgres, str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.ports["postgres"]),
-                        "-U", "airflow", "airflow"], check=True, capture_output=True, timeout=60)
+        self._pg_bin, self._as_postgres = pg_bin, as_postgres
+        self._createdb("airflow")
 
     def _airflow_env(self) -> dict:
         home = self.work / "airflow"
@@ -161,7 +222,7 @@ class Stack:
         api = f"http://127.0.0.1:{self.ports['api']}"
         from cryptography.fernet import Fernet
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HELICAL_", "AWS_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HELICAL_", "AWS_", "MLFLOW_"))}
         env.update({
             "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
             "AIRFLOW_HOME": str(home),
@@ -204,6 +265,9 @@ class Stack:
             "HELICAL_DATA_DIR": str(self.data_dir),
             "HELICAL_RUNNER_NETWORK": self.runner_network,
             **({"PUSHGATEWAY_URL": self.pushgateway_url} if self.pushgateway else {}),
+            # runners log to it and register models (helical_lib.settings); the UI is at the same address here
+            **({"MLFLOW_TRACKING_URI": self.mlflow_url, "HELICAL_MLFLOW_UI_URL": self.mlflow_url}
+               if self.mlflow else {}),
             "HELICAL_RUNNER_MODE": self.runner_mode,
             "HELICAL_RUNNER_BIN": str(REPO / ".venv-runner" / "bin" / "helical-runner"),
             "DOCKER_HOST": self.docker_url,
@@ -291,6 +355,13 @@ class Stack:
     @property
     def pushgateway_url(self) -> str:
         return f"http://{self.runner_host}:{self.ports['pushgateway']}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.runner_host}:{self.ports['mlflow']}"
+
+    def mlflow_healthy(self) -> bool:
+        return mlflow_healthy(self.mlflow_url)
 
     def s3(self):
         import boto3

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: the main job through Airflow, on this machine, with nothing installed by hand: a private
-# Airflow (Celery; Postgres, redis and moto's S3 on free ports: scripts/local_stack.py), a tiny random
-# Geneformer and synthetic cells (scripts/airflow_demo.py). The .h5ad is uploaded to incoming/,
-# helical_ingest starts helical_finetune, and the run's outputs are copied to data/demo/runs/<run_id>/.
+# Airflow (Celery; Postgres, redis, moto's S3 and MLflow's tracking server on free ports:
+# scripts/local_stack.py), a tiny random Geneformer and synthetic cells (scripts/airflow_demo.py). A labelled
+# .h5ad is uploaded to incoming/ and fine-tuned (tracked in MLflow, registered, champion), then unlabelled
+# cells are uploaded and annotated with the champion; outputs are copied to data/demo/runs/<run_id>/.
 #
 # Runner steps run in helical-runner:cpu containers through the socket proxy, as in the product: the Docker
 # engine is started the way the tests start it (scripts/docker-engine.sh) and the runner image is built if
@@ -16,6 +17,7 @@ cd "$REPO_ROOT"
 ensure_apt postgresql-15 redis-server
 ensure_venv airflow "$REPO_ROOT/requirements/airflow.lock"
 ensure_runner_env
+ensure_mlflow_env
 
 mode=${HELICAL_DEMO_MODE:-}
 case $mode in ""|docker|local) ;; *) die "HELICAL_DEMO_MODE must be docker or local, not '$mode'" ;; esac

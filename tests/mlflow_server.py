@@ -3,7 +3,8 @@ scripts/lib.sh ensure_mlflow_env), as the stack runs it: its own backend store (
 Postgres URL), artifacts in S3 (moto's server standing in for MinIO) under `<bucket>/mlflow`, served
 through the tracking server (`--serve-artifacts`), so clients need only its URL.
 
-Used by the runner, Airflow and end-to-end tests; imports nothing but the standard library."""
+Used by the runner, browser and Airflow tests; the server's argv and environment are scripts/local_stack.py's
+(make demo and the end-to-end stack run it the same way)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MLFLOW_BIN = REPO_ROOT / ".venv-mlflow" / "bin" / "mlflow"
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from local_stack import MLFLOW_BIN, mlflow_healthy, mlflow_server_argv, mlflow_server_env  # noqa: E402
 
 
 def _free_port(host: str) -> int:
@@ -54,15 +57,11 @@ class MlflowServer:
         self.work.mkdir(parents=True, exist_ok=True)
         self.port = self.port or _free_port(self.host)
         backend = self.backend_uri or f"sqlite:///{self.work / 'mlflow.db'}"
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))},
-               "MLFLOW_S3_ENDPOINT_URL": self.s3_url, "AWS_ACCESS_KEY_ID": self.aws_key,
-               "AWS_SECRET_ACCESS_KEY": self.aws_secret, "AWS_DEFAULT_REGION": "us-east-1"}
         log = open(self.work / "mlflow-server.log", "ab")
         self.process = subprocess.Popen(
-            [str(MLFLOW_BIN), "server", "--host", self.host, "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", backend, "--artifacts-destination", f"s3://{self.bucket}/mlflow",
-             "--serve-artifacts", "--allowed-hosts", "*"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.work, start_new_session=True)
+            mlflow_server_argv(self.host, self.port, backend, f"s3://{self.bucket}/mlflow"), stdout=log,
+            stderr=subprocess.STDOUT, env=mlflow_server_env(self.s3_url, self.aws_key, self.aws_secret), cwd=self.work,
+            start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -74,11 +73,7 @@ class MlflowServer:
         raise TimeoutError(f"mlflow server at {self.uri} not healthy after {timeout:.0f} s")
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        return mlflow_healthy(self.uri)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

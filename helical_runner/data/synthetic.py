@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--genes-per-cell", type=int, default=300)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
+    d.add_argument("--label-column", default="cell_type",
+                   help="obs column of the true cell types (another name makes a file the runs see as unlabelled)")
     args = parser.parse_args(argv)
     if args.what == "model":
         print(write_tiny_geneformer(args.cache_prefix, args.model, args.layers, args.hidden, args.heads,
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         print(write_tiny_scgpt(args.cache_prefix, args.layers, args.width, args.heads, genes=args.gene_table))
     else:
         print(make_h5ad(args.output, args.cells, args.genes, args.types, args.genes_per_cell, seed=args.seed,
-                        genes=args.gene_table))
+                        label_column=args.label_column, genes=args.gene_table))
 
 
 if __name__ == "__main__":

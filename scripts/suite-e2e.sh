@@ -15,6 +15,7 @@ case " $* " in *"not slow"*) log "e2e: every test is slow; skipped by the marker
 ensure_apt postgresql-15 redis-server haproxy prometheus-pushgateway
 ensure_venv airflow "$REPO_ROOT/requirements/airflow.lock"
 ensure_runner_env  # the tiny model and the synthetic cells are written with the runner's own code
+ensure_mlflow_env  # the stack's MLflow tracking server
 
 mode=${HELICAL_E2E_MODE:-docker}
 export HELICAL_E2E_MODE=$mode

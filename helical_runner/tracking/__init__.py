@@ -66,14 +66,6 @@ class NoTracking:
         pass
 
     def log_bytes(self, name: str, data: bytes, artifact_path: str | None = None) -> None:
-        """Queue `data` as the artifact file `name` (report.json, report.html, a picture)."""
-        folder = self._spool / f"{len(os.listdir(self._spool))}"
-        folder.mkdir()
-        (folder / name).write_bytes(data)
-        self._queue(f"artifact {name}", lambda client: client.log_artifact(self.run_id, str(folder / name),
-                                                                            artifact_path))
-
-    def log_bytes(self, name: str, data: bytes, artifact_path: str | None = None) -> None:
         pass
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:

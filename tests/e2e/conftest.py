@@ -74,7 +74,8 @@ def stack(work_dir, data_dir):
     profiles.write_text(e2e_profiles())
     stack = Stack(work=work_dir, data_dir=data_dir, runner_mode=MODE, race_ingest=True,
                   extra_env={"HELICAL_PROFILES": str(profiles), "HELICAL_RUNNER_PROFILES": "/data/profiles.yaml"},
-                  engine_socket=os.environ.get("HELICAL_E2E_ENGINE", "").removeprefix("unix://"), pushgateway=True)
+                  engine_socket=os.environ.get("HELICAL_E2E_ENGINE", "").removeprefix("unix://"), pushgateway=True,
+                  mlflow=True)
     try:
         stack.start()
         stack.s3().create_bucket(Bucket="helical")

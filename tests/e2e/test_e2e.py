@@ -1,4 +1,5 @@
-"""Uploads to incoming/ become helical_finetune runs on a real Airflow (Celery) that launch the runner."""
+"""Uploads to incoming/ become runs on a real Airflow (Celery) that launch the runner: labelled files are
+fine-tuned (tracked and registered in a real MLflow server), unlabelled ones annotated with the champion."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ CREATED = ("queued", "running", "success", "failed")  # a run in any of these st
 PICKUP_SECONDS = 15  # the promise: an upload starts its run within this long (a little slack below)
 SESSION_STARTED = time.time()  # containers created before this belong to earlier test sessions
 INGEST_DAGS = ("helical_ingest", "helical_ingest_twin")  # the twin races the real one (scripts/local_stack.py)
+# uploads a training run is asked for (incoming/train/<label column>/): without labels they are bad inputs
+TRAIN_ONLY = {"missing-label", "single-class"}
+UPLOADS: dict[str, str] = {}  # key -> ETag of every upload the first test makes (the race test counts their runs)
 
 
 def docker(*args: str) -> str:
@@ -80,8 +84,8 @@ def failed_step(stack, run_id: str) -> dict:
     return failed
 
 
-def task_log(stack, run_id: str, task_id: str, try_number: int) -> str:
-    return json.dumps(stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
+def task_log(stack, run_id: str, task_id: str, try_number: int, dag_id: str = "helical_finetune") -> str:
+    return json.dumps(stack.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
                                 f"{try_number}", full_content="true"))
 
 
@@ -112,8 +116,9 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
     print(f"\nupload -> helical_finetune run created: {pickup:.1f} s")
     assert pickup <= PICKUP_SECONDS + 5
 
-    bad = {f"{name}.h5ad": (put(client, f"incoming/{name}.h5ad", path.read_bytes()), reason)
-           for name, (path, reason) in bad_files.items()}
+    bad = {f"{'train/cell_type/' if name in TRAIN_ONLY else ''}{name}.h5ad":
+           (put(client, f"incoming/{'train/cell_type/' if name in TRAIN_ONLY else ''}{name}.h5ad", path.read_bytes()),
+            reason) for name, (path, reason) in bad_files.items()}
     bad["too-large.h5ad"] = (put(client, "incoming/too-large.h5ad", os.urandom(INPUT_CAP_BYTES + 1)),
                              "over profile cpu-small's cap")
     late_good = put(client, "incoming/e2e-late.h5ad", small_h5ad.read_bytes())
@@ -122,6 +127,9 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
     wait_for_run(stack, "helical_finetune", vanishing_run, 120, states=CREATED)
     client.delete_object(Bucket="helical", Key="incoming/vanishing.h5ad")  # seen, then gone before its run reads it
 
+    UPLOADS.update({f"incoming/{name}": etag for name, (etag, _) in bad.items()})
+    UPLOADS.update({"incoming/e2e-cells.h5ad": good, "incoming/e2e-late.h5ad": late_good,
+                    "incoming/vanishing.h5ad": vanishing})
     for name, etag in (("e2e-cells.h5ad", good), ("e2e-late.h5ad", late_good)):
         run_id = layout.ingest_run_id(f"incoming/{name}", etag)
         run = wait_for_run(stack, "helical_finetune", run_id, 1500)
@@ -140,6 +148,10 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
         assert report["status"] == "succeeded" and report["throughput"]["cells_per_second"] > 0
         summary = get_json(client, prefix + "summary.json")
         assert summary["accuracy"] == report["accuracy"]
+        # tracked in MLflow, registered as a version of helical-cell_type (the first of them became champion)
+        registered = report["tracking"]["registered_model"]
+        assert report["tracking"]["status"] == "logged" and registered["uri"].startswith("models:/helical-cell_type/")
+        assert summary["mlflow_run_url"] == report["tracking"]["url"], summary
         assert client.head_object(Bucket="helical", Key=f"incoming/{name}")["ETag"].strip('"') == etag
         if MODE == "docker":
             assert docker_ps(f"label=run_id={run_id}") == [], "runner containers left behind after success"
@@ -164,7 +176,8 @@ def test_uploads_end_to_end(stack, h5ad, small_h5ad, bad_files):
         assert note["moved"] and note["object"] == f"s3://helical/quarantine/{name}"
         moved = client.head_object(Bucket="helical", Key=f"quarantine/{name}")
         assert moved["Metadata"]["helical-source-etag"] == etag and moved["ContentLength"] == (
-            INPUT_CAP_BYTES + 1 if name == "too-large.h5ad" else bad_files[name.removesuffix(".h5ad")][0].stat().st_size)
+            INPUT_CAP_BYTES + 1 if name == "too-large.h5ad" else
+            bad_files[Path(name).name.removesuffix(".h5ad")][0].stat().st_size)
         assert "Contents" not in client.list_objects_v2(Bucket="helical", Prefix=f"incoming/{name}")
     print("\nbad uploads failed at:", json.dumps(outcomes, indent=1))
     assert outcomes["too-large.h5ad"] == "check_input" and outcomes["not-hdf5.h5ad"] == "inspect"
@@ -201,10 +214,10 @@ def test_each_upload_ran_once_though_two_sensors_raced(stack, bad_files):
     """Two ingest DAGs watch incoming/ (the twin is test-only): both saw the uploads, yet every upload has
     exactly one helical_finetune run and one ledger marker; the losing triggers were skipped."""
     runs = stack.get("/api/v2/dags/helical_finetune/dagRuns", limit=100)["dag_runs"]
-    names = sorted(r["dag_run_id"].split("__")[1] for r in runs if r["dag_run_id"].startswith("ingest__"))
-    uploads = sorted(["e2e-cells.h5ad", "e2e-late.h5ad", "too-large.h5ad", "vanishing.h5ad",
-                      *(f"{name}.h5ad" for name in bad_files)])
-    assert names == uploads
+    assert len(UPLOADS) == len(bad_files) + 4, "test_uploads_end_to_end did not run first"
+    started = sorted(r["dag_run_id"] for r in runs if r["dag_run_id"].startswith("ingest__"))
+    assert started == sorted(layout.ingest_run_id(key, etag) for key, etag in UPLOADS.items())
+    uploads = list(UPLOADS)
     client = stack.s3()
     ledger = [o["Key"] for o in client.list_objects_v2(Bucket="helical", Prefix="ledger/")["Contents"]]
     assert len(ledger) == len(uploads)
@@ -267,3 +280,55 @@ def test_an_unlabelled_real_file_is_embedded_from_the_form(stack, work_dir):
     report = get_json(client, "runs/e2e-embed/embed/report.json")
     assert report["colors_missing"] == []
     assert client.get_object(Bucket="helical", Key="runs/e2e-embed/embed/umap.png")["Body"].read(4) == b"\x89PNG"
+
+
+def test_an_unlabelled_real_upload_is_annotated_with_the_champion(stack, work_dir):
+    """A real CELLxGENE screen with no cell_type column, dropped into incoming/ as users do: helical_finetune
+    finds no labels and hands it to helical_annotate (nothing quarantined), which embeds it (clusters, UMAP)
+    and annotates it with the champion the first test's fine-tune registered, pinned as models:/NAME/VERSION;
+    both steps are MLflow runs tagged with the Airflow run, and the task log names them."""
+    import httpx
+
+    real = REPO.parent / "shared" / "real-data" / "cellxgene_schema7_perturb_500x2000.h5ad"
+    if not real.is_file():
+        pytest.skip(f"real-data fixture {real} is absent")
+    champion = httpx.get(f"{stack.mlflow_url}/api/2.0/mlflow/registered-models/alias",
+                         params={"name": "helical-cell_type", "alias": "champion"}, timeout=30)
+    assert champion.status_code == 200, "test_uploads_end_to_end registers the champion first"
+    version = champion.json()["model_version"]["version"]
+
+    client = stack.s3()
+    etag = put(client, "incoming/new-screen.h5ad", real.read_bytes())
+    finetune_run = layout.ingest_run_id("incoming/new-screen.h5ad", etag)
+    run = wait_for_run(stack, "helical_finetune", finetune_run, 600)
+    assert run["state"] == "success", failure_report(stack, "helical_finetune", finetune_run)
+    states = {ti["task_id"]: ti["state"] for ti in stack.get(
+        f"/api/v2/dags/helical_finetune/dagRuns/{finetune_run}/taskInstances")["task_instances"]}
+    assert states["annotate_instead"] == "success" and states["chunk"] == "skipped", states
+    assert get_json(client, f"runs/{finetune_run}/summary.json")["status"] == "handed_over"
+
+    annotate_run = f"{finetune_run}__annotate"
+    run = wait_for_run(stack, "helical_annotate", annotate_run, 900)
+    assert run["state"] == "success", failure_report(stack, "helical_annotate", annotate_run)
+    summary = get_json(client, f"runs/{annotate_run}/summary.json")
+    assert summary["model_uri"] == f"models:/helical-cell_type/{version}" and summary["cells"] == 500, summary
+    assert "Contents" not in client.list_objects_v2(Bucket="helical", Prefix="quarantine/new-screen")
+
+    local = work_dir / "e2e-annotated.h5ad"
+    client.download_file("helical", f"runs/{annotate_run}/predict/predictions.h5ad", str(local))
+    check = subprocess.run([str(RUNNER_PY), "-c", (
+        "import anndata, sys; a = anndata.read_h5ad(sys.argv[1]); "
+        "print(a.n_obs, a.obs['predicted_cell_type'].notna().all(), a.obs['prediction_confidence'].between(0, 1).all(),"
+        " a.obs['leiden'].notna().all(), a.obsm['X_umap'].shape[1], 'genetic_perturbation_strategy' in a.obs)"),
+        str(local)], capture_output=True, text=True, timeout=120)
+    assert check.stdout.split() == ["500", "True", "True", "True", "2", "True"], check.stderr[-2000:]
+
+    found = httpx.post(f"{stack.mlflow_url}/api/2.0/mlflow/runs/search", timeout=30, json={
+        "experiment_ids": [httpx.get(f"{stack.mlflow_url}/api/2.0/mlflow/experiments/get-by-name", timeout=30,
+                                     params={"experiment_name": "helical_annotate"}).json()["experiment"]["experiment_id"]],
+        "filter": f"tags.`airflow.run_id` = '{annotate_run}'"}).json()["runs"]
+    commands = sorted(t["value"] for r in found for t in r["data"]["tags"] if t["key"] == "helical.command")
+    assert commands == ["embed", "predict"] and all(r["info"]["status"] == "FINISHED" for r in found)
+    predict_run = next(r for r in found if {"key": "helical.command", "value": "predict"} in r["data"]["tags"])
+    assert f"MLflow run {predict_run['info']['run_id']}" in task_log(stack, annotate_run, "on_cpu.predict", 1,
+                                                                       "helical_annotate")

@@ -115,16 +115,28 @@ def test_a_finetune_is_tracked_registered_and_its_champion_annotates(s3, mlflow,
         "(versions: 1, 2)")
 
 
-def test_a_killed_and_resumed_finetune_leaves_one_mlflow_run(s3, mlflow, tiny_model, cells_h5ad):
-    s3.upload_file(str(cells_h5ad), BUCKET, "incoming/killed.h5ad")
-    data, output = f"s3://{BUCKET}/incoming/killed.h5ad", f"s3://{BUCKET}/runs/killed"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.uri, **AIRFLOW}
-    child = subprocess.Popen([sys.executable, "-m", "helical_runner", *finetune_args(data, output, "--register",
-                                                                                    "killed-model")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+def started_finetune(s3, cells_h5ad, name: str, env: dict) -> subprocess.Popen:
+    """A fine-tune of incoming/<name>.h5ad into runs/<name>, registering <name>-model, in a child process;
+    returned once its first checkpoint is written."""
+    s3.upload_file(str(cells_h5ad), BUCKET, f"incoming/{name}.h5ad")
+    args = finetune_args(f"s3://{BUCKET}/incoming/{name}.h5ad", f"s3://{BUCKET}/runs/{name}", "--register",
+                         f"{name}-model")
+    child = subprocess.Popen([sys.executable, "-m", "helical_runner", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     try:
-        wait_for(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/killed/checkpoint.pt").get("KeyCount", 0),
+        wait_for(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{name}/checkpoint.pt").get("KeyCount", 0),
                  timeout=300, interval=0.1)
+    except BaseException:
+        child.kill()
+        raise
+    return child
+
+
+def test_a_killed_and_resumed_finetune_leaves_one_mlflow_run(s3, mlflow, tiny_model, cells_h5ad):
+    data, output = f"s3://{BUCKET}/incoming/killed.h5ad", f"s3://{BUCKET}/runs/killed"
+    env = {"MLFLOW_TRACKING_URI": mlflow.uri, **AIRFLOW}
+    child = started_finetune(s3, cells_h5ad, "killed", env)
+    try:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
@@ -133,7 +145,7 @@ def test_a_killed_and_resumed_finetune_leaves_one_mlflow_run(s3, mlflow, tiny_mo
     [run] = runs_of(mlflow, "helical_finetune", output)
     assert run["info"]["status"] == "RUNNING"  # nobody ended it: the process was killed
 
-    resumed = run_cli(*finetune_args(data, output, "--register", "killed-model"), env=env)
+    resumed = run_cli(*finetune_args(data, output, "--register", "killed-model"), env={**os.environ, **env})
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from checkpoint" in resumed.stderr and "continuing MLflow run" in resumed.stderr
     [again] = runs_of(mlflow, "helical_finetune", output)
@@ -146,16 +158,10 @@ def test_a_killed_and_resumed_finetune_leaves_one_mlflow_run(s3, mlflow, tiny_mo
 
 
 def test_mlflow_down_at_the_start_catches_up_when_it_answers(s3, mlflow, tiny_model, cells_h5ad):
-    s3.upload_file(str(cells_h5ad), BUCKET, "incoming/outage.h5ad")
-    data, output = f"s3://{BUCKET}/incoming/outage.h5ad", f"s3://{BUCKET}/runs/outage"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.uri, **AIRFLOW}
+    output = f"s3://{BUCKET}/runs/outage"
     mlflow.stop()
-    child = subprocess.Popen([sys.executable, "-m", "helical_runner", *finetune_args(data, output, "--register",
-                                                                                    "outage-model")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    child = started_finetune(s3, cells_h5ad, "outage", {"MLFLOW_TRACKING_URI": mlflow.uri, **AIRFLOW})
     try:
-        wait_for(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/outage/checkpoint.pt").get("KeyCount", 0),
-                 timeout=300, interval=0.2)
         mlflow.start()  # the same port and backend store: the server is back mid-run
         _, stderr = child.communicate(timeout=600)
     finally:

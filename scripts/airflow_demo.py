@@ -190,9 +190,10 @@ annotated with {summary.get('model_uri')}: {agreement.stdout.strip() or agreemen
   report pages {rel('embed/report.html')}
                {rel('predict/report.html')}
   summary      {rel('summary.json')}""", flush=True)
-    for name, url in summary.items():
-        if name.startswith("mlflow") and url:
-            print(f"  {name:<12} {url}", flush=True)
+    for label, name in (("MLflow runs", "mlflow_run_url"), ("", "prediction_mlflow_run_url"),
+                        ("model page", "model_url")):
+        if summary.get(name):
+            print(f"  {label:<12} {summary[name]}", flush=True)
 
 
 def copy_run(client, data: Path, run_id: str) -> Path:

@@ -4,11 +4,13 @@ random Geneformer in helical's cache layout, and synthetic .h5ad files with lear
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,28 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def pushgateway(tmp_path_factory):
+    binary = shutil.which("prometheus-pushgateway")
+    assert binary, "prometheus-pushgateway is installed by scripts/suite-runner.sh"
+    port = free_port()
+    # Debian's default persistence file is machine-wide: a private one keeps earlier runs' groups out
+    state = tmp_path_factory.mktemp("pushgateway") / "metrics.data"
+    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={state}"],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_get(url + "/-/ready") is not None, timeout=20)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return None

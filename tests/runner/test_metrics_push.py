@@ -4,41 +4,15 @@ run and its final status at the end, success or failure, in a group of its own."
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import urllib.request
 
 import pytest
 
-from conftest import BUCKET, free_port, run_cli, wait_for
+from conftest import BUCKET, free_port, http_get as _get, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pushgateway(tmp_path_factory):
-    binary = shutil.which("prometheus-pushgateway")
-    assert binary, "prometheus-pushgateway is installed by scripts/suite-runner.sh"
-    port = free_port()
-    # Debian's default persistence file is machine-wide: a private one keeps earlier runs' groups out
-    state = tmp_path_factory.mktemp("pushgateway") / "metrics.data"
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={state}"],
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _get(url + "/-/ready") is not None, timeout=20)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.read().decode()
-    except OSError:
-        return None
 
 
 def samples(gateway: str, run_id: str) -> dict[str, float]:

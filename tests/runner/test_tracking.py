@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import BUCKET, run_cli, wait_for
+from conftest import BUCKET, http_get, run_cli, wait_for
 from mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.slow
@@ -53,10 +53,12 @@ def artifacts(mlflow, run_id: str, path: str = "") -> set[str]:
     return {f["path"] for f in listed.get("files", [])}
 
 
-def test_a_finetune_is_tracked_registered_and_its_champion_annotates(s3, mlflow, tiny_model, cells_h5ad):
+def test_a_finetune_is_tracked_registered_and_its_champion_annotates(s3, mlflow, pushgateway, tiny_model,
+                                                                    cells_h5ad):
     s3.upload_file(str(cells_h5ad), BUCKET, "incoming/tracked.h5ad")
     data, output = f"s3://{BUCKET}/incoming/tracked.h5ad", f"s3://{BUCKET}/runs/tracked"
-    env = {"MLFLOW_TRACKING_URI": mlflow.uri, "HELICAL_RUN_ID": "manual__tracked", **AIRFLOW}
+    env = {"MLFLOW_TRACKING_URI": mlflow.uri, "HELICAL_RUN_ID": "manual__tracked", "PUSHGATEWAY_URL": pushgateway,
+           **AIRFLOW}
     done = run_cli(*finetune_args(data, output), env=env)
     assert done.returncode == 0, done.stderr
     tracked = report(s3, "runs/tracked")["tracking"]
@@ -66,6 +68,11 @@ def test_a_finetune_is_tracked_registered_and_its_champion_annotates(s3, mlflow,
         "reason": tracked["registered_model"]["reason"]}
     assert "no champion" in tracked["registered_model"]["reason"]
     assert f"MLflow run {tracked['mlflow_run_id']}" in done.stderr  # the task log names the run
+    # and so do the metrics a Grafana panel shows: a dashboard leads to the run
+    pushed = [line for line in http_get(f"{pushgateway}/metrics").splitlines()
+              if line.startswith("helical_runner_mlflow_run_info{") and 'run_id="manual__tracked"' in line]
+    assert len(pushed) == 1 and f'mlflow_run_id="{tracked["mlflow_run_id"]}"' in pushed[0], pushed
+    assert f'url="{tracked["url"]}"' in pushed[0]
 
     # one run in the DAG's experiment, with the Airflow ids, the parameters and one loss point per step
     [run] = runs_of(mlflow, "helical_finetune", output)

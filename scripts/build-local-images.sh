@@ -17,6 +17,7 @@
 #   janitor        helical-local/janitor:py3.12        JANITOR_IMAGE                the base + `python`
 #   statsd-exporter helical-local/statsd-exporter:py   STATSD_EXPORTER_IMAGE        monitoring/statsd/statsd_exporter.py
 #   s3             helical-local/s3-moto:5.2.5         MINIO_IMAGE, MINIO_MC_IMAGE  moto's S3 server (MinIO stand-in)
+#   mlflow         helical-local/mlflow:3.17.2         MLFLOW_IMAGE                 PyPI's mlflow (requirements/mlflow.lock)
 # The others are docker/local/<name>.Dockerfile. cAdvisor and Grafana have no build here (no Debian
 # package, no registry): docker-compose-local.yaml leaves them out.
 #
@@ -37,13 +38,15 @@ declare -A TAG=(
     [janitor]=helical-local/janitor:py3.12
     [s3]=helical-local/s3-moto:5.2.5
     [statsd-exporter]=helical-local/statsd-exporter:py
+    [mlflow]=helical-local/mlflow:3.17.2
 )
 declare -A VARS=(
     [airflow]=AIRFLOW_IMAGE_NAME [postgres]=POSTGRES_IMAGE [redis]=REDIS_IMAGE [haproxy]=SOCKET_PROXY_IMAGE
     [prometheus]=PROMETHEUS_IMAGE [pushgateway]=PUSHGATEWAY_IMAGE [node-exporter]=NODE_EXPORTER_IMAGE
     [janitor]=JANITOR_IMAGE [s3]="MINIO_IMAGE MINIO_MC_IMAGE" [statsd-exporter]=STATSD_EXPORTER_IMAGE
+    [mlflow]=MLFLOW_IMAGE
 )
-ORDER=(postgres redis haproxy prometheus pushgateway node-exporter janitor s3 statsd-exporter airflow)
+ORDER=(postgres redis haproxy prometheus pushgateway node-exporter janitor s3 statsd-exporter mlflow airflow)
 
 if [ "${1:-}" = --env ] || [ "${1:-}" = --list ]; then
     for name in "${ORDER[@]}"; do
@@ -63,6 +66,7 @@ context_of() {
         postgres) files+=(docker/local/postgres-entrypoint.sh) ;;
         s3) files+=(requirements/runner.lock docker/local/s3-init.py) ;;
         statsd-exporter) files+=(monitoring/statsd/statsd_exporter.py) ;;
+        mlflow) files+=(requirements/mlflow.lock) ;;
     esac
     printf '%s\n' "${files[@]}"
 }

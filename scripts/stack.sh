@@ -2,16 +2,17 @@
 # `make stack` / `make stack-down`: the stack from the compose files on this machine, with Debian's
 # docker-compose 1.29 and the images scripts/build-local-images.sh builds (no registry here).
 #
-#   scripts/stack.sh up      write .env if absent, build what is missing, up -d, wait for every healthcheck,
-#                            print the URLs and the admin login
+#   scripts/stack.sh up      write .env if absent (or add what the template gained), build what is missing,
+#                            up -d, wait for every healthcheck, print the URLs and the admin login
 #   scripts/stack.sh down    remove the stack's containers (and runner containers left on its network),
 #                            networks and volumes
 #   scripts/stack.sh compose ARGS...   docker-compose with the stack's files, e.g. `compose ps`, `compose logs`
 #
 # .env (never committed) is written once from .env-template: fresh random secrets, HELICAL_DATA_DIR = the
 # absolute path of ./data, the *_IMAGE variables pointing at the local images, and the template's host ports
-# where they are free (free ones otherwise). An existing .env is used as it is: edit it to change a port,
-# an image or a secret (a changed Postgres password needs `make stack-down` first: the volume keeps the old).
+# where they are free (free ones otherwise). An existing .env keeps every value it has: edit it to change a
+# port, an image or a secret (a changed Postgres password needs `make stack-down` first: the volume keeps the
+# old). Variables the template gained since it was written (e.g. MLflow's) are appended, made the same way.
 #
 # Settings (environment): HELICAL_STACK_WAIT (seconds to wait for health, default 600).
 source "$(dirname "$0")/lib.sh"
@@ -28,7 +29,8 @@ compose() { docker-compose --project-name "$PROJECT" --project-directory "$REPO_
 env_value() { sed -n "s/^$1=//p" .env | tail -n1; }
 
 write_env() {
-    # the template, with every <placeholder> filled, the data folder, local images and free ports
+    # the template, with every <placeholder> filled, the data folder, local images and free ports; or, when
+    # .env exists, only the template's variables it lacks, appended
     bash scripts/build-local-images.sh --env >"$CACHE_ROOT/stack-images.env"
     python3 - "$REPO_ROOT" "$CACHE_ROOT/stack-images.env" <<'PY'
 import base64, os, re, secrets, socket, sys
@@ -36,7 +38,7 @@ from pathlib import Path
 
 repo, images = Path(sys.argv[1]), dict(l.split("=", 1) for l in Path(sys.argv[2]).read_text().split())
 PORTS = ("AIRFLOW_API_PORT", "MINIO_API_PORT", "MINIO_CONSOLE_PORT", "PROMETHEUS_PORT", "PUSHGATEWAY_PORT",
-         "GRAFANA_PORT")
+         "GRAFANA_PORT", "MLFLOW_PORT")
 
 def free(port):
     with socket.socket() as s:
@@ -54,27 +56,42 @@ def secret(name):
         return f"helical-{secrets.token_hex(4)}"
     return secrets.token_hex(24)
 
+env = repo / ".env"
+VARIABLE = re.compile(r"^([A-Z_][A-Z0-9_]*)=(.*)$")
+have = dict(m.groups() for m in map(VARIABLE.match, env.read_text().splitlines()) if m) if env.exists() else {}
+values = dict(have)
 out = ["# written by `make stack` (scripts/stack.sh) from .env-template: local images, fresh secrets"]
+added = []
 for line in (repo / ".env-template").read_text().splitlines():
-    m = re.match(r"^([A-Z_][A-Z0-9_]*)=(.*)$", line)
+    m = VARIABLE.match(line)
     if not m:
         out.append(line)
         continue
     name, value = m.groups()
+    if name in have:
+        continue
     if name == "HELICAL_DATA_DIR":
         value = str(repo / "data")
+    elif name == "HELICAL_MLFLOW_UI_URL":  # the port MLflow got
+        value = f"http://127.0.0.1:{values['MLFLOW_PORT']}"
     elif name in images:
         value = images[name]
     elif name in PORTS and not free(int(value)):
         value = str(any_free_port())
     elif value.startswith("<") and value.endswith(">"):
         value = secret(name)
+    values[name] = value
     out.append(f"{name}={value}")
-env = repo / ".env"
-env.write_text("\n".join(out) + "\n")
+    added.append(f"{name}={value}")
+if not have:
+    env.write_text("\n".join(out) + "\n")
+elif added:
+    with env.open("a") as file:
+        file.write("# added by `make stack` (scripts/stack.sh): variables .env-template gained since\n")
+        file.write("\n".join(added) + "\n")
+    print(" ".join(name.split("=", 1)[0] for name in added))
 env.chmod(0o600)
 PY
-    log "wrote .env (fresh secrets, local images, data folder $REPO_ROOT/data)"
 }
 
 # build_images: the local images .env names (a tag set to anything else is used as it is), and the
@@ -123,7 +140,13 @@ wait_healthy() {
 case ${1:-} in
     up)
         start=$SECONDS
-        [ -f .env ] || write_env
+        if [ -f .env ]; then
+            added=$(write_env)
+            [ -z "$added" ] || log "added to .env what .env-template gained: $added"
+        else
+            write_env
+            log "wrote .env (fresh secrets, local images, data folder $REPO_ROOT/data)"
+        fi
         mkdir -p data/scratch data/helical
         build_images
         log "starting the stack (${FILES[*]})"
@@ -137,6 +160,7 @@ Airflow UI and REST API  http://127.0.0.1:$(env_value AIRFLOW_API_PORT)  (login 
 S3 (moto, MinIO's port)  http://127.0.0.1:$s3_port  bucket $(env_value HELICAL_BUCKET); upload with
                          AWS_ACCESS_KEY_ID=$(env_value HELICAL_S3_ACCESS_KEY) AWS_SECRET_ACCESS_KEY=$(env_value HELICAL_S3_SECRET_KEY) \\
                          aws s3 cp cells.h5ad s3://$(env_value HELICAL_BUCKET)/incoming/ --endpoint-url http://127.0.0.1:$s3_port
+MLflow UI and REST API   $(env_value HELICAL_MLFLOW_UI_URL)  (runs in Postgres database mlflow, artifacts in s3://$(env_value HELICAL_BUCKET)/mlflow/)
 Prometheus               http://127.0.0.1:$(env_value PROMETHEUS_PORT)
 Pushgateway              http://127.0.0.1:$(env_value PUSHGATEWAY_PORT)
 Data folder              $(env_value HELICAL_DATA_DIR)  (model cache in helical/, mounted at /data in runners)

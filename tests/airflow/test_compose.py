@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 import subprocess
 import sys
@@ -75,8 +77,8 @@ def test_only_the_socket_proxy_sees_docker_sock():
 
 
 def test_runners_network_holds_only_what_runners_need():
-    """Runner containers join HELICAL_RUNNER_NETWORK; of the stack's services only MinIO and the Pushgateway
-    are on it, never the socket proxy, redis, Postgres, the Airflow API or the StatsD exporter (issue 20)."""
+    """Runner containers join HELICAL_RUNNER_NETWORK; of the stack's services only MinIO, the Pushgateway and
+    MLflow are on it, never the socket proxy, redis, Postgres, the Airflow API or the StatsD exporter (issue 20)."""
     on_runners = set()
     for name in [p.name for p in COMPOSE_FILES]:
         compose = load(name)
@@ -85,7 +87,7 @@ def test_runners_network_holds_only_what_runners_need():
         for service, spec in (compose.get("services") or {}).items():
             if "runners" in (spec.get("networks") or []):
                 on_runners.add(service)
-    assert on_runners == {"minio", "pushgateway"}
+    assert on_runners == {"minio", "pushgateway", "mlflow"}
     worker = load("docker-compose-airflow.yaml")["services"]["airflow-worker"]["environment"]
     proxy_filter = load("docker-compose-airflow.yaml")["services"]["docker-api-filter"]["environment"]
     assert worker["HELICAL_RUNNER_NETWORK"] == proxy_filter["HELICAL_RUNNER_NETWORK"] == \
@@ -126,7 +128,7 @@ def test_airflow_services_follow_the_official_conventions():
             "airflow-triggerer", "airflow-worker", "airflow-worker-gpu", "airflow-init",
             "docker-socket-proxy"} <= set(services)
     for name, spec in services.items():
-        if name != "airflow-init":
+        if name not in ("airflow-init", "mlflow-init"):  # one-shots: they exit, nothing to probe
             assert "healthcheck" in spec, f"{name} has no healthcheck"
         if name.startswith("airflow-") and name != "airflow-init":
             assert spec["depends_on"]["airflow-init"] == {"condition": "service_completed_successfully"}
@@ -180,3 +182,149 @@ def test_worker_hints_name_real_services_and_a_stuck_task_fails():
     for name in ("airflow-scheduler", "airflow-worker", "airflow-worker-gpu"):
         timeout = services[name]["environment"]["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"]
         assert timeout == "${AIRFLOW_TASK_QUEUED_TIMEOUT:-3600}", name
+
+
+# --- MLflow's tracking server (issue 23) ------------------------------------------------------------------
+
+def mlflow_lock_version() -> str:
+    pins = dict(line.split("==") for line in (REPO / "requirements/mlflow.lock").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    return pins["mlflow"]
+
+
+def test_mlflow_image_is_the_locked_version_official_or_built_here():
+    version = mlflow_lock_version()
+    mlflow = load("docker-compose-airflow.yaml")["services"]["mlflow"]
+    # the official image's -full variant: the plain one has neither psycopg2 nor boto3
+    assert mlflow["image"] == f"${{MLFLOW_IMAGE:-ghcr.io/mlflow/mlflow:v{version}-full}}"
+    assert template_variables()["MLFLOW_IMAGE"] == f"ghcr.io/mlflow/mlflow:v{version}-full"
+    listed = subprocess.run(["bash", str(REPO / "scripts/build-local-images.sh"), "--list"], capture_output=True,
+                            text=True, check=True, timeout=60).stdout.split("\n")
+    assert f"mlflow MLFLOW_IMAGE helical-local/mlflow:{version}" in listed
+    dockerfile = (REPO / "docker/local/mlflow.Dockerfile").read_text()
+    assert "pip install -q -r /tmp/mlflow.lock" in dockerfile  # exactly the lock, as the tests' venv
+    assert re.search(r"^USER (?!0\b|root)\S+", dockerfile, re.M)
+
+
+def test_mlflow_serves_artifacts_from_its_own_prefix_with_its_own_keys():
+    services = load("docker-compose-airflow.yaml")["services"]
+    mlflow = services["mlflow"]
+    command, env = mlflow["command"], mlflow["environment"]
+    assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
+    assert command[command.index("--artifacts-destination") + 1] == "s3://${HELICAL_BUCKET:-helical}/mlflow"
+    assert command[command.index("--port") + 1] == "5000" and command[command.index("--host") + 1] == "0.0.0.0"
+    # runs and the registry in Postgres: its own role and database, never Airflow's
+    assert env["MLFLOW_BACKEND_STORE_URI"] == \
+        "postgresql+psycopg2://mlflow:${MLFLOW_DB_PASSWORD:?set MLFLOW_DB_PASSWORD in .env}@postgres:5432/mlflow"
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "${HELICAL_S3_ENDPOINT:-http://minio:9000}"
+    assert env["AWS_ACCESS_KEY_ID"].startswith("${HELICAL_MLFLOW_S3_ACCESS_KEY:?")
+    assert env["AWS_SECRET_ACCESS_KEY"].startswith("${HELICAL_MLFLOW_S3_SECRET_KEY:?")
+    for value in env.values():  # no credential written into the file, none of Airflow's or the runners'
+        assert not re.search(r"POSTGRES_PASSWORD|HELICAL_S3_(ACCESS|SECRET)|RUNNER_S3", value), value
+    for name in ("MLFLOW_DB_PASSWORD", "HELICAL_MLFLOW_S3_SECRET_KEY", "HELICAL_MLFLOW_S3_ACCESS_KEY"):
+        assert template_variables()[name].startswith("<"), name
+
+
+def test_mlflow_is_healthchecked_published_locally_and_hardened():
+    services = load("docker-compose-airflow.yaml")["services"]
+    mlflow = services["mlflow"]
+    assert "http://127.0.0.1:5000/health" in " ".join(mlflow["healthcheck"]["test"])
+    assert mlflow["ports"] == ["${HELICAL_BIND_ADDRESS:-127.0.0.1}:${MLFLOW_PORT:-5000}:5000"]
+    assert template_variables()["MLFLOW_PORT"] == "5000"
+    # runners reach it: whatever they can reach is exposed to untrusted code
+    assert mlflow["user"].split(":")[0] not in ("0", "root")
+    assert mlflow["read_only"] is True and mlflow["cap_drop"] == ["ALL"]
+    assert mlflow["security_opt"] == ["no-new-privileges"]
+    assert mlflow["networks"] == ["helical", "runners"] and services["postgres"]["networks"] == ["helical"]
+    assert mlflow["depends_on"] == {"mlflow-init": {"condition": "service_completed_successfully"}}
+    init = services["mlflow-init"]
+    assert init["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert init["image"] == services["postgres"]["image"] and init["user"] not in ("0", "root", "0:0")
+
+
+def test_mlflow_answers_the_host_names_its_clients_use():
+    """mlflow 3.x refuses a request whose Host header isn't allowed (DNS rebinding), and its default allows
+    only localhost and private addresses: the service name that workers and runners use must be listed, and
+    the UI URL a person opens too."""
+    command = load("docker-compose-airflow.yaml")["services"]["mlflow"]["command"]
+    allowed = command[command.index("--allowed-hosts") + 1]
+    assert allowed == "${MLFLOW_ALLOWED_HOSTS:-%s}" % template_variables()["MLFLOW_ALLOWED_HOSTS"]
+    patterns = template_variables()["MLFLOW_ALLOWED_HOSTS"].split(",")
+    tracking = template_variables()["MLFLOW_TRACKING_URI"].split("//")[1]
+    ui = template_variables()["HELICAL_MLFLOW_UI_URL"].split("//")[1]
+    for host in (tracking, tracking.split(":")[0], ui):
+        assert any(fnmatch.fnmatch(host, pattern) for pattern in patterns), host
+    assert ui.endswith(":" + template_variables()["MLFLOW_PORT"])
+
+
+def test_airflow_and_its_runners_get_the_tracking_uri():
+    """Every Airflow service has the tracking server's URL (the DAGs hand it to runner containers) and the UI's;
+    the URL names the mlflow service on its container port."""
+    services = load("docker-compose-airflow.yaml")["services"]
+    mlflow = services["mlflow"]
+    for name, spec in services.items():
+        if name.startswith("airflow-"):
+            env = spec["environment"]
+            assert env["MLFLOW_TRACKING_URI"] == "${MLFLOW_TRACKING_URI:-http://mlflow:5000}", name
+            assert env["HELICAL_MLFLOW_UI_URL"] == "${HELICAL_MLFLOW_UI_URL:-http://127.0.0.1:5000}", name
+    assert template_variables()["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert mlflow["ports"][0].endswith(":5000") and "mlflow" in services
+
+
+def test_mlflow_init_makes_its_role_and_database_idempotently():
+    """Postgres images create databases only on an empty volume: mlflow-init makes role and database on every
+    `up`, whatever exists (tests/stack runs it twice against the real server)."""
+    init = load("docker-compose-airflow.yaml")["services"]["mlflow-init"]
+    script = init["command"][0]
+    first = script.strip().splitlines()[0]
+    assert first.startswith("sh /opt/helical/check-secrets.sh ")
+    assert set(first.split()[2:]) == {"MLFLOW_DB_PASSWORD", "HELICAL_MLFLOW_S3_ACCESS_KEY", "HELICAL_MLFLOW_S3_SECRET_KEY"}
+    assert "WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mlflow') \\gexec" in script
+    assert "WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow') \\gexec" in script
+    assert "ALTER ROLE mlflow WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'password'" in script
+    assert "ON_ERROR_STOP=1" in script and "$$MLFLOW_DB_PASSWORD" in script  # a variable, never in the SQL text
+    assert init["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+
+
+def test_mlflow_s3_policy_reaches_only_its_prefix():
+    """MLflow's keys: read, write and delete under mlflow/ and list only there (MinIO checks s3:prefix;
+    moto ignores the condition, so this is checked here, on the document)."""
+    document = json.loads((REPO / "docker/storage/mlflow-policy.json").read_text())
+    for statement in document["Statement"]:
+        assert statement["Effect"] == "Allow"
+        for resource in statement["Resource"]:
+            if statement["Action"] == ["s3:ListBucket"]:
+                assert resource == "arn:aws:s3:::${HELICAL_BUCKET}"
+                assert statement["Condition"] == {"StringLike": {"s3:prefix": ["mlflow/*"]}}
+            else:
+                assert resource == "arn:aws:s3:::${HELICAL_BUCKET}/mlflow/*"
+                assert not any(a.endswith("*") or "Policy" in a or "Acl" in a for a in statement["Action"])
+    storage = load("docker-compose-storage.yaml")["services"]
+    assert "./docker/storage/mlflow-policy.json:/opt/helical/mlflow-policy.json:ro" in storage["minio-init"]["volumes"]
+    assert {"HELICAL_MLFLOW_S3_ACCESS_KEY", "HELICAL_MLFLOW_S3_SECRET_KEY"} <= set(storage["storage-secrets"]["command"])
+
+
+def test_minio_init_gives_mlflow_its_user_and_policy(tmp_path):
+    """minio-init's script under dash with a stand-in `mc`: MLflow's user gets policy helical-mlflow (bucket
+    filled in), never readwrite, and a key equal to another user's is refused."""
+    script = load("docker-compose-storage.yaml")["services"]["minio-init"]["command"][0].replace("$$", "$")
+    script = script.replace("/opt/helical/", str(REPO / "docker/storage") + "/").replace("/tmp/", f"{tmp_path}/")
+    stand_in = 'mc() { echo "mc $*" >> "$MC_LOG"; }\n'
+    env = {"PATH": "/usr/bin:/bin", "MC_LOG": str(tmp_path / "mc.log"), "MINIO_ROOT_USER": "root",
+           "MINIO_ROOT_PASSWORD": "root-password", "HELICAL_S3_ACCESS_KEY": "airflow-key",
+           "HELICAL_S3_SECRET_KEY": "airflow-secret", "HELICAL_RUNNER_S3_ACCESS_KEY": "runner-key",
+           "HELICAL_RUNNER_S3_SECRET_KEY": "runner-secret", "HELICAL_MLFLOW_S3_ACCESS_KEY": "mlflow-key",
+           "HELICAL_MLFLOW_S3_SECRET_KEY": "mlflow-secret", "HELICAL_BUCKET": "lab-bucket"}
+    done = subprocess.run(["dash", "-ec", stand_in + script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "mc.log").read_text().splitlines()
+    assert "mc admin user add local mlflow-key mlflow-secret" in calls
+    assert f"mc admin policy create local helical-mlflow {tmp_path}/mlflow-policy.json" in calls
+    assert "mc admin policy attach local helical-mlflow --user mlflow-key" in calls
+    assert not any("mlflow-key" in call and "helical-mlflow" not in call and "user add" not in call for call in calls)
+    rendered = (tmp_path / "mlflow-policy.json").read_text()
+    assert rendered == (REPO / "docker/storage/mlflow-policy.json").read_text().replace("${HELICAL_BUCKET}", "lab-bucket")
+    for other in ("airflow-key", "runner-key", "root"):
+        refused = subprocess.run(["dash", "-ec", stand_in + script], env={**env, "HELICAL_MLFLOW_S3_ACCESS_KEY": other},
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "HELICAL_MLFLOW_S3_ACCESS_KEY must differ" in refused.stderr, other

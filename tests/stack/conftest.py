@@ -63,6 +63,10 @@ class Stack:
         return f"http://127.0.0.1:{self.env['PROMETHEUS_PORT']}"
 
     @property
+    def mlflow(self) -> str:
+        return f"http://127.0.0.1:{self.env['MLFLOW_PORT']}"
+
+    @property
     def bucket(self) -> str:
         return self.env.get("HELICAL_BUCKET", "helical")
 
@@ -116,6 +120,12 @@ class Stack:
                          "xcomEntries/return_value", deserialize="true")
         value = entry["value"]
         return json.loads(value) if isinstance(value, str) else value
+
+    # --- MLflow's REST API, as any client with only the tracking URI --------------------------------------
+    def mlflow_api(self, method: str, path: str, **kwargs) -> dict:
+        response = requests.request(method, f"{self.mlflow}/api/2.0/mlflow/{path}", timeout=30, **kwargs)
+        assert response.ok, f"{method} {path}: {response.status_code} {response.text[:500]}"
+        return response.json()
 
     # --- Prometheus's HTTP API ------------------------------------------------------------------------------
     def query(self, promql: str) -> list[dict]:

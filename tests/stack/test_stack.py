@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 # Services docker-compose-local.yaml leaves out (no local build) and the GPU extras (`--profile gpu`).
 NOT_RUN_HERE = {"cadvisor", "grafana", "dcgm-exporter", "airflow-worker-gpu"}
-ONE_SHOT = {"storage-secrets", "minio-init", "monitoring-secrets", "airflow-init"}
+ONE_SHOT = {"storage-secrets", "minio-init", "monitoring-secrets", "airflow-init", "mlflow-init"}
 # Services that need root: the socket proxy reads docker.sock, airflow-init chowns the data folder.
 # root only for the Docker socket (the proxy and its create filter, every capability dropped) or for the
 # data folder's ownership (init)
@@ -118,7 +118,7 @@ def test_upload_is_fine_tuned_by_runner_containers_through_the_proxy(stack, uplo
 def test_rest_api_shows_every_task_state(stack, upload_run):
     run_id = upload_run[0]["dag_run_id"]
     tasks = {t["task_id"] for t in stack.get("/api/v2/dags/helical_finetune/tasks")["tasks"]}
-    ran = {"check_input", "route", *RUNNER_STEPS, "publish_summary"}
+    ran = {"check_input", "check_labels", "route", *RUNNER_STEPS, "publish_summary"}
     assert ran < tasks
     # the other queues' branches and the quarantine step are skipped
     assert stack.task_states("helical_finetune", run_id) == {t: "success" if t in ran else "skipped" for t in tasks}
@@ -132,6 +132,20 @@ def test_summary_is_published_to_s3(stack, upload_run):
     assert 0 <= summary["accuracy"] <= 1, summary
     files = stack.aws("s3", "ls", f"{plan['run']}/", "--recursive")
     assert "report.json" in files and "predict/predictions.csv" in files
+
+
+def test_the_fine_tune_is_tracked_in_the_stacks_mlflow(stack, upload_run):
+    """The runner containers logged to the compose stack's MLflow by its service name (MLFLOW_TRACKING_URI from
+    the workers): the run, tagged with Airflow's ids, its metrics, and its artifacts in the bucket under mlflow/."""
+    run_id = upload_run[0]["dag_run_id"]
+    report = json.loads(stack.aws("s3", "cp", f"{stack.plan(run_id)['run']}/report.json", "-"))
+    assert report["tracking"]["status"] == "logged", report["tracking"]
+    tracked = stack.mlflow_api("GET", "runs/get", params={"run_id": report["tracking"]["mlflow_run_id"]})["run"]
+    tags = {tag["key"]: tag["value"] for tag in tracked["data"]["tags"]}
+    assert (tags["airflow.dag_id"], tags["airflow.run_id"]) == ("helical_finetune", run_id), tags
+    assert tracked["info"]["status"] == "FINISHED" and tracked["data"]["metrics"], tracked["info"]
+    artifacts = tracked["info"]["artifact_uri"].removeprefix("mlflow-artifacts:").lstrip("/")
+    assert "report.json" in stack.aws("s3", "ls", f"s3://{stack.bucket}/mlflow/{artifacts}/", "--recursive")
 
 
 def test_prometheus_has_the_runs_metrics_and_its_targets_are_up(stack, upload_run):

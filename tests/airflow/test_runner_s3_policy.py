@@ -368,8 +368,8 @@ def minio_init_script() -> str:
 def run_minio_init(tmp_path: Path, attach_fails: bool = False, **overrides) -> tuple[subprocess.CompletedProcess, Path]:
     """minio-init's script under dash, with a stand-in `mc` that logs its arguments and answers `user info`."""
     rendered = tmp_path / "rendered.json"
-    script = minio_init_script().replace("/opt/helical/runner-policy.json", str(POLICY_FILE)) \
-        .replace("/tmp/runner-policy.json", str(rendered))
+    script = minio_init_script().replace("/opt/helical/", f"{POLICY_FILE.parent}/") \
+        .replace("/tmp/runner-policy.json", str(rendered)).replace("/tmp/mlflow-policy.json", str(tmp_path / "mlflow.json"))
     fake_mc = textwrap.dedent("""
         mc() {
           echo "mc $*" >> "$MC_LOG"
@@ -382,7 +382,8 @@ def run_minio_init(tmp_path: Path, attach_fails: bool = False, **overrides) -> t
     env = {"PATH": "/usr/bin:/bin", "MC_LOG": str(tmp_path / "mc.log"), "MINIO_ROOT_USER": "root",
            "MINIO_ROOT_PASSWORD": "root-password", "HELICAL_S3_ACCESS_KEY": "airflow-key",
            "HELICAL_S3_SECRET_KEY": "airflow-secret", "HELICAL_RUNNER_S3_ACCESS_KEY": "runner-key",
-           "HELICAL_RUNNER_S3_SECRET_KEY": "runner-secret", "HELICAL_BUCKET": "lab-bucket",
+           "HELICAL_RUNNER_S3_SECRET_KEY": "runner-secret", "HELICAL_MLFLOW_S3_ACCESS_KEY": "mlflow-key",
+           "HELICAL_MLFLOW_S3_SECRET_KEY": "mlflow-secret", "HELICAL_BUCKET": "lab-bucket",
            "ATTACH_FAILS": "1" if attach_fails else "", **overrides}
     return subprocess.run(["dash", "-ec", fake_mc + script], env=env, capture_output=True, text=True), rendered
 

@@ -229,8 +229,9 @@ class Tracking:
         if self._thread is not None:
             self._thread.join(timeout=30)
         result = self.summary(wait=True)
-        if result["status"] != "logged":
-            log.warning("MLflow at %s: not logged: %s (%s)", self.uri, ", ".join(result["not_logged"]), self.error)
+        if result["status"] != "logged":  # said once as a warning when it stopped answering; this is the detail
+            log.info("MLflow at %s: not logged: %s (%s); report.json's tracking says so too", self.uri,
+                     ", ".join(result["not_logged"]), self.error)
         shutil.rmtree(self._spool, ignore_errors=True)
         return result
 

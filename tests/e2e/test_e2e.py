@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 CREATED = ("queued", "running", "success", "failed")  # a run in any of these states exists
 PICKUP_SECONDS = 15  # the promise: an upload starts its run within this long (a little slack below)
 SESSION_STARTED = time.time()  # containers created before this belong to earlier test sessions
+PRODUCT_DAGS = ("helical_ingest", "helical_finetune", "helical_annotate", "helical_embed")
 INGEST_DAGS = ("helical_ingest", "helical_ingest_twin")  # the twin races the real one (scripts/local_stack.py)
 # uploads a training run is asked for (incoming/train/<label column>/): without labels they are bad inputs
 TRAIN_ONLY = {"missing-label", "single-class"}
@@ -48,12 +49,12 @@ def docker_ps(*filters: str) -> list[str]:
 def test_dags_are_unpaused_and_parse(stack):
     def ready():
         dags = {d["dag_id"]: d for d in stack.get("/api/v2/dags")["dags"]}
-        return dags if {"helical_finetune", "helical_ingest"} <= set(dags) else None
+        return dags if set(PRODUCT_DAGS) <= set(dags) else None
 
     from local_stack import wait_for
 
-    dags = wait_for(ready, 180, "both DAGs in the API", interval=2)
-    assert not dags["helical_finetune"]["is_paused"] and not dags["helical_ingest"]["is_paused"]
+    dags = wait_for(ready, 180, "every DAG in the API", interval=2)
+    assert not any(dags[dag_id]["is_paused"] for dag_id in PRODUCT_DAGS)
     assert stack.get("/api/v2/importErrors")["total_entries"] == 0
 
 

@@ -28,9 +28,18 @@ def mlflow(s3_server, tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def cells_h5ad(tmp_path_factory):
+    """450 cells x 1,000 genes, 3 cell types: three chunks of 150, a few seconds of training per epoch."""
+    from helical_runner.data.synthetic import make_h5ad
+
+    return make_h5ad(tmp_path_factory.mktemp("tracked") / "cells.h5ad", n_cells=450, n_genes=1000, n_types=3,
+                     genes_per_cell=120, seed=5)
+
+
 def finetune_args(data: str, output: str, *extra: str) -> list[str]:
     return ["finetune", "--data", data, "--label-column", "cell_type", "--output", output, "--precision", "fp32",
-            "--batch-size", "32", "--lr", "1e-3", "--epochs", "2", "--cells-per-chunk", "300", *extra]
+            "--batch-size", "32", "--lr", "2e-3", "--epochs", "2", "--cells-per-chunk", "150", *extra]
 
 
 def report(s3, prefix: str) -> dict:
@@ -80,7 +89,7 @@ def test_a_finetune_is_tracked_registered_and_its_champion_annotates(s3, mlflow,
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["airflow.run_id"] == "manual__tracked" and tags["airflow.task_id"] == "on_cpu.finetune"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
-    assert params["lr"] == "0.001" and params["model"] == "gf-12L-38M-i4096" and params["label_column"] == "cell_type"
+    assert params["lr"] == "0.002" and params["model"] == "gf-12L-38M-i4096" and params["label_column"] == "cell_type"
     assert params["data"] == data and params["data_etag"] == report(s3, "runs/tracked")["inputs"]["data"]["etag"]
     steps = report(s3, "runs/tracked")["steps"]
     assert history(mlflow, run["info"]["run_id"], "loss") == list(range(1, steps + 1))

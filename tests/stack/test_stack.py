@@ -1,6 +1,8 @@
 """`make stack` for real: the compose files up on this machine's engine, an upload through the AWS CLI
 fine-tuned by runner containers started through the docker-socket-proxy, watched through the REST API and
-Prometheus; then `make stack-down`. The browser half is test_browser.py; the last test takes the stack down.
+Prometheus, its model registered in the stack's MLflow as champion; then an unlabelled upload, handed to
+helical_annotate and annotated with that champion; then `make stack-down`. The browser half is
+test_browser.py; the last test takes the stack down.
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
+from datetime import datetime
 
 import pytest
 import yaml
 
-from conftest import REPO, compose_containers, docker, make, save_logs, wait_for
+from conftest import REPO, RUNNER_PY, compose_containers, docker, make, save_logs, wait_for
+
+sys.path.insert(0, str(REPO / "dags"))
+from helical_lib.s3 import ingest_run_id  # noqa: E402 - plain string helpers: no Airflow import
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +33,7 @@ ONE_SHOT = {"storage-secrets", "minio-init", "monitoring-secrets", "airflow-init
 # data folder's ownership (init)
 ROOT_SERVICES = {"docker-socket-proxy", "docker-api-filter", "airflow-init"}
 RUNNER_STEPS = ("inspect", "chunk", "on_cpu.finetune", "on_cpu.predict")  # inspect and chunk: queue cpu always
+REGISTERED_MODEL, CHAMPION = "helical-cell_type", "champion"  # what helical_finetune registers cell_type models as
 
 
 def compose_config() -> dict:
@@ -134,9 +142,17 @@ def test_summary_is_published_to_s3(stack, upload_run):
     assert "report.json" in files and "predict/predictions.csv" in files
 
 
-def test_the_fine_tune_is_tracked_in_the_stacks_mlflow(stack, upload_run):
+def champion(stack) -> dict:
+    """The model version alias `champion` of helical-cell_type names, through MLflow's REST API."""
+    return stack.mlflow_api("GET", "registered-models/alias",
+                            params={"name": REGISTERED_MODEL, "alias": CHAMPION})["model_version"]
+
+
+def test_the_fine_tune_is_tracked_and_registered_as_champion_in_the_stacks_mlflow(stack, upload_run):
     """The runner containers logged to the compose stack's MLflow by its service name (MLFLOW_TRACKING_URI from
-    the workers): the run, tagged with Airflow's ids, its metrics, and its artifacts in the bucket under mlflow/."""
+    the workers): the run, tagged with Airflow's ids, its metrics, and its artifacts in the bucket under mlflow/;
+    the fine-tuned model is a version of helical-cell_type holding alias champion (the first on a fresh stack:
+    conftest runs the browser's fine-tune after the uploads), and report.json says which."""
     run_id = upload_run[0]["dag_run_id"]
     report = json.loads(stack.aws("s3", "cp", f"{stack.plan(run_id)['run']}/report.json", "-"))
     assert report["tracking"]["status"] == "logged", report["tracking"]
@@ -146,6 +162,11 @@ def test_the_fine_tune_is_tracked_in_the_stacks_mlflow(stack, upload_run):
     assert tracked["info"]["status"] == "FINISHED" and tracked["data"]["metrics"], tracked["info"]
     artifacts = tracked["info"]["artifact_uri"].removeprefix("mlflow-artifacts:").lstrip("/")
     assert "report.json" in stack.aws("s3", "ls", f"s3://{stack.bucket}/mlflow/{artifacts}/", "--recursive")
+
+    registered, version = report["tracking"].get("registered_model") or {}, champion(stack)
+    assert (version["name"], version["run_id"]) == (REGISTERED_MODEL, tracked["info"]["run_id"]), version
+    assert registered == {**registered, "name": REGISTERED_MODEL, "version": version["version"], "champion": True,
+                          "uri": f"models:/{REGISTERED_MODEL}/{version['version']}"}, registered
 
 
 def test_prometheus_has_the_runs_metrics_and_its_targets_are_up(stack, upload_run):
@@ -169,6 +190,79 @@ def test_prometheus_has_the_runs_metrics_and_its_targets_are_up(stack, upload_ru
         health.setdefault(target["labels"]["job"], set()).add(target["health"])
     for job in ("prometheus", "airflow", "pushgateway", "node"):  # airflow: the statsd-exporter
         assert health.get(job) == {"up"}, (job, health)
+
+
+@pytest.fixture(scope="module")
+def unlabelled_upload(stack, upload_run, tmp_path_factory) -> dict:
+    """New cells without a cell_type column (their types in expected_cell_type), written by the runner's own
+    code and uploaded with the AWS CLI to plain incoming/, as users drop files, after the labelled upload's run
+    made its model champion. -> {key, etag, finetune_run (from key and ETag, as helical_ingest names it),
+    champion (its version), uploaded_at}"""
+    assert upload_run[0]["state"] == "success", "the labelled upload's fine-tune registers the champion first"
+    version = champion(stack)["version"]  # the labelled upload's, which annotates these cells
+    path = tmp_path_factory.mktemp("unlabelled") / "unlabelled.h5ad"
+    subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "data", "--output", str(path), "--cells",
+                    "300", "--label-column", "expected_cell_type", "--seed", str(int(time.time()) % 1000 + 1)],
+                   check=True, capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    key = f"incoming/stack-unlabelled-{int(time.time())}.h5ad"
+    uploaded_at = time.time()
+    stack.aws("s3", "cp", str(path), f"s3://{stack.bucket}/{key}")
+    etag = json.loads(stack.aws("s3api", "head-object", "--bucket", stack.bucket, "--key", key))["ETag"]
+    return {"key": key, "etag": etag, "finetune_run": ingest_run_id(key, etag), "champion": version,
+            "uploaded_at": uploaded_at}
+
+
+def test_an_unlabelled_upload_starts_helical_finetune(stack, unlabelled_upload):
+    """Uploaded after the labelled one's run succeeded: plain incoming/ routes it to helical_finetune on
+    cell_type, allowed to annotate instead (or_annotate)."""
+    run_id, url = unlabelled_upload["finetune_run"], f"s3://{stack.bucket}/{unlabelled_upload['key']}"
+    run = wait_for(lambda: stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}"), 180,
+                   f"helical_ingest to start helical_finetune run {run_id}", interval=2)
+    assert run["conf"] == {**run["conf"], "data": url, "label_column": "cell_type", "or_annotate": True}, run["conf"]
+
+
+def test_an_unlabelled_upload_is_handed_from_helical_finetune_to_helical_annotate(stack, unlabelled_upload):
+    run_id = unlabelled_upload["finetune_run"]
+    run = stack.wait_for_run("helical_finetune", run_id, timeout=600)
+    states = stack.task_states("helical_finetune", run_id)
+    assert run["state"] == "success", states
+    assert (states["check_labels"], states["annotate_instead"], states["chunk"]) == ("success", "success", "skipped")
+    summary = json.loads(stack.aws("s3", "cp", f"s3://{stack.bucket}/runs/{run_id}/summary.json", "-"))
+    assert (summary["status"], summary["annotate_run_id"]) == ("handed_over", f"{run_id}__annotate"), summary
+
+
+def test_the_unlabelled_upload_is_annotated_with_the_champion(stack, unlabelled_upload):
+    """helical_annotate resolved alias champion once, to models:/helical-cell_type/<version>, and predicted with
+    it: predictions.h5ad beside the summary; the good file is not quarantined for lacking labels."""
+    finetune_run = unlabelled_upload["finetune_run"]
+    assert stack.task_states("helical_finetune", finetune_run).get("annotate_instead") == "success", \
+        "helical_finetune handed nothing over"
+    run_id = f"{finetune_run}__annotate"
+    run = stack.wait_for_run("helical_annotate", run_id, timeout=900)
+    states = stack.task_states("helical_annotate", run_id)
+    assert run["state"] == "success", states
+    assert {states[t] for t in ("inspect", "chunk", "on_cpu.embed", "on_cpu.predict", "publish_summary")} == \
+        {"success"}, states
+    prefix = f"s3://{stack.bucket}/runs/{run_id}"
+    summary = json.loads(stack.aws("s3", "cp", f"{prefix}/summary.json", "-"))
+    assert summary["model_uri"] == f"models:/{REGISTERED_MODEL}/{unlabelled_upload['champion']}", summary
+    assert summary["annotated_url"] == f"{prefix}/predict/predictions.h5ad", summary
+    assert "predictions.h5ad" in stack.aws("s3", "ls", f"{prefix}/predict/").split()
+    quarantined = stack.aws("s3api", "list-objects-v2", "--bucket", stack.bucket, "--prefix", "quarantine/",
+                            "--query", "Contents[].Key", "--output", "json")
+    name = unlabelled_upload["key"].removeprefix("incoming/").removesuffix(".h5ad")
+    assert not [key for key in json.loads(quarantined) or [] if name in key], quarantined
+    finetune = stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{finetune_run}")
+    print(f"upload to annotated: {seconds(run['end_date']) - unlabelled_upload['uploaded_at']:.0f} s "
+          f"(helical_finetune {seconds(finetune['end_date']) - seconds(finetune['start_date']):.0f} s, "
+          f"helical_annotate {seconds(run['end_date']) - seconds(run['start_date']):.0f} s)")
+
+
+def seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+AFTER_THE_BROWSER = ("test_stack_down_leaves_nothing_behind",)  # conftest runs test_browser.py's tests before it
 
 
 @pytest.mark.skipif(os.environ.get("HELICAL_STACK_KEEP") == "1", reason="HELICAL_STACK_KEEP=1 keeps the stack up")

@@ -33,7 +33,7 @@ from helical_runner.data.dataset import open_dataset, prefetched
 from helical_runner.outputs.metrics import RunMetrics
 from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
-from helical_runner.outputs.report import REPORT_NAME, upload_picture, write_json
+from helical_runner.outputs.report import upload_picture
 from helical_runner.resources import peak_memory
 from helical_runner.runs import versions
 from helical_runner.outputs.umap_plot import UMAP_NAME, draw, labels

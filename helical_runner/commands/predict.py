@@ -31,8 +31,8 @@ from helical_runner.commands.finetune import check_vocabulary, gene_summary
 from helical_runner.outputs.metrics import RunMetrics
 from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
-from helical_runner.outputs.report import (CONFUSION_NAME, REPORT_NAME, class_metrics, confusion_matrix, plot_confusion,
-                                   upload_picture, write_json)
+from helical_runner.outputs.report import (CONFUSION_NAME, class_metrics, confusion_matrix, plot_confusion,
+                                   upload_picture)
 from helical_runner.resources import peak_memory
 from helical_runner.runs import versions
 from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer

@@ -366,8 +366,7 @@ class Tracking:
                 del self._metrics[:len(batch)]
 
 
-_STEP_KEYED = {"loss", "learning_rate", "cells_per_second", "validation_accuracy", "validation_loss",
-               "validation_macro_f1"}
+_STEP_KEYED = set(METRIC_NAMES.values())  # the per-step metrics; final figures are logged once
 
 
 def _create_experiment(client, name: str) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,21 +29,64 @@ def scratch_root() -> Path:
     return Path(os.environ.get("HELICAL_SCRATCH") or tempfile.gettempdir())
 
 
+LOCK_NAME = ".in-use"
+UNLOCKED_GRACE_SECONDS = 3600  # a folder without its lock file yet: only a crash between mkdtemp and flock
+
+
 @dataclass
 class Scratch:
-    """A private working folder under $HELICAL_SCRATCH (the mounted data folder in containers)."""
+    """A private working folder under $HELICAL_SCRATCH (the mounted data folder in containers), held with an
+    exclusive flock on its `.in-use` file for as long as the step runs. A step that is killed (worker lost,
+    OOM, `docker stop`) can't clean up, but the kernel drops its lock: the next step to start on the same
+    scratch folder removes every `helical-*` folder whose lock it can take, so a host's scratch doesn't fill
+    up with killed runs' chunks."""
 
     path: Path
+    _lock: object = None
 
     @classmethod
     def create(cls, run_id: str) -> "Scratch":
         root = scratch_root()
         root.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)[:80]
-        return cls(Path(tempfile.mkdtemp(prefix=f"helical-{safe}-", dir=root)))
+        path = Path(tempfile.mkdtemp(prefix=f"helical-{safe}-", dir=root))
+        lock = open(path / LOCK_NAME, "w")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        sweep_abandoned(root, keep=path)
+        return cls(path, lock)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def sweep_abandoned(root: Path, keep: Path) -> list[Path]:
+    """Remove the scratch folders under `root` that no live step holds (their `.in-use` lock can be taken);
+    returns them. Folders of other programs (not `helical-*`) and live steps' folders are never touched."""
+    removed = []
+    for folder in root.glob("helical-*"):
+        if folder == keep or not folder.is_dir():
+            continue
+        try:
+            fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its step is alive
+                shutil.rmtree(folder, ignore_errors=True)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:  # no lock file: a folder of an older runner, or one being created now
+            try:
+                if time.time() - folder.stat().st_mtime < UNLOCKED_GRACE_SECONDS:
+                    continue
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # locked: a live step's
+            continue
+        removed.append(folder)
+    return removed
 
 
 def read_json_if_present(loc: Location) -> dict | None:

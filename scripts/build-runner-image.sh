@@ -59,10 +59,11 @@ wheelhouse=$CACHE_ROOT/wheelhouse-$(sha256sum "$LOCK" | cut -c1-12)
 if [ ! -f "$wheelhouse/.complete" ]; then
     PY=$(find_python312)
     log "filling the wheelhouse $wheelhouse from ${LOCK#$REPO_ROOT/} (once per lock; several GB: torch + CUDA wheels)"
+    prune_old "$CACHE_ROOT/wheelhouse-" "$wheelhouse" 0  # an older lock's wheels: 4 GB nobody builds from again
+    need_disk "$CACHE_ROOT" 6 "the runner image's wheelhouse"
     mkdir -p "$wheelhouse"
     "$PY" -m pip wheel -q --no-deps -r "$LOCK" -w "$wheelhouse" 2>&1 | quiet_pip
     touch "$wheelhouse/.complete"
-    prune_old "$CACHE_ROOT/wheelhouse-" "$wheelhouse"
 fi
 
 # --- serve it to the build (the build runs with --network host, so 127.0.0.1 is this host)

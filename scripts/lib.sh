@@ -28,17 +28,28 @@ quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" >&2 || 
 
 # prune_old PREFIX KEEP: remove PREFIX* folders except KEEP and the newest other one.
 prune_old() {
-    local prefix=$1 keep=$2 old
-    old=$(ls -dt "$prefix"* 2>/dev/null | grep -vx "$keep" | tail -n +2 || true)
+    local prefix=$1 keep=$2 spares=${3:-1} old
+    old=$(ls -dt "$prefix"* 2>/dev/null | grep -vx "$keep" | tail -n +$((spares + 1)) || true)
     [ -z "$old" ] || { log "pruning old cached environments: $old"; rm -rf $old; }
+}
+
+# need_disk DIR GB WHAT: stop with one line when DIR's disk has less than GB free for WHAT (pip's own
+# "No space left on device" comes minutes later, half-way through an install).
+need_disk() {
+    local dir=$1 gb=$2 what=$3 free
+    mkdir -p "$dir"
+    free=$(df -P -B1M "$dir" | awk 'NR == 2 {print $4}')  # MB: df rounds GB up
+    [ "$free" -ge $((gb * 1024)) ] || die "$what needs about $gb GB free in $dir; that disk has $((free / 1024)) GB (free some space, or set HELICAL_AIRFLOW_CACHE to a folder on a larger disk)"
 }
 
 # ensure_venv NAME LOCKFILE [PYTHON]: a virtualenv in the cache keyed by the lock file's hash, linked to
 # $REPO_ROOT/.venv-NAME. A venv counts only once its .complete marker exists, so an interrupted install
 # is rebuilt from scratch (venvs can't be renamed: their scripts carry the folder in their shebangs).
-# Older venvs of the same name are pruned, keeping one spare.
+# Older venvs of the same name are pruned, keeping one spare (none of the runner's: 8 GB of torch and CUDA).
 ensure_venv() {
     local name=$1 lock=$2 py=${3:-}
+    local need_gb=2 spares=1
+    [ "$name" = runner ] && need_gb=10 spares=0
     [ -n "$py" ] || py=$(find_python312)
     local key
     key=$( (cat "$lock"; "$py" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-12)
@@ -51,11 +62,12 @@ ensure_venv() {
         if [ ! -f "$dir/.complete" ]; then
             log "building the $name virtualenv from ${lock#$REPO_ROOT/} (first run on this machine; cached after)"
             rm -rf "$dir"
+            prune_old "$CACHE_ROOT"/venv-"$name"- "$dir" "$spares"
+            need_disk "$CACHE_ROOT" "$need_gb" "the $name virtualenv"
             "$py" -m venv "$dir"
             "$dir/bin/pip" install -q --upgrade pip 2>&1 | quiet_pip
             "$dir/bin/pip" install -q -r "$lock" 2>&1 | quiet_pip
             touch "$dir/.complete"
-            prune_old "$CACHE_ROOT"/venv-"$name"- "$dir"
         fi
         exec {lock_fd}>&-
     fi

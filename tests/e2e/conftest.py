@@ -82,6 +82,23 @@ def stack(work_dir, data_dir):
         yield stack
     finally:
         stack.stop()
+        if MODE == "docker":
+            remove_runner_containers(data_dir)
+
+
+def remove_runner_containers(data_dir: Path) -> None:
+    """Runner containers that mounted this session's data folder, whatever their state: the tests keep failed
+    and killed attempts to look at them, and a kept container pins the runner image it ran (a rebuilt image
+    would stay on disk, 9 GB each, behind it)."""
+    env = {**os.environ, "DOCKER_HOST": os.environ.get("HELICAL_E2E_ENGINE", "unix:///var/run/docker.sock")}
+    docker = lambda *args: subprocess.run(["docker", *args], capture_output=True, text=True, env=env, timeout=120)
+    ids = docker("ps", "-aq", "--filter", "label=app=helical-runner").stdout.split()
+    if not ids:
+        return
+    mine = [c["Id"] for c in json.loads(docker("inspect", *ids).stdout or "[]")
+            if any(m.get("Source") == str(data_dir) for m in c.get("Mounts", []))]
+    if mine:
+        docker("rm", "-f", *mine)
 
 
 @pytest.fixture(scope="session")

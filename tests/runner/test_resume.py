@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,8 +39,10 @@ def test_killed_finetune_resumes_from_its_checkpoint(s3, tiny_model, tmp_path, b
     straight = run_cli(*args("straight"))
     assert straight.returncode == 0, straight.stderr
 
+    scratch = tmp_path / "scratch"  # the data folder's scratch/, as runner containers mount it
+    env = {**os.environ, "HELICAL_SCRATCH": str(scratch)}
     child = subprocess.Popen([sys.executable, "-m", "helical_runner", *args("killed")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         checkpoint = f"runs/{name}-killed/checkpoint.pt"
         wait_for(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix=checkpoint).get("KeyCount", 0),
@@ -51,10 +54,13 @@ def test_killed_finetune_resumes_from_its_checkpoint(s3, tiny_model, tmp_path, b
             child.kill()
     assert child.returncode == -signal.SIGKILL
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{name}-killed/report.json").get("KeyCount", 0) == 0
+    [abandoned] = scratch.iterdir()  # the killed step's chunks: nobody was left to remove them
+    assert any(abandoned.iterdir()), abandoned
 
-    resumed = run_cli(*args("killed"))
+    resumed = run_cli(*args("killed"), env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from checkpoint" in resumed.stderr
+    assert list(scratch.iterdir()) == []  # the retry swept the killed step's scratch, then its own
 
     a, b = report(s3, f"runs/{name}-straight"), report(s3, f"runs/{name}-killed")
     assert b["resumed_from"] is not None and b["resumed_from"]["step"] > 0
@@ -85,3 +91,33 @@ def test_checkpoint_of_other_settings_is_not_silently_reused(s3, tiny_model, cel
     changed = run_cli(*[a if a != "1e-3" else "5e-4" for a in args])
     assert changed.returncode == 65
     assert "belongs to a run with other settings (config)" in changed.stderr.strip().splitlines()[-1]
+
+
+def test_a_new_step_sweeps_only_scratch_that_no_live_step_holds(tmp_path, monkeypatch):
+    """Another process's live scratch folder (its lock held), a folder being created right now (no lock file
+    yet), and other programs' folders survive; a killed step's folder (lock file, nobody holding it) goes."""
+    from helical_runner.runs import LOCK_NAME, Scratch
+
+    monkeypatch.setenv("HELICAL_SCRATCH", str(tmp_path))
+    live = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from helical_runner.runs import Scratch; s = Scratch.create('live'); "
+        "print(s.path, flush=True); sys.stdin.read()")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "HELICAL_SCRATCH": str(tmp_path)})
+    try:
+        live_folder = Path(live.stdout.readline().strip())
+        killed = tmp_path / "helical-killed-abc123"
+        (killed / "chunks").mkdir(parents=True)
+        (killed / LOCK_NAME).touch()
+        starting = tmp_path / "helical-starting-xyz"
+        starting.mkdir()
+        other = tmp_path / "someone-elses"
+        other.mkdir()
+
+        mine = Scratch.create("new")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [live_folder.name, starting.name, other.name, mine.path.name])
+        mine.cleanup()
+        assert not mine.path.exists() and live_folder.is_dir()
+    finally:
+        live.stdin.close()
+        live.wait(timeout=30)

@@ -1,6 +1,6 @@
 # The two commands a new machine needs (see README): `make demo` and `make test`.
 # Everything they need is installed by scripts/ on first use and cached outside the clone.
-.PHONY: demo demo-runner stack stack-down test test-fast bench bench-gpu bench-airflow images venvs clean-demo
+.PHONY: demo demo-runner stack stack-down worker-host worker-host-down test test-fast bench bench-gpu bench-airflow images venvs clean-demo
 
 demo:  ## the main job through Airflow on the embedded default (local S3 stand-in, tiny model, synthetic cells)
 	bash scripts/airflow-demo.sh
@@ -13,6 +13,12 @@ stack:  ## the stack from the compose files (docker-compose, images built here):
 
 stack-down:  ## remove the stack's containers, networks and volumes
 	bash scripts/stack.sh down
+
+worker-host:  ## this machine as a worker host of a running stack (docker-compose-worker.yaml; README "Worker hosts")
+	bash scripts/worker-host.sh up
+
+worker-host-down:  ## remove this worker host's containers
+	bash scripts/worker-host.sh down
 
 test:  ## the whole test suite, as CI runs it
 	bash scripts/test.sh

@@ -143,3 +143,63 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*.xml")):
 print(f"all suites: {tests - failures - skipped} passed, {failures} failed, {skipped} skipped")
 PY
 }
+
+# wait_healthy SECONDS: every container of `compose ps` (the caller's compose function) healthy (or running, without a healthcheck) and every one-shot
+# job exited 0; fails on a job that failed or a container that went unhealthy, with its last log lines.
+wait_healthy() {
+    local wait=$1 deadline=$((SECONDS + $1)) pending
+    while :; do
+        pending=()
+        local id name state health code
+        for id in $(compose ps -q); do
+            IFS='|' read -r name state health code < <(docker inspect -f \
+                '{{index .Config.Labels "com.docker.compose.service"}}|{{.State.Status}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{.State.ExitCode}}' "$id")
+            case "$state/$health" in
+                running/healthy|running/) ;;
+                exited/*)
+                    # one-shot jobs have no restart policy; a service that stopped is a failure even at 0
+                    case "$code/$(docker inspect -f '{{.HostConfig.RestartPolicy.Name}}' "$id")" in
+                        0/|0/no) ;;
+                        *) docker logs --tail 30 "$id" >&2; die "$name exited with code $code" ;;
+                    esac ;;
+                running/unhealthy)
+                    docker logs --tail 30 "$id" >&2
+                    docker inspect -f '{{range .State.Health.Log}}{{.Output}}{{end}}' "$id" | tail -n 5 >&2
+                    die "$name is unhealthy" ;;
+                *) pending+=("$name:$state${health:+/$health}") ;;
+            esac
+        done
+        [ ${#pending[@]} -eq 0 ] && return 0
+        [ $SECONDS -lt $deadline ] || die "not healthy after ${wait}s: ${pending[*]}"
+        sleep 3
+    done
+}
+
+# build_stack_images: the local images the caller's .env names (its env_value function; a tag set to anything
+# else is used as it is), and the runner image of the default profile.
+build_stack_images() {
+    local names=() name var tag
+    while read -r name var tag; do
+        [ "$(env_value "$var")" = "$tag" ] || continue
+        case " ${names[*]} " in *" $name "*) ;; *) names+=("$name") ;; esac
+    done < <(bash scripts/build-local-images.sh --list)
+    [ ${#names[@]} -eq 0 ] || bash scripts/build-local-images.sh "${names[@]}" >/dev/null
+    bash scripts/build-runner-image.sh cpu >/dev/null
+}
+
+# compose_up NAME / compose_down NAME: the caller's compose function up -d (or down, with the runner containers
+# kept for debugging on the runners' network, which they hold open), its output in $CACHE_ROOT/NAME-up|down.log
+# and only the failure's last lines shown.
+compose_up() {
+    compose up -d --remove-orphans >"$CACHE_ROOT/$1-up.log" 2>&1 \
+        || { grep -v -e '^Creating' -e '^Starting' "$CACHE_ROOT/$1-up.log" | tail -n 30 >&2; die "docker-compose up failed"; }
+}
+
+compose_down() {
+    local runners ids
+    runners=$(env_value HELICAL_RUNNER_NETWORK)
+    ids=$(docker ps -aq --filter "network=${runners:-helical-runners}" --filter label=app=helical-runner)
+    [ -z "$ids" ] || docker rm -f $ids >/dev/null
+    compose --profile registry down --volumes --remove-orphans >"$CACHE_ROOT/$1-down.log" 2>&1 \
+        || { tail -n 30 "$CACHE_ROOT/$1-down.log" >&2; die "docker-compose down failed"; }
+}

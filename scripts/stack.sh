@@ -27,6 +27,12 @@ SOCKET=$(bash scripts/docker-engine.sh)
 export DOCKER_HOST=unix://$SOCKET
 compose() { docker-compose --project-name "$PROJECT" --project-directory "$REPO_ROOT" "${FILES[@]/#/-f}" "$@"; }
 env_value() { sed -n "s/^$1=//p" .env | tail -n1; }
+# worker hosts listed in .env: the central host publishes what they reach and scrapes them (README "Worker hosts")
+with_worker_hosts() {
+    [ -f .env ] && [ -n "$(env_value HELICAL_WORKER_HOSTS)" ] || return 0
+    case " ${FILES[*]} " in *" docker-compose-central.yaml "*) ;; *) FILES+=(docker-compose-central.yaml) ;; esac
+}
+with_worker_hosts
 
 write_env() {
     # the template, with every <placeholder> filled, the data folder, local images and free ports; or, when
@@ -38,7 +44,7 @@ from pathlib import Path
 
 repo, images = Path(sys.argv[1]), dict(l.split("=", 1) for l in Path(sys.argv[2]).read_text().split())
 PORTS = ("AIRFLOW_API_PORT", "MINIO_API_PORT", "MINIO_CONSOLE_PORT", "PROMETHEUS_PORT", "PUSHGATEWAY_PORT",
-         "GRAFANA_PORT", "MLFLOW_PORT")
+         "GRAFANA_PORT", "MLFLOW_PORT", "POSTGRES_PORT", "REDIS_PORT")
 
 def free(port):
     with socket.socket() as s:
@@ -94,49 +100,6 @@ env.chmod(0o600)
 PY
 }
 
-# build_images: the local images .env names (a tag set to anything else is used as it is), and the
-# runner image of the default profile.
-build_images() {
-    local names=() name var tag
-    while read -r name var tag; do
-        [ "$(env_value "$var")" = "$tag" ] || continue
-        case " ${names[*]} " in *" $name "*) ;; *) names+=("$name") ;; esac
-    done < <(bash scripts/build-local-images.sh --list)
-    [ ${#names[@]} -eq 0 ] || bash scripts/build-local-images.sh "${names[@]}" >/dev/null
-    bash scripts/build-runner-image.sh cpu >/dev/null
-}
-
-# wait_healthy: every service container healthy (or running, without a healthcheck) and every one-shot
-# job exited 0; fails on a job that failed or a container that went unhealthy, with its last log lines.
-wait_healthy() {
-    local deadline=$((SECONDS + WAIT)) pending
-    while :; do
-        pending=()
-        local id name state health code
-        for id in $(compose ps -q); do
-            IFS='|' read -r name state health code < <(docker inspect -f \
-                '{{index .Config.Labels "com.docker.compose.service"}}|{{.State.Status}}|{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{.State.ExitCode}}' "$id")
-            case "$state/$health" in
-                running/healthy|running/) ;;
-                exited/*)
-                    # one-shot jobs have no restart policy; a service that stopped is a failure even at 0
-                    case "$code/$(docker inspect -f '{{.HostConfig.RestartPolicy.Name}}' "$id")" in
-                        0/|0/no) ;;
-                        *) docker logs --tail 30 "$id" >&2; die "$name exited with code $code" ;;
-                    esac ;;
-                running/unhealthy)
-                    docker logs --tail 30 "$id" >&2
-                    docker inspect -f '{{range .State.Health.Log}}{{.Output}}{{end}}' "$id" | tail -n 5 >&2
-                    die "$name is unhealthy" ;;
-                *) pending+=("$name:$state${health:+/$health}") ;;
-            esac
-        done
-        [ ${#pending[@]} -eq 0 ] && return 0
-        [ $SECONDS -lt $deadline ] || die "not healthy after ${WAIT}s: ${pending[*]}"
-        sleep 3
-    done
-}
-
 case ${1:-} in
     up)
         start=$SECONDS
@@ -148,11 +111,11 @@ case ${1:-} in
             log "wrote .env (fresh secrets, local images, data folder $REPO_ROOT/data)"
         fi
         mkdir -p data/scratch data/helical
-        build_images
+        with_worker_hosts
+        build_stack_images
         log "starting the stack (${FILES[*]})"
-        compose up -d --remove-orphans >"$CACHE_ROOT/stack-up.log" 2>&1 \
-            || { grep -v -e '^Creating' -e '^Starting' "$CACHE_ROOT/stack-up.log" | tail -n 30 >&2; die "docker-compose up failed"; }
-        wait_healthy
+        compose_up stack
+        wait_healthy "$WAIT"
         log "the stack is up and healthy in $((SECONDS - start))s"
         s3_port=$(env_value MINIO_API_PORT)
         cat <<MSG
@@ -169,12 +132,7 @@ MSG
         ;;
     down)
         [ -f .env ] || die "no .env: nothing was started by make stack here"
-        runners=$(env_value HELICAL_RUNNER_NETWORK)
-        # runner containers that failed are kept for debugging; they hold the runners' network open
-        ids=$(docker ps -aq --filter "network=${runners:-helical-runners}" --filter label=app=helical-runner)
-        [ -z "$ids" ] || docker rm -f $ids >/dev/null
-        compose --profile registry down --volumes --remove-orphans >"$CACHE_ROOT/stack-down.log" 2>&1 \
-            || { tail -n 30 "$CACHE_ROOT/stack-down.log" >&2; die "docker-compose down failed"; }
+        compose_down stack
         log "the stack is down (containers, networks and volumes removed)"
         ;;
     compose) shift; compose "$@" ;;

@@ -63,6 +63,8 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
         environment["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     if settings.mlflow_ui_url:
         environment["HELICAL_MLFLOW_UI_URL"] = settings.mlflow_ui_url
+    if settings.host:  # a worker host's name, on the runner's metrics (helical_runner_info's host label)
+        environment["HELICAL_HOST"] = settings.host
     gpus = int(profile.get("gpus") or 0)
     device_requests = None
     if profile["device"] == "cuda" and gpus > 0:
@@ -80,6 +82,7 @@ def container_kwargs(profile: dict, settings: Settings, *, dag_id: str, task_id:
         "private_environment": {k: v for k, v in s3_env.items() if k in SECRET_ENV},
         "labels": {"app": "helical-runner", "dag_id": dag_id, "task_id": task_id, "run_id": run_id,
                    "try_number": str(try_number), "profile": profile["name"],
+                   **({"host": settings.host} if settings.host else {}),
                    **({"data": data, "etag": etag} if data else {})},
         "container_name": name,
         "network_mode": settings.network,

@@ -35,6 +35,9 @@ class Settings:
     # resolves helical_annotate's registered model there too); "" = no tracking, no registry
     mlflow_tracking_uri: str
     mlflow_ui_url: str  # the MLflow UI as a person opens it, for the links in reports; "" = the tracking URI
+    # the worker host a step runs on (docker-compose-worker.yaml's HELICAL_WORKER_NAME): a label of its runner
+    # container and of its metrics, so dashboards tell hosts apart; "" = the central host
+    host: str = ""
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None) -> "Settings":
@@ -55,4 +58,5 @@ class Settings:
             runner_profiles=env.get("HELICAL_RUNNER_PROFILES", ""),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""),
             mlflow_ui_url=env.get("HELICAL_MLFLOW_UI_URL", ""),
+            host=env.get("HELICAL_WORKER_NAME", ""),
         )

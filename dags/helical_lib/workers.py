@@ -39,8 +39,12 @@ def live_queues(timeout: float) -> set[str] | None:
     return {queue["name"] for queues in replies.values() for queue in queues or ()}
 
 
+# Any other queue is a host class of its own: a worker host started for it (docker-compose-worker.yaml).
+START_WORKER_HOST = "HELICAL_WORKER_QUEUES={queue} docker compose -f docker-compose-worker.yaml up -d"
+
+
 def start_command(queue: str) -> str:
-    return START_WORKER.get(queue, f"airflow celery worker --queues {queue}")
+    return START_WORKER.get(queue, START_WORKER_HOST.format(queue=queue))
 
 
 def require_worker(queue: str, profile: str, ask: Callable[[float], set[str] | None] | None = None) -> None:
@@ -55,4 +59,4 @@ def require_worker(queue: str, profile: str, ask: Callable[[float], set[str] | N
             return
     raise NoWorker(f"no live Celery worker serves queue '{queue}', which profile {profile} runs on (queues "
                    f"served: {', '.join(sorted(live)) or 'none'}): start one with `{start_command(queue)}`, "
-                   f"on a host that can run it, or pick a profile on a served queue, then trigger the run again")
+                   f"on a host that can run it (README \"Worker hosts\"), or pick a profile on a served queue, then trigger the run again")

@@ -6,7 +6,7 @@ is gone. Each run pushes to its own group {job="helical_runner", run_id, command
 overwrite each other. A push that fails is logged and never fails the run.
 
 Names (the monitoring dashboards and alert rules use exactly these):
-  helical_runner_info{model,profile,precision,device,dag_id,task_id}  1
+  helical_runner_info{model,profile,precision,device,dag_id,task_id,host}  1 (host: the worker host, $HELICAL_HOST)
   helical_runner_status{status="running|succeeded|failed"}            1 for the current status, else 0
   helical_runner_cells_processed, helical_runner_chunks_done, helical_runner_chunks_total,
   helical_runner_cells_per_second, helical_runner_loss, helical_runner_validation_accuracy,
@@ -63,7 +63,8 @@ class RunMetrics:
         self._warned = False
         self.listeners: list = []  # called with each update's values (MLflow tracking: helical_runner.tracking)
         self.registry = CollectorRegistry()
-        info_labels = {"model": "", "profile": "", "precision": "", "device": "", "dag_id": "", "task_id": ""}
+        info_labels = {"model": "", "profile": "", "precision": "", "device": "", "dag_id": "", "task_id": "",
+                       "host": os.environ.get("HELICAL_HOST", "")}
         info_labels.update({k: str(v) for k, v in info.items() if k in info_labels})
         Gauge(f"{JOB}_info", "What the run is", list(info_labels), registry=self.registry).labels(**info_labels).set(1)
         self._status = Gauge(f"{JOB}_status", "1 for the run's current status", ["status"], registry=self.registry)

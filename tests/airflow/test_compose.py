@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,10 @@ import yaml
 from conftest import REPO
 
 COMPOSE_FILES = sorted(REPO.glob("docker-compose-*.yaml"))
-OURS = ["docker-compose-airflow.yaml", "docker-compose-storage.yaml"]
+OURS = ["docker-compose-airflow.yaml", "docker-compose-storage.yaml", "docker-compose-worker.yaml",
+        "docker-compose-central.yaml"]
+WORKER_FILE = "docker-compose-worker.yaml"
+CENTRAL_SERVICES = ("postgres", "redis", "minio", "pushgateway", "mlflow", "statsd-exporter", "airflow-apiserver")
 # ${VAR}, ${VAR:-default}, ${VAR:?error}, $VAR; $$ escapes a literal dollar for the container's shell
 VARIABLE = re.compile(r"(?<!\$)\$(?:\{([A-Za-z_][A-Za-z0-9_]*)|([A-Za-z_][A-Za-z0-9_]*))")
 
@@ -85,9 +89,16 @@ def test_runners_network_holds_only_what_runners_need():
         if compose.get("networks", {}).get("runners"):
             assert compose["networks"]["runners"]["name"] == "${HELICAL_RUNNER_NETWORK:-helical-runners}", name
         for service, spec in (compose.get("services") or {}).items():
-            if "runners" in (spec.get("networks") or []):
+            if "runners" in (spec.get("networks") or []) and name != WORKER_FILE:
                 on_runners.add(service)
     assert on_runners == {"minio", "pushgateway", "mlflow"}
+    # a worker host's runners reach the central host by address; on their network there is only the
+    # placeholder that keeps it in place: not the worker, not the proxies
+    worker_host = load(WORKER_FILE)["services"]
+    assert [s for s, spec in worker_host.items() if "runners" in (spec.get("networks") or [])] == ["runners-network"]
+    holder = worker_host["runners-network"]
+    assert holder["networks"] == ["runners"] and holder["user"] == "65534:65534" and holder["read_only"] is True
+    assert holder["cap_drop"] == ["ALL"] and not holder.get("volumes") and not holder.get("ports")
     worker = load("docker-compose-airflow.yaml")["services"]["airflow-worker"]["environment"]
     proxy_filter = load("docker-compose-airflow.yaml")["services"]["docker-api-filter"]["environment"]
     assert worker["HELICAL_RUNNER_NETWORK"] == proxy_filter["HELICAL_RUNNER_NETWORK"] == \
@@ -102,7 +113,9 @@ def test_published_ports_stay_local_unless_env_says_otherwise():
     for name in [p.name for p in COMPOSE_FILES]:
         for service, spec in (load(name).get("services") or {}).items():
             for port in spec.get("ports") or []:
-                assert str(port).startswith("${HELICAL_BIND_ADDRESS:-127.0.0.1}:"), f"{service} publishes {port}"
+                # a worker host publishes only what the central Prometheus scrapes, on the address .env names
+                bind = "${HELICAL_WORKER_BIND_ADDRESS:?" if name == WORKER_FILE else "${HELICAL_BIND_ADDRESS:-127.0.0.1}:"
+                assert str(port).startswith(bind), f"{service} publishes {port}"
     assert template_variables()["HELICAL_BIND_ADDRESS"] == "127.0.0.1"
 
 
@@ -179,6 +192,12 @@ def test_worker_hints_name_real_services_and_a_stuck_task_fails():
         assert f"--queues {queue}" in services[service]["command"], (queue, service)
         for profile in services[service].get("profiles", []):
             assert f"--profile {profile}" in command
+    # any other queue: a worker host whose worker takes the queues its .env names
+    from helical_lib.workers import start_command
+
+    command = start_command("gpu-a100")
+    assert command.startswith("HELICAL_WORKER_QUEUES=gpu-a100 ") and f"-f {WORKER_FILE} up -d" in command
+    assert "--queues ${HELICAL_WORKER_QUEUES:?" in load(WORKER_FILE)["services"]["airflow-worker"]["command"]
     for name in ("airflow-scheduler", "airflow-worker", "airflow-worker-gpu"):
         timeout = services[name]["environment"]["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"]
         assert timeout == "${AIRFLOW_TASK_QUEUED_TIMEOUT:-3600}", name
@@ -328,3 +347,99 @@ def test_minio_init_gives_mlflow_its_user_and_policy(tmp_path):
         refused = subprocess.run(["dash", "-ec", stand_in + script], env={**env, "HELICAL_MLFLOW_S3_ACCESS_KEY": other},
                                  capture_output=True, text=True, timeout=60)
         assert refused.returncode == 1 and "HELICAL_MLFLOW_S3_ACCESS_KEY must differ" in refused.stderr, other
+
+
+# --- worker hosts (issue 24) --------------------------------------------------------------------------
+
+def test_a_worker_host_joins_the_central_stack_by_address_only():
+    """Every central service a worker host reaches is named by HELICAL_CENTRAL_HOST, never by a compose
+    service name (those resolve only on the central host's network)."""
+    env = load(WORKER_FILE)["services"]["airflow-worker"]["environment"]
+    reaching = {k: v for k, v in env.items() if re.search(r"://|_HOST$|_CONN$|BROKER_URL|RESULT_BACKEND|API_SERVER_URL", k)
+                or "://" in str(v)}
+    assert set(reaching) >= {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
+                             "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+                             "AIRFLOW__METRICS__STATSD_HOST", "AIRFLOW_CONN_HELICAL_S3", "AIRFLOW_CONN_HELICAL_S3_RUNNER",
+                             "PUSHGATEWAY_URL", "MLFLOW_TRACKING_URI"}
+    for key, value in reaching.items():
+        if key in ("DOCKER_HOST", "HELICAL_MLFLOW_UI_URL", "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"):
+            # its own proxy; the URL a person opens; a folder in the bucket (through the connection)
+            continue
+        assert "${HELICAL_CENTRAL_HOST:?" in value, (key, value)
+        hosts = re.findall(r"(?:://|@)([A-Za-z0-9_.-]+)[:/]", value.replace("${HELICAL_CENTRAL_HOST", "CENTRAL"))
+        assert not set(hosts) & set(CENTRAL_SERVICES), (key, value)
+    assert env["DOCKER_HOST"] == "tcp://docker-socket-proxy:2375"  # this host's engine, through its own proxy
+
+
+def test_a_worker_host_has_the_central_workers_settings():
+    """The worker host's Celery worker gets every setting the central worker has, but the scheduler's and the
+    UI's own; a setting added centrally later fails here until the worker host gets it too."""
+    central = load("docker-compose-airflow.yaml")["services"]["airflow-worker"]["environment"]
+    worker = load(WORKER_FILE)["services"]["airflow-worker"]["environment"]
+    ui_and_scheduler_only = {"AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION",
+                             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+                             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"}
+    assert set(central) - set(worker) == ui_and_scheduler_only
+    for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY",
+                "HELICAL_RUNNER_USER", "HELICAL_RUNNER_NETWORK", "HELICAL_BUCKET", "HELICAL_PROFILES",
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE"):
+        assert worker[key] == central[key], key  # the same secrets and names, from the same .env
+    command = load(WORKER_FILE)["services"]["airflow-worker"]["command"]
+    assert "--queues ${HELICAL_WORKER_QUEUES:?" in command  # profiles name queues; a host class serves its own
+
+
+def test_task_logs_of_every_host_go_to_the_same_s3_folder():
+    """A worker host's task logs must reach the Airflow UI, whose API server can't reach that host's log
+    server: both sides log remotely to the same S3 folder through the same connection."""
+    central = load("docker-compose-central.yaml")["services"]
+    worker = load(WORKER_FILE)["services"]["airflow-worker"]["environment"]
+    remote = {k: v for k, v in worker.items() if k.startswith("AIRFLOW__LOGGING__REMOTE")}
+    assert remote["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "true"
+    assert remote["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"].startswith("s3://${HELICAL_BUCKET:-helical}/")
+    airflow_services = [s for s in load("docker-compose-airflow.yaml")["services"] if s.startswith("airflow-")
+                        and s != "airflow-init"]
+    for service in airflow_services:
+        assert central[service]["environment"] == remote, service
+    assert "helical_s3" == remote["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"] and "AIRFLOW_CONN_HELICAL_S3" in worker
+
+
+def test_central_file_publishes_what_worker_hosts_reach_and_feeds_prometheus_their_targets():
+    central = load("docker-compose-central.yaml")
+    published = {s: spec["ports"] for s, spec in central["services"].items() if spec.get("ports")}
+    assert set(published) == {"postgres", "redis", "statsd-exporter"}
+    targets = central["services"]["worker-targets"]
+    assert targets["environment"]["HELICAL_WORKER_HOSTS"] == "${HELICAL_WORKER_HOSTS:-}"
+    assert targets["cap_drop"] == ["ALL"] and targets["read_only"] is True
+    assert "prometheus-targets:/etc/prometheus-targets:ro" in central["services"]["prometheus"]["volumes"]
+    config = yaml.safe_load((REPO / "monitoring/prometheus/prometheus.yml").read_text())
+    files = {j["job_name"]: [f for sd in j.get("file_sd_configs", []) for f in sd["files"]] for j in config["scrape_configs"]}
+    assert files["cadvisor"] == ["/etc/prometheus-targets/workers-cadvisor.json"]
+    assert files["node"] == ["/etc/prometheus-targets/workers-node.json"]
+
+
+def test_worker_and_central_files_compose_with_a_worker_hosts_env(tmp_path):
+    """docker-compose itself accepts both files with the variables .env-template documents, and refuses a
+    worker host's file without its central host, in one line naming the variable."""
+    env = (REPO / ".env-template").read_text()
+    env = re.sub(r"^HELICAL_DATA_DIR=.*$", "HELICAL_DATA_DIR=/srv/helical", env, flags=re.M)
+    complete = env.replace("HELICAL_CENTRAL_HOST=\n", "HELICAL_CENTRAL_HOST=10.0.0.1\n").replace(
+        "HELICAL_WORKER_NAME=\n", "HELICAL_WORKER_NAME=gpu-a100-1\n").replace(
+        "HELICAL_WORKER_BIND_ADDRESS=\n", "HELICAL_WORKER_BIND_ADDRESS=10.0.0.12\n")
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (scripts/stack.sh installs Debian's)")
+
+    def config(text: str, *files: str) -> subprocess.CompletedProcess:
+        (tmp_path / ".env").write_text(text)
+        return subprocess.run([compose, "--env-file", str(tmp_path / ".env"), "--project-directory", str(REPO),
+                               *[a for f in files for a in ("-f", str(REPO / f))], "config", "--quiet"],
+                              capture_output=True, text=True, timeout=120)
+
+    ok = config(complete, WORKER_FILE)
+    assert ok.returncode == 0, ok.stderr
+    ok = config(complete.replace("HELICAL_WORKER_HOSTS=\n", "HELICAL_WORKER_HOSTS=gpu-a100-1=10.0.0.12\n"),
+                "docker-compose-storage.yaml", "docker-compose-monitoring.yaml", "docker-compose-airflow.yaml",
+                "docker-compose-central.yaml")
+    assert ok.returncode == 0, ok.stderr
+    refused = config(complete.replace("HELICAL_CENTRAL_HOST=10.0.0.1\n", "HELICAL_CENTRAL_HOST=\n"), WORKER_FILE)
+    assert refused.returncode != 0 and "set HELICAL_CENTRAL_HOST in .env" in refused.stderr, refused.stderr

@@ -48,6 +48,16 @@ def test_cpu_profile_maps_to_container_arguments():
                             "run_id": IDS["run_id"], "try_number": "1", "profile": "cpu-small"}
 
 
+def test_a_worker_hosts_name_labels_its_runner_containers_and_their_metrics():
+    """On a worker host (HELICAL_WORKER_NAME, docker-compose-worker.yaml) the container says where it ran, for
+    cAdvisor's series and `docker ps`, and the runner puts the same name on its Pushgateway metrics."""
+    from dataclasses import replace
+
+    kw = kwargs_for("cpu-small", replace(SETTINGS, host="gpu-a100-1"))
+    assert kw["labels"]["host"] == "gpu-a100-1" and kw["environment"]["HELICAL_HOST"] == "gpu-a100-1"
+    assert Settings.from_env({"HELICAL_WORKER_NAME": "gpu-a100-1"}).host == "gpu-a100-1"
+
+
 def test_environment_keeps_secrets_private():
     kw = kwargs_for("cpu-small")
     assert kw["environment"] == {

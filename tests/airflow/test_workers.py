@@ -43,8 +43,10 @@ def test_no_worker_on_the_queue_fails_at_once_with_how_to_start_one():
     assert isinstance(info.value, AirflowFailException)  # Airflow does not retry it
 
 
-def test_a_queue_of_a_custom_profile_gets_the_generic_worker_command():
-    with pytest.raises(NoWorker, match=r"queues served: none\): start one with `airflow celery worker --queues a100`"):
+def test_a_queue_of_a_custom_profile_gets_the_worker_host_command():
+    """A queue of its own is a host class: the way to serve it is a worker host (docker-compose-worker.yaml)."""
+    with pytest.raises(NoWorker, match=r"queues served: none\): start one with `HELICAL_WORKER_QUEUES=a100 docker compose "
+                       r"-f docker-compose-worker.yaml up -d`, on a host that can run it \(README \"Worker hosts\"\)"):
         require_worker("a100", "my-a100", asked(set())[0])
 
 

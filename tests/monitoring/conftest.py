@@ -114,10 +114,10 @@ def grafana_escape(value: str) -> str:
     return re.sub(r"([$^*{}\[\]'+?.()|])", lambda m: "\\\\" + m.group(1), value)
 
 
-def substitute(expr: str, dag: str = ".*", run: str = ".*", range_: str = "1h") -> str:
+def substitute(expr: str, dag: str = ".*", run: str = ".*", range_: str = "1h", host: str = ".*") -> str:
     """Grafana's variables as Grafana would fill them (All -> .*; one value -> regex-escaped)."""
     return (expr.replace("$__rate_interval", "1m").replace("$__range", range_).replace("$__interval", "15s")
-            .replace("$dag", dag).replace("$run", run))
+            .replace("$dag", dag).replace("$run", run).replace("$host", host))
 
 
 # --- Prometheus ---------------------------------------------------------------------------------------
@@ -158,7 +158,10 @@ def project_config(targets: dict[str, str], work: Path, interval: str = "1s") ->
     config["rule_files"] = [str(PROM_DIR / f.replace("/etc/prometheus/", "")) for f in config["rule_files"]]
     for job in config["scrape_configs"]:
         job.pop("scrape_interval", None)
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        labels = job["static_configs"][0].get("labels")
+        job["static_configs"] = [{"targets": [targets[job["job_name"]]], **({"labels": labels} if labels else {})}]
+        for sd in job.get("file_sd_configs", []):  # worker hosts' target files: in work/prometheus-targets
+            sd["files"] = [str(work / "prometheus-targets" / Path(f).name) for f in sd["files"]]
     path = work / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -253,12 +256,18 @@ def cadvisor():
     server.shutdown()
 
 
-@pytest.fixture(scope="session")
-def node_exporter(work_dir):
+def start_node_exporter(log: Path) -> tuple[subprocess.Popen, str]:
+    """Debian's node-exporter on a free 127.0.0.1 port: (process, host:port)."""
     port = free_port()
     proc = start(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{port}"],
-                 f"http://127.0.0.1:{port}/metrics", work_dir / "node-exporter.log")
-    yield f"127.0.0.1:{port}"
+                 f"http://127.0.0.1:{port}/metrics", log)
+    return proc, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def node_exporter(work_dir):
+    proc, address = start_node_exporter(work_dir / "node-exporter.log")
+    yield address
     stop(proc)
 
 

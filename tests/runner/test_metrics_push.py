@@ -57,12 +57,15 @@ def test_failed_run_pushes_failed_status_in_its_own_group(pushgateway, s3, tiny_
     s3.put_object(Bucket=BUCKET, Key="incoming/broken.h5ad", Body=b"not an h5ad")
     result = run_cli("chunk", "--input", f"s3://{BUCKET}/incoming/broken.h5ad", "--output",
                      f"s3://{BUCKET}/chunks/broken", "--run-id", "broken-run",
-                     env={"PUSHGATEWAY_URL": pushgateway, "PUSH_INTERVAL_SECONDS": "1"})
+                     env={"PUSHGATEWAY_URL": pushgateway, "PUSH_INTERVAL_SECONDS": "1", "HELICAL_HOST": "gpu-a100-1"})
     assert result.returncode == 65
     final = samples(pushgateway, "broken-run")
     assert final["helical_runner_status:failed"] == 1 and final["helical_runner_status:running"] == 0
     text = _get(pushgateway + "/metrics")
     assert 'command="chunk"' in text and 'job="helical_runner"' in text
+    # the worker host it ran on (the DAGs pass HELICAL_WORKER_NAME as HELICAL_HOST): dashboards filter by it
+    [info] = [line for line in text.splitlines() if line.startswith("helical_runner_info{") and "broken-run" in line]
+    assert 'host="gpu-a100-1"' in info, info
 
 
 def test_unreachable_pushgateway_never_fails_the_run(s3, tiny_model, cells_h5ad):

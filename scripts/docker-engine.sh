@@ -39,7 +39,7 @@ if ! engine_answers; then
     # setsid + nohup: the engine outlives this script and the shell that ran it.
     $sudo setsid nohup dockerd --host "unix://$SOCKET" --data-root "$DATA_ROOT" \
         --storage-driver=overlay2 --iptables=false --bridge=none "${extra[@]}" \
-        >>"$LOG_FILE" 2>&1 </dev/null &
+        >>"$LOG_FILE" 2>&1 </dev/null 9>&- &  # the engine must not hold the start lock
     pid=$!
     for _ in $(seq 1 "$WAIT"); do
         engine_answers && break

@@ -47,8 +47,10 @@ def ci_demo() -> tuple[Path, Path, subprocess.CompletedProcess] | None:
         return None
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     changed = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout
-    if head != commit or changed.strip():
-        return None  # the tree moved since the demo ran: run it again from a fresh clone
+    if head != commit or changed.strip():  # the tree moved since the demo ran: run it again from a fresh clone
+        print(f"\nfresh: the tree is not the one .ci/run's demo ran on (HEAD {head[:12]}, demo {commit[:12]}; "
+              f"changed: {' '.join(changed.split()[:6]) or 'nothing'}): running make demo in a fresh clone")
+        return None
     print(f"\nfresh: checking the make demo .ci/run ran on this clean clone with an empty cache ({log})")
     return REPO, Path(cache), subprocess.CompletedProcess(["make", "demo"], 0, Path(log).read_text(), "")
 

@@ -72,18 +72,19 @@ def test_chunk_never_loads_torch(s3, uploaded):
     assert result.stdout.splitlines()[-1] == "False"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_finetune_then_predict_learns_cell_types(s3, chunked, precision):
+# fp32 for two epochs; the mixed-precision paths (CPU autocast, 2x slower here) must learn as well in one
+@pytest.mark.parametrize("precision, epochs", [("fp32", 2), ("bf16", 1), ("fp16", 1)])
+def test_finetune_then_predict_learns_cell_types(s3, chunked, precision, epochs):
     out = f"s3://{BUCKET}/runs/{precision}"
     result = run_cli("finetune", "--data", chunked, "--label-column", "cell_type", "--output", out,
-                     "--precision", precision, "--batch-size", "16", "--lr", "2e-3", "--epochs", "2")
+                     "--precision", precision, "--batch-size", "16", "--lr", "2e-3", "--epochs", str(epochs))
     assert result.returncode == 0, result.stderr
     report = read_json(s3, f"runs/{precision}/report.json")
     assert report["status"] == "succeeded" and report["precision"] == precision
     assert report["accuracy"] >= 0.8, report["validation"]  # 4 balanced classes: chance is 0.25
     assert report["inputs"]["data"]["etag"] and report["inputs"]["model"]["name"] == "gf-12L-38M-i4096"
-    assert report["epochs"] == 2 and report["steps"] > 0 and len(report["losses"]) == 6
-    assert report["cells"]["trained_total"] == 2 * report["cells"]["trained_per_epoch"]
+    assert report["epochs"] == epochs and report["steps"] > 0 and len(report["losses"]) == 3 * epochs  # 3 chunks
+    assert report["cells"]["trained_total"] == epochs * report["cells"]["trained_per_epoch"]
     assert report["cells"]["trained_per_epoch"] + report["cells"]["validation"] == 900
     assert report["peak_memory"]["rss_bytes"] > 0 and report["durations"]["train_seconds"] > 0
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{precision}/")["Contents"]}

@@ -53,19 +53,37 @@ $(port_of MINIO_API_PORT 9000) S3
 $(port_of PUSHGATEWAY_PORT 9091) the Pushgateway
 $(port_of MLFLOW_PORT 5000) MLflow
 PORTS
+    # MLflow answers only the Host names in its --allowed-hosts (403 otherwise, /health excepted): this host's
+    # runners address it as HELICAL_CENTRAL_HOST:MLFLOW_PORT
+    local mlflow="$host:$(port_of MLFLOW_PORT 5000)" code
+    code=$(python3 - "http://$mlflow/api/2.0/mlflow/experiments/search?max_results=1" <<'PY'
+import sys, urllib.error, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=10).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+except OSError:
+    print("unreachable")
+PY
+)
+    [ "$code" != 403 ] || die "MLflow at http://$mlflow refuses requests addressed to $mlflow (403: not one of its allowed hosts): add $mlflow to MLFLOW_ALLOWED_HOSTS in the central host's .env, then restart its mlflow service"
 }
 
-ensure_apt docker-compose
-if [ -z "${DOCKER_HOST:-}" ]; then
-    DOCKER_HOST=unix://$(bash scripts/docker-engine.sh)
-    export DOCKER_HOST
-fi
+# this host's engine (DOCKER_HOST, else the one scripts/docker-engine.sh starts) and docker-compose
+engine_and_compose() {
+    ensure_apt docker-compose
+    if [ -z "${DOCKER_HOST:-}" ]; then
+        DOCKER_HOST=unix://$(bash scripts/docker-engine.sh)
+        export DOCKER_HOST
+    fi
+}
 
 case ${1:-} in
     up)
         start=$SECONDS
         check_env
         check_central
+        engine_and_compose
         build_stack_images
         log "starting worker host $(env_value HELICAL_WORKER_NAME) for queue(s) $(env_value HELICAL_WORKER_QUEUES) (central host $(env_value HELICAL_CENTRAL_HOST))"
         compose_up worker-host
@@ -74,9 +92,10 @@ case ${1:-} in
         ;;
     down)
         [ -f "$ENV_FILE" ] || die "no $ENV_FILE: nothing was started by make worker-host here"
+        engine_and_compose
         compose_down worker-host
         log "worker host $(env_value HELICAL_WORKER_NAME) is down"
         ;;
-    compose) shift; compose "$@" ;;
+    compose) shift; engine_and_compose; compose "$@" ;;
     *) die "usage: $0 up|down|compose ARGS..." ;;
 esac

@@ -7,7 +7,11 @@ import os
 import re
 import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,3 +67,36 @@ def test_a_central_host_that_does_not_answer_is_named_with_the_port_and_service(
     assert line == (f"error: the central host 127.0.0.1 does not answer on port {port} (Redis, the Celery broker): "
                     "is its stack up with HELICAL_WORKER_HOSTS naming this host (docker-compose-central.yaml), and "
                     "does its firewall let this host in?")
+
+
+@pytest.fixture
+def mlflow_for_localhost_only(tmp_path):
+    """A real `mlflow server` (.venv-mlflow) whose --allowed-hosts lists only localhost, as a central .env that
+    was never told about its worker hosts."""
+    port = closed_port()
+    server = subprocess.Popen([str(REPO / ".venv-mlflow" / "bin" / "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1", "--backend-store-uri",
+                               f"sqlite:///{tmp_path / 'mlflow.db'}", "--allowed-hosts", "localhost,localhost:*"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        yield port
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_an_mlflow_that_refuses_the_central_address_is_named_with_the_fix(tmp_path, mlflow_for_localhost_only):
+    port = str(mlflow_for_localhost_only)  # every central port answers here: only MLflow's Host check is left
+    line = last_line(up(worker_env(tmp_path, REDIS_PORT=port, POSTGRES_PORT=port, AIRFLOW_API_PORT=port,
+                                   MINIO_API_PORT=port, PUSHGATEWAY_PORT=port, MLFLOW_PORT=port)))
+    assert line == (f"error: MLflow at http://127.0.0.1:{port} refuses requests addressed to 127.0.0.1:{port} (403: "
+                    f"not one of its allowed hosts): add 127.0.0.1:{port} to MLFLOW_ALLOWED_HOSTS in the central "
+                    "host's .env, then restart its mlflow service")

@@ -62,10 +62,9 @@ class Scratch:
             self._lock = None
 
 
-def sweep_abandoned(root: Path, keep: Path) -> list[Path]:
-    """Remove the scratch folders under `root` that no live step holds (their `.in-use` lock can be taken);
-    returns them. Folders of other programs (not `helical-*`) and live steps' folders are never touched."""
-    removed = []
+def sweep_abandoned(root: Path, keep: Path) -> None:
+    """Remove the scratch folders under `root` that no live step holds (their `.in-use` lock can be taken).
+    Folders of other programs (not `helical-*`) and live steps' folders are never touched."""
     for folder in root.glob("helical-*"):
         if folder == keep or not folder.is_dir():
             continue
@@ -85,8 +84,6 @@ def sweep_abandoned(root: Path, keep: Path) -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
         except OSError:  # locked: a live step's
             continue
-        removed.append(folder)
-    return removed
 
 
 def read_json_if_present(loc: Location) -> dict | None:

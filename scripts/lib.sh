@@ -26,7 +26,7 @@ find_python312() {
 # This machine's pip config lists local indexes that lack most projects: drop pip's per-project noise.
 quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
 
-# prune_old PREFIX KEEP: remove PREFIX* folders except KEEP and the newest other one.
+# prune_old PREFIX KEEP [SPARES]: remove PREFIX* folders except KEEP and the SPARES newest others (default 1).
 prune_old() {
     local prefix=$1 keep=$2 spares=${3:-1} old
     old=$(ls -dt "$prefix"* 2>/dev/null | grep -vx "$keep" | tail -n +$((spares + 1)) || true)

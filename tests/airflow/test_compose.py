@@ -443,3 +443,16 @@ def test_worker_and_central_files_compose_with_a_worker_hosts_env(tmp_path):
     assert ok.returncode == 0, ok.stderr
     refused = config(complete.replace("HELICAL_CENTRAL_HOST=10.0.0.1\n", "HELICAL_CENTRAL_HOST=\n"), WORKER_FILE)
     assert refused.returncode != 0 and "set HELICAL_CENTRAL_HOST in .env" in refused.stderr, refused.stderr
+
+
+def test_a_worker_hosts_socket_proxy_and_filter_are_the_central_ones_but_for_the_engines_socket():
+    """docker-compose 1.29 can't `extends` a service with depends_on, so the worker host repeats the proxy and
+    its create filter: they must stay the central ones (allow-list, body filter, hardening), only the socket
+    of this host's engine may differ."""
+    central = load("docker-compose-airflow.yaml")["services"]
+    worker = load(WORKER_FILE)["services"]
+    for service in ("docker-socket-proxy", "docker-api-filter"):
+        theirs, ours = dict(central[service]), dict(worker[service])
+        sockets = [v.replace("${HELICAL_DOCKER_SOCKET:-/var/run/docker.sock}", "/var/run/docker.sock")
+                   for v in ours.pop("volumes")]
+        assert sockets == theirs.pop("volumes") and ours == theirs, service

@@ -83,19 +83,26 @@ def stack(work_dir, data_dir):
     finally:
         stack.stop()
         if MODE == "docker":
-            remove_runner_containers(data_dir)
+            try:
+                remove_runner_containers(data_dir)
+            except subprocess.CalledProcessError as exc:  # a cleanup: say so, never fail the session on it
+                print(f"could not remove this session's runner containers: {exc.stderr.strip()}")
+
+
+def docker(*args: str) -> str:
+    """The docker CLI on the engine itself (not through the proxy, which refuses most of these calls)."""
+    env = {**os.environ, "DOCKER_HOST": os.environ.get("HELICAL_E2E_ENGINE", "unix:///var/run/docker.sock")}
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, env=env).stdout
 
 
 def remove_runner_containers(data_dir: Path) -> None:
     """Runner containers that mounted this session's data folder, whatever their state: the tests keep failed
     and killed attempts to look at them, and a kept container pins the runner image it ran (a rebuilt image
     would stay on disk, 9 GB each, behind it)."""
-    env = {**os.environ, "DOCKER_HOST": os.environ.get("HELICAL_E2E_ENGINE", "unix:///var/run/docker.sock")}
-    docker = lambda *args: subprocess.run(["docker", *args], capture_output=True, text=True, env=env, timeout=120)
-    ids = docker("ps", "-aq", "--filter", "label=app=helical-runner").stdout.split()
+    ids = docker("ps", "-aq", "--filter", "label=app=helical-runner").split()
     if not ids:
         return
-    mine = [c["Id"] for c in json.loads(docker("inspect", *ids).stdout or "[]")
+    mine = [c["Id"] for c in json.loads(docker("inspect", *ids))
             if any(m.get("Source") == str(data_dir) for m in c.get("Mounts", []))]
     if mine:
         docker("rm", "-f", *mine)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MODE, REPO, RUNNER_PY, wait_for_run
+from conftest import MODE, REPO, RUNNER_PY, docker, wait_for_run
 from airflow_demo import failure_report
 from helical_lib import s3 as layout
 
@@ -26,12 +26,6 @@ INGEST_DAGS = ("helical_ingest", "helical_ingest_twin")  # the twin races the re
 # uploads a training run is asked for (incoming/train/<label column>/): without labels they are bad inputs
 TRAIN_ONLY = {"missing-label", "single-class"}
 UPLOADS: dict[str, str] = {}  # key -> ETag of every upload the first test makes (the race test counts their runs)
-
-
-def docker(*args: str) -> str:
-    """The docker CLI on the engine itself (not through the proxy, which refuses most of these calls)."""
-    env = {**os.environ, "DOCKER_HOST": os.environ.get("HELICAL_E2E_ENGINE", "unix:///var/run/docker.sock")}
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, env=env).stdout
 
 
 def docker_ps(*filters: str) -> list[str]:

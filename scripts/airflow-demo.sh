@@ -37,7 +37,7 @@ export HELICAL_DEMO_MODE=$mode HELICAL_DEMO_ENGINE=""
 if [ "$mode" = docker ]; then
     ensure_apt haproxy debootstrap
     log "demo: building the runner image if needed (first run on this machine: several minutes)"
-    bash scripts/build-runner-image.sh cpu >/dev/null
+    DOCKER_HOST=unix://$socket bash scripts/build-runner-image.sh cpu >/dev/null  # on the engine the demo uses
     export HELICAL_DEMO_ENGINE=$socket
     log "demo: runner steps run in helical-runner:cpu containers on network helical-local-runners, through the socket proxy"
 else

@@ -71,8 +71,7 @@ context_of() {
     printf '%s\n' "${files[@]}"
 }
 
-SOCKET=$(bash "$REPO_ROOT/scripts/docker-engine.sh")
-export DOCKER_HOST=unix://$SOCKET
+use_engine  # DOCKER_HOST's engine (a worker host's), else this machine's
 BASE=$(bash "$REPO_ROOT/scripts/docker-base-image.sh")
 cd "$REPO_ROOT"
 

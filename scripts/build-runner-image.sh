@@ -28,8 +28,7 @@ LOCK=$REPO_ROOT/requirements/runner.lock
 CONTEXT=(docker/Dockerfile.runner docker/runner requirements/runner.lock pyproject.toml README.md
          helical_runner config/profiles.yaml)
 
-SOCKET=$(bash "$REPO_ROOT/scripts/docker-engine.sh")
-export DOCKER_HOST=unix://$SOCKET
+use_engine  # DOCKER_HOST's engine (a worker host's), else this machine's
 BASE=$(bash "$REPO_ROOT/scripts/docker-base-image.sh")
 
 cd "$REPO_ROOT"

@@ -13,8 +13,7 @@
 source "$(dirname "$0")/lib.sh"
 
 TAG=${HELICAL_BASE_IMAGE:-helical-base:bookworm-py312}
-SOCKET=$(bash "$REPO_ROOT/scripts/docker-engine.sh")
-export DOCKER_HOST=unix://$SOCKET
+use_engine  # DOCKER_HOST's engine (a worker host's), else this machine's
 
 # Several scripts may ask for the base at once: one builds, the others wait and reuse it.
 exec 9>"$CACHE_ROOT/docker-base-image.lock"

@@ -175,16 +175,24 @@ wait_healthy() {
     done
 }
 
-# build_stack_images: the local images the caller's .env names (its env_value function; a tag set to anything
-# else is used as it is), and the runner image of the default profile.
+# use_engine: the engine the caller's DOCKER_HOST names (a worker host's, scripts/worker-host.sh), else this
+# machine's, started if need be (scripts/docker-engine.sh). Exports DOCKER_HOST.
+use_engine() {
+    [ -n "${DOCKER_HOST:-}" ] && return 0
+    DOCKER_HOST=unix://$(bash "$REPO_ROOT/scripts/docker-engine.sh")
+    export DOCKER_HOST
+}
+
+# build_stack_images [VAR...]: the local images the caller's .env names (its env_value function; a tag set to
+# anything else is used as it is), only those of the variables VAR when given.
 build_stack_images() {
     local names=() name var tag
     while read -r name var tag; do
         [ "$(env_value "$var")" = "$tag" ] || continue
+        [ $# -eq 0 ] || case " $* " in *" $var "*) ;; *) continue ;; esac
         case " ${names[*]} " in *" $name "*) ;; *) names+=("$name") ;; esac
     done < <(bash scripts/build-local-images.sh --list)
     [ ${#names[@]} -eq 0 ] || bash scripts/build-local-images.sh "${names[@]}" >/dev/null
-    bash scripts/build-runner-image.sh cpu >/dev/null
 }
 
 # compose_up NAME / compose_down NAME: the caller's compose function up -d (or down, with the runner containers

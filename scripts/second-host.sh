@@ -7,7 +7,8 @@
 #
 #   scripts/second-host.sh up             idempotent: the namespace, the veth, the engine; prints its socket
 #   scripts/second-host.sh load IMAGE...  copies images from this machine's engine when the second lacks them
-#                                         (compared by image ID; the second engine's data root keeps them)
+#                                         (compared by image ID; the second engine's data root keeps them, and
+#                                         drops those a newer load left without a tag)
 #   scripts/second-host.sh down           stops the engine, removes the veth and the namespace (keeps images)
 #
 # Why nsenter and not `ip netns exec`: the latter also remounts /sys for the namespace, which hides the
@@ -65,14 +66,17 @@ up() {
 }
 
 load() {
-    local image here there_id
+    local image here there_id loaded=
     for image in "$@"; do
         here=$(docker image inspect -f '{{.Id}}' "$image") || die "no image $image on this machine's engine"
         there_id=$(engine image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
         [ "$here" = "$there_id" ] && continue
         log "second host: loading $image ($(docker image inspect -f '{{.Size}}' "$image" | numfmt --to=iec))"
         docker save "$image" | engine load -q >/dev/null
+        loaded=1
     done
+    # the image a tag named before (an older build) is dangling now: its gigabytes go
+    [ -z "${loaded:-}" ] || engine image prune -f >/dev/null
 }
 
 down() {

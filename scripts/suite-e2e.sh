@@ -21,7 +21,7 @@ mode=${HELICAL_E2E_MODE:-docker}
 export HELICAL_E2E_MODE=$mode
 if [ "$mode" = docker ]; then
     socket=$(bash scripts/docker-engine.sh)
-    bash scripts/build-runner-image.sh cpu >/dev/null
+    DOCKER_HOST=unix://$socket bash scripts/build-runner-image.sh cpu >/dev/null
     # the stack (scripts/local_stack.py) starts the socket proxy and the runners' network itself
     export HELICAL_E2E_ENGINE=unix://$socket
     log "e2e: runner containers on network helical-local-runners, through the socket proxy, on the engine at $socket"

@@ -3,7 +3,8 @@
 # (docker-compose-worker.yaml, README "Worker hosts"), with Debian's docker-compose 1.29 and local images
 # as `make stack` builds them.
 #
-#   scripts/worker-host.sh up      check .env, check that the central host answers, build what is missing,
+#   scripts/worker-host.sh up      check .env, check that the central host answers, build what is missing
+#                                  (the worker's images, the runner images of its queues' profiles),
 #                                  up -d, wait for every healthcheck
 #   scripts/worker-host.sh down    remove this worker host's containers (and runner containers it kept)
 #   scripts/worker-host.sh compose ARGS...   docker-compose with the worker host's files
@@ -69,6 +70,25 @@ PY
     [ "$code" != 403 ] || die "MLflow at http://$mlflow refuses requests addressed to $mlflow (403: not one of its allowed hosts): add $mlflow to MLFLOW_ALLOWED_HOSTS in the central host's .env, then restart its mlflow service"
 }
 
+# build_worker_images: on this host's engine, the local images the worker file runs (those .env names by their
+# local tags) and the runner image of each profile on this host's queues (helical_lib.profiles, in the Airflow
+# image: the DAGs' own reading of config/profiles.yaml); each only when missing or out of date
+build_worker_images() {
+    local flavours flavour
+    build_stack_images AIRFLOW_IMAGE_NAME SOCKET_PROXY_IMAGE NODE_EXPORTER_IMAGE
+    flavours=$(docker run --rm --network none --entrypoint python -e HELICAL_PROFILES=/config/profiles.yaml \
+        -v "$REPO_ROOT/config:/config:ro" "$(env_value AIRFLOW_IMAGE_NAME)" -c '
+import sys
+from helical_lib import profiles
+queues = set(sys.argv[1].split(","))
+print(" ".join(sorted({p["image"].rpartition(":")[2] for p in profiles.load_all()[1].values() if p["queue"] in queues})))
+' "$(env_value HELICAL_WORKER_QUEUES)") || die "could not read config/profiles.yaml's runner images for queues $(env_value HELICAL_WORKER_QUEUES)"
+    [ -n "$flavours" ] || die "no profile in config/profiles.yaml runs on queue(s) $(env_value HELICAL_WORKER_QUEUES): this host would take no work (HELICAL_WORKER_QUEUES names profiles' queues)"
+    for flavour in $flavours; do
+        bash scripts/build-runner-image.sh "$flavour" >/dev/null
+    done
+}
+
 # this host's engine (DOCKER_HOST, else the one scripts/docker-engine.sh starts) and docker-compose
 engine_and_compose() {
     ensure_apt docker-compose
@@ -84,7 +104,7 @@ case ${1:-} in
         check_env
         check_central
         engine_and_compose
-        build_stack_images
+        build_worker_images
         log "starting worker host $(env_value HELICAL_WORKER_NAME) for queue(s) $(env_value HELICAL_WORKER_QUEUES) (central host $(env_value HELICAL_CENTRAL_HOST))"
         compose_up worker-host
         wait_healthy "$WAIT"

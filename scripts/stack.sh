@@ -27,9 +27,11 @@ SOCKET=$(bash scripts/docker-engine.sh)
 export DOCKER_HOST=unix://$SOCKET
 compose() { docker-compose --project-name "$PROJECT" --project-directory "$REPO_ROOT" "${FILES[@]/#/-f}" "$@"; }
 env_value() { sed -n "s/^$1=//p" .env | tail -n1; }
+# a setting as docker-compose sees it: the environment's value wins over .env's
+setting() { if [ -n "${!1+set}" ]; then echo "${!1}"; elif [ -f .env ]; then env_value "$1"; fi; }
 # worker hosts listed in .env: the central host publishes what they reach and scrapes them (README "Worker hosts")
 with_worker_hosts() {
-    [ -f .env ] && [ -n "$(env_value HELICAL_WORKER_HOSTS)" ] || return 0
+    [ -n "$(setting HELICAL_WORKER_HOSTS)" ] || return 0
     case " ${FILES[*]} " in *" docker-compose-central.yaml "*) ;; *) FILES+=(docker-compose-central.yaml) ;; esac
 }
 with_worker_hosts
@@ -113,19 +115,22 @@ case ${1:-} in
         mkdir -p data/scratch data/helical
         with_worker_hosts
         build_stack_images
+        bash scripts/build-runner-image.sh cpu >/dev/null
         log "starting the stack (${FILES[*]})"
         compose_up stack
         wait_healthy "$WAIT"
         log "the stack is up and healthy in $((SECONDS - start))s"
         s3_port=$(env_value MINIO_API_PORT)
+        address=$(setting HELICAL_BIND_ADDRESS)
+        case ${address:=127.0.0.1} in 0.0.0.0) address=127.0.0.1 ;; esac  # every address: this machine's own
         cat <<MSG
-Airflow UI and REST API  http://127.0.0.1:$(env_value AIRFLOW_API_PORT)  (login $(env_value _AIRFLOW_WWW_USER_USERNAME) / $(env_value _AIRFLOW_WWW_USER_PASSWORD))
-S3 (moto, MinIO's port)  http://127.0.0.1:$s3_port  bucket $(env_value HELICAL_BUCKET); upload with
+Airflow UI and REST API  http://$address:$(env_value AIRFLOW_API_PORT)  (login $(env_value _AIRFLOW_WWW_USER_USERNAME) / $(env_value _AIRFLOW_WWW_USER_PASSWORD))
+S3 (moto, MinIO's port)  http://$address:$s3_port  bucket $(env_value HELICAL_BUCKET); upload with
                          AWS_ACCESS_KEY_ID=$(env_value HELICAL_S3_ACCESS_KEY) AWS_SECRET_ACCESS_KEY=$(env_value HELICAL_S3_SECRET_KEY) \\
-                         aws s3 cp cells.h5ad s3://$(env_value HELICAL_BUCKET)/incoming/ --endpoint-url http://127.0.0.1:$s3_port
+                         aws s3 cp cells.h5ad s3://$(env_value HELICAL_BUCKET)/incoming/ --endpoint-url http://$address:$s3_port
 MLflow UI and REST API   $(env_value HELICAL_MLFLOW_UI_URL)  (runs in Postgres database mlflow, artifacts in s3://$(env_value HELICAL_BUCKET)/mlflow/)
-Prometheus               http://127.0.0.1:$(env_value PROMETHEUS_PORT)
-Pushgateway              http://127.0.0.1:$(env_value PUSHGATEWAY_PORT)
+Prometheus               http://$address:$(env_value PROMETHEUS_PORT)
+Pushgateway              http://$address:$(env_value PUSHGATEWAY_PORT)
 Data folder              $(env_value HELICAL_DATA_DIR)  (model cache in helical/, mounted at /data in runners)
 Not run here (no registry, no Debian package): cAdvisor, Grafana (docker-compose-local.yaml)
 MSG

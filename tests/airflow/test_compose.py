@@ -264,10 +264,12 @@ def test_mlflow_is_healthchecked_published_locally_and_hardened():
 def test_mlflow_answers_the_host_names_its_clients_use():
     """mlflow 3.x refuses a request whose Host header isn't allowed (DNS rebinding), and its default allows
     only localhost and private addresses: the service name that workers and runners use must be listed, and
-    the UI URL a person opens too."""
+    the UI URL a person opens too; and the address the port is published on, which worker hosts' runners use
+    (HELICAL_BIND_ADDRESS: a central host's LAN address), whatever .env lists."""
     command = load("docker-compose-airflow.yaml")["services"]["mlflow"]["command"]
     allowed = command[command.index("--allowed-hosts") + 1]
-    assert allowed == "${MLFLOW_ALLOWED_HOSTS:-%s}" % template_variables()["MLFLOW_ALLOWED_HOSTS"]
+    assert allowed == "${MLFLOW_ALLOWED_HOSTS:-%s},${HELICAL_BIND_ADDRESS:-127.0.0.1}:*" % \
+        template_variables()["MLFLOW_ALLOWED_HOSTS"]
     patterns = template_variables()["MLFLOW_ALLOWED_HOSTS"].split(",")
     tracking = template_variables()["MLFLOW_TRACKING_URI"].split("//")[1]
     ui = template_variables()["HELICAL_MLFLOW_UI_URL"].split("//")[1]
@@ -378,7 +380,8 @@ def test_a_worker_host_has_the_central_workers_settings():
     worker = load(WORKER_FILE)["services"]["airflow-worker"]["environment"]
     ui_and_scheduler_only = {"AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION",
                              "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
-                             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"}
+                             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT",
+                             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"}
     assert set(central) - set(worker) == ui_and_scheduler_only
     for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY",
                 "HELICAL_RUNNER_USER", "HELICAL_RUNNER_NETWORK", "HELICAL_BUCKET", "HELICAL_PROFILES",

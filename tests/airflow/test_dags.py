@@ -59,7 +59,7 @@ def test_finetune_shape(dagbag):
     """chunk needs no GPU: one task on queue cpu for every profile; finetune and predict branch per queue;
     check_labels sends an unlabelled or_annotate input to annotate_instead, which triggers helical_annotate."""
     dag = dagbag.dags["helical_finetune"]
-    queues = {"cpu", "gpu"}
+    queues = {"cpu", "cpu-remote", "gpu"}  # the queues of config/profiles.yaml
     expected = {"check_input", "inspect", "check_labels", "chunk", "annotate_instead", "route", "publish_summary",
                 "quarantine_bad_input"} | {f"on_{q}.{step}" for q in queues for step in ("finetune", "predict")}
     assert set(dag.task_ids) == expected
@@ -89,7 +89,7 @@ def test_embed_shape_and_form(dagbag):
     from airflow.sdk.definitions.param import ParamValidationError
 
     dag = dagbag.dags["helical_embed"]
-    queues = {"cpu", "gpu"}
+    queues = {"cpu", "cpu-remote", "gpu"}  # the queues of config/profiles.yaml
     assert set(dag.task_ids) == {"check_input", "inspect", "chunk", "route", "publish_summary",
                                  "quarantine_bad_input"} | {f"on_{q}.embed" for q in queues}
     for queue in queues:
@@ -125,7 +125,7 @@ def test_annotate_shape_and_form(dagbag):
     from airflow.sdk.definitions.param import ParamValidationError
 
     dag = dagbag.dags["helical_annotate"]
-    queues = {"cpu", "gpu"}
+    queues = {"cpu", "cpu-remote", "gpu"}  # the queues of config/profiles.yaml
     assert set(dag.task_ids) == {"check_input", "inspect", "chunk", "route", "publish_summary",
                                  "quarantine_bad_input"} | {f"on_{q}.{s}" for q in queues for s in ("embed", "predict")}
     for queue in queues:

@@ -250,7 +250,7 @@ class Stack:
             # as in docker-compose-airflow.yaml: a task stuck in a queue fails visibly (after two requeues)
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "1800",
             # a task whose worker died (no heartbeat) is failed and retried after this long, not Airflow's
-            # default 300 s: tests/e2e/test_faults.py kills a worker mid fine-tune
+            # default 300 s (docker-compose-airflow.yaml's AIRFLOW_TASK_HEARTBEAT_TIMEOUT)
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
             # as in docker-compose-airflow.yaml: the DAG library must import in the triggerer too
             "PYTHONPATH": str(REPO / "dags"),

@@ -152,9 +152,8 @@ def wait_for_run(stack: Stack, dag_id: str, run_id: str, timeout: float, states=
 
 # --- faults (test_faults.py): one fine-tune configuration, run once uninterrupted as the reference -------
 FAULT_DATA_KEY = "datasets/faults.h5ad"
-# 240 cells in chunks of 40, 3 epochs: long enough (about two minutes of training here) that a container
-# orphaned by a lost worker still trains when Airflow's retry starts, about 80 s after the kill (heartbeat
-# timeout 30 s in scripts/local_stack.py + the DAG's 30 s retry delay + a worker's pickup)
+# 240 cells in chunks of 40, 3 epochs: long enough (about two minutes of training here) that the faults land
+# mid fine-tune, with checkpoints before and after them
 FAULT_CONF = {"data": f"s3://helical/{FAULT_DATA_KEY}", "cells_per_chunk": 40, "epochs": 3}
 
 

@@ -23,11 +23,13 @@ RUNNER_PY = REPO / ".venv-runner" / "bin" / "python"
 
 
 def read_env(path: Path) -> dict[str, str]:
+    """The stack's settings as docker-compose sees them: .env's, where the environment sets none of its own
+    (scripts/suite-stack.sh sets the bind address and the worker hosts that way)."""
     env = {}
     for line in path.read_text().splitlines():
         name, sep, value = line.partition("=")
         if sep and not line.startswith("#"):
-            env[name.strip()] = value
+            env[name.strip()] = os.environ.get(name.strip(), value)
     return env
 
 
@@ -51,20 +53,26 @@ class Stack:
     _token: str = ""
 
     @property
+    def address(self) -> str:
+        """Where the published ports are: HELICAL_BIND_ADDRESS (every address of this machine: 127.0.0.1)."""
+        address = self.env.get("HELICAL_BIND_ADDRESS") or "127.0.0.1"
+        return "127.0.0.1" if address == "0.0.0.0" else address
+
+    @property
     def airflow(self) -> str:
-        return f"http://127.0.0.1:{self.env['AIRFLOW_API_PORT']}"
+        return f"http://{self.address}:{self.env['AIRFLOW_API_PORT']}"
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.env['MINIO_API_PORT']}"
+        return f"http://{self.address}:{self.env['MINIO_API_PORT']}"
 
     @property
     def prometheus(self) -> str:
-        return f"http://127.0.0.1:{self.env['PROMETHEUS_PORT']}"
+        return f"http://{self.address}:{self.env['PROMETHEUS_PORT']}"
 
     @property
     def mlflow(self) -> str:
-        return f"http://127.0.0.1:{self.env['MLFLOW_PORT']}"
+        return f"http://{self.address}:{self.env['MLFLOW_PORT']}"
 
     @property
     def bucket(self) -> str:
@@ -191,6 +199,12 @@ def data_dir(stack) -> Path:
     """The stack's data folder with a tiny random Geneformer in helical's cache (no download here), owned
     by the runner's uid as the runner containers write there."""
     data = Path(stack.env["HELICAL_DATA_DIR"])
+    put_tiny_model(data, stack)
+    return data
+
+
+def put_tiny_model(data: Path, stack: Stack) -> None:
+    """A tiny random Geneformer in helical's cache under the data folder `data`, as a host's runners find it."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([str(RUNNER_PY), "-m", "helical_runner.data.synthetic", "model", "--cache-prefix",
                     str(data / "helical")], check=True, capture_output=True, timeout=300, env=env)
@@ -200,7 +214,6 @@ def data_dir(stack) -> Path:
             os.chown(path, int(uid), int(gid or 0))
         else:
             path.chmod(0o777 if path.is_dir() else 0o666)
-    return data
 
 
 @pytest.fixture(scope="session")

@@ -80,12 +80,16 @@ def parse_size(text: str | int) -> int:
 
 def next_larger(name: str, path: Path | None = None) -> dict | None:
     """The profile to suggest after an out-of-memory kill: the smallest memory_limit above `name`'s, on the
-    same device if one has it (a CPU run is pointed at a larger CPU profile), else on any; None if none."""
+    same device if one has it (a CPU run is pointed at a larger CPU profile), else on any; among equal caps,
+    one on the same queue first (cpu-small, not a worker host class's cpu-remote, for a run on queue cpu);
+    None if none."""
     profiles = load_all(path)[1]
-    cap = parse_size(profiles[name]["memory_limit"])
+    this = profiles[name]
+    cap = parse_size(this["memory_limit"])
     larger = [p for p in profiles.values() if parse_size(p["memory_limit"]) > cap]
-    same_device = [p for p in larger if p["device"] == profiles[name]["device"]]
-    return min(same_device or larger, key=lambda p: (parse_size(p["memory_limit"]), p["name"]), default=None)
+    same_device = [p for p in larger if p["device"] == this["device"]]
+    return min(same_device or larger, default=None,
+               key=lambda p: (parse_size(p["memory_limit"]), p["queue"] != this["queue"], p["name"]))
 
 
 def for_cpu_step(profile: dict, path: Path | None = None) -> dict:

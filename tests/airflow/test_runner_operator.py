@@ -338,6 +338,19 @@ def test_out_of_memory_fails_once_naming_the_cap_and_the_next_profile(profile, c
     assert f"profile {profile}'s memory cap memory_limit={cap}" in message and larger in message
 
 
+def test_of_larger_profiles_with_one_cap_the_one_on_the_same_queue_is_suggested(tmp_path):
+    """cpu-small and cpu-remote (a worker host class) share a cap: a run on queue cpu that ran out of memory is
+    pointed at cpu-small, one on cpu-remote at cpu-remote."""
+    import yaml
+
+    config = yaml.safe_load(profiles.profiles_path().read_text())
+    for queue, expected in (("cpu", "cpu-small"), ("cpu-remote", "cpu-remote")):
+        config["profiles"]["tiny-mem"] = {**config["profiles"]["cpu-small"], "memory_limit": "64m", "queue": queue}
+        path = tmp_path / f"profiles-{queue}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert profiles.next_larger("tiny-mem", path)["name"] == expected, queue
+
+
 @pytest.mark.parametrize("code,oom,exception", [
     (137, True, AirflowFailException),  # the kernel's OOM killer at the cap
     (137, False, RuntimeError),  # SIGKILL by a person, a worker lost: retried, resumes from the checkpoint

@@ -92,10 +92,7 @@ print(" ".join(sorted({p["image"].rpartition(":")[2] for p in profiles.load_all(
 # this host's engine (DOCKER_HOST, else the one scripts/docker-engine.sh starts) and docker-compose
 engine_and_compose() {
     ensure_apt docker-compose
-    if [ -z "${DOCKER_HOST:-}" ]; then
-        DOCKER_HOST=unix://$(bash scripts/docker-engine.sh)
-        export DOCKER_HOST
-    fi
+    use_engine
 }
 
 case ${1:-} in

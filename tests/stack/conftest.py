@@ -38,13 +38,17 @@ def docker(*args: str) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-def make(target: str, log_name: str, timeout: float) -> None:
+def run_logged(what: str, command: list[str], log_name: str, timeout: float, env: dict | None = None) -> None:
+    """Run `command` with its output in build/stack/LOG_NAME; a failure shows the log's last lines."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with open(ARTIFACTS / log_name, "wb") as log:
-        done = subprocess.run(["make", "-C", str(REPO), target], stdout=log, stderr=subprocess.STDOUT,
-                              timeout=timeout)
-    assert done.returncode == 0, f"make {target} failed: see {ARTIFACTS / log_name}\n" + \
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, env=env)
+    assert done.returncode == 0, f"{what} failed: see {ARTIFACTS / log_name}\n" + \
         "\n".join((ARTIFACTS / log_name).read_text(errors="replace").splitlines()[-25:])
+
+
+def make(target: str, log_name: str, timeout: float) -> None:
+    run_logged(f"make {target}", ["make", "-C", str(REPO), target], log_name, timeout)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ARTIFACTS, REPO, RUNNER_PY, put_tiny_model, wait_for
+from conftest import ARTIFACTS, REPO, RUNNER_PY, put_tiny_model, run_logged, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -92,22 +92,14 @@ class Watch:
         self._thread.join()
 
 
-def log(name: str):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return open(ARTIFACTS / name, "wb")
-
-
 def worker_host_script(command: str, env_file: Path, log_name: str, timeout: float) -> None:
     """scripts/worker-host.sh COMMAND run on the second host: in its network namespace (its checks of the
     central host's ports go over the veth), against its engine."""
     env = {**os.environ, "DOCKER_HOST": f"unix://{SOCKET}", "HELICAL_WORKER_ENV": str(env_file),
            "HELICAL_WORKER_PROJECT": PROJECT}
-    with log(log_name) as out:
-        done = subprocess.run(["nsenter", f"--net=/var/run/netns/{NETNS}", "bash",
-                               str(REPO / "scripts" / "worker-host.sh"), command], stdout=out,
-                              stderr=subprocess.STDOUT, env=env, timeout=timeout)
-    assert done.returncode == 0, f"worker-host.sh {command} failed: see {ARTIFACTS / log_name}\n" + \
-        "\n".join((ARTIFACTS / log_name).read_text(errors="replace").splitlines()[-25:])
+    run_logged(f"worker-host.sh {command}", ["nsenter", f"--net=/var/run/netns/{NETNS}", "bash",
+                                             str(REPO / "scripts" / "worker-host.sh"), command],
+               log_name, timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +111,8 @@ def worker_host(stack):
     # them up to date by their build hash, which covers the base image's ID)
     images = [stack.env["AIRFLOW_IMAGE_NAME"], stack.env["SOCKET_PROXY_IMAGE"], stack.env["NODE_EXPORTER_IMAGE"],
               "helical-runner:cpu", os.environ.get("HELICAL_BASE_IMAGE", "helical-base:bookworm-py312")]
-    with log("second-host-load.log") as out:
-        subprocess.run(["bash", str(REPO / "scripts" / "second-host.sh"), "load", *images], stdout=out,
-                       stderr=subprocess.STDOUT, check=True, timeout=1800)
+    run_logged("second-host.sh load", ["bash", str(REPO / "scripts" / "second-host.sh"), "load", *images],
+               "second-host-load.log", timeout=1800)
     data = WORK / "data"
     subprocess.run(["rm", "-rf", str(data)], check=True)  # the runner's files from an earlier session
     data.mkdir(parents=True)
@@ -137,8 +128,7 @@ def worker_host(stack):
         worker_host_script("up", env_file, "worker-host-up.log", timeout=900)
         yield {"data": data, "env_file": env_file}
     finally:
-        with log("worker-host-compose.log") as out:
-            subprocess.run(["docker", "-H", f"unix://{SOCKET}", "ps", "-a"], stdout=out, stderr=subprocess.STDOUT)
+        (ARTIFACTS / "second-host-containers.log").write_text(engine(SOCKET, "ps", "-a", check=False))
         if os.environ.get("HELICAL_STACK_KEEP") != "1":
             worker_host_script("down", env_file, "worker-host-down.log", timeout=600)
 

@@ -19,6 +19,7 @@ MODELS: dict[str, tuple[str, bool]] = {
     "gf-18L-316M-i4096": ("geneformer", True),
     "gf-12L-40M-i2048-CZI-CellxGene": ("geneformer", True),
     "scGPT_CP": ("scgpt", False),
+    "gpt3.5": ("genept", False),
 }
 
 

@@ -5,6 +5,7 @@ mapping file), and each cell type expresses its real marker genes. Used by the t
 benchmarks; also handy on a laptop:
 
     python -m helical_runner.data.synthetic model --cache-prefix data/demo/helical [--gene-table FILE]
+    python -m helical_runner.data.synthetic genept --cache-prefix data/demo/helical [--width 64]
     python -m helical_runner.data.synthetic data --output data/demo/cells.h5ad --cells 2000
 """
 
@@ -194,6 +195,21 @@ def write_tiny_scgpt(cache_prefix: Path, layers: int = 2, width: int = 64, heads
     return folder
 
 
+def write_tiny_genept(cache_prefix: Path, width: int = 64, seed: int = 0, genes: Path | None = None) -> Path:
+    """A random GenePT table where helical looks for it (`<prefix>/.cache/helical/models/genept/genept_embeddings/
+    genept_embeddings.json`): one `{"embeddings": [width numbers]}` per real human symbol of the gene table
+    (standard normal, seeded), keys spelled as the table spells them, as GenePT's own. Returns the file."""
+    from helical_runner.models.genept.files import RELATIVE
+
+    path = Path(cache_prefix, ".cache", "helical", "models", RELATIVE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    symbols = sorted(_table(str(genes) if genes else None).symbols)
+    vectors = np.random.default_rng(seed).standard_normal((len(symbols), width)).astype(np.float32)
+    with open(path, "w") as handle:
+        json.dump({s: {"embeddings": [float(v) for v in row]} for s, row in zip(symbols, vectors)}, handle)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helical_runner.data.synthetic", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -210,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--width", type=int, default=64)
     g.add_argument("--heads", type=int, default=4)
     g.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
+    p = sub.add_parser("genept", help="write a tiny random GenePT gene table into a helical cache")
+    p.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
+    p.add_argument("--width", type=int, default=64, help="numbers per gene (GenePT's own table has 1,536)")
+    p.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
     d = sub.add_parser("data", help="write a synthetic .h5ad of raw counts with cell types")
     d.add_argument("--output", type=Path, required=True)
     d.add_argument("--cells", type=int, default=2000)
@@ -226,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
                                     genes=args.gene_table))
     elif args.what == "scgpt":
         print(write_tiny_scgpt(args.cache_prefix, args.layers, args.width, args.heads, genes=args.gene_table))
+    elif args.what == "genept":
+        print(write_tiny_genept(args.cache_prefix, args.width, genes=args.gene_table))
     else:
         print(make_h5ad(args.output, args.cells, args.genes, args.types, args.genes_per_cell, seed=args.seed,
                         label_column=args.label_column, genes=args.gene_table))

@@ -2,9 +2,9 @@
 ### Embed an .h5ad's cells with a pretrained model: embeddings, Leiden clusters and a UMAP, no labels needed
 
 Trigger from the UI (the form below is validated). Most files carry no cell types: this runs a pretrained
-model (any model `helical-runner info` lists: Geneformer's nine, scGPT, GenePT) over every cell. The run checks its
-input and that a live Celery worker serves its profile's queue, then runs three `helical-runner` containers
-through the docker-socket-proxy:
+model (any model `helical-runner info` lists: Geneformer's nine, scGPT, GenePT, Nicheformer) over every cell.
+The run checks its input and that a live Celery worker serves its profile's queue, then runs three
+`helical-runner` containers through the docker-socket-proxy:
 
 0. **inspect** the .h5ad (where its counts and gene ids are, how many genes the model knows);
 1. **chunk** it into row chunks under `chunks/<dataset>/` (on queue `cpu`, as in helical_finetune);

@@ -20,6 +20,7 @@ MODELS: dict[str, tuple[str, bool]] = {
     "gf-12L-40M-i2048-CZI-CellxGene": ("geneformer", True),
     "scGPT_CP": ("scgpt", False),
     "gpt3.5": ("genept", False),
+    "theislab/Nicheformer": ("nicheformer", False),
 }
 
 

@@ -6,6 +6,7 @@ benchmarks; also handy on a laptop:
 
     python -m helical_runner.data.synthetic model --cache-prefix data/demo/helical [--gene-table FILE]
     python -m helical_runner.data.synthetic genept --cache-prefix data/demo/helical [--width 64]
+    python -m helical_runner.data.synthetic nicheformer --cache-prefix data/demo/helical [--layers 2 --width 32]
     python -m helical_runner.data.synthetic data --output data/demo/cells.h5ad --cells 2000
 """
 
@@ -210,6 +211,32 @@ def write_tiny_genept(cache_prefix: Path, width: int = 64, seed: int = 0, genes:
     return path
 
 
+def write_tiny_nicheformer(cache_prefix: Path, layers: int = 2, width: int = 32, heads: int = 4, seed: int = 0,
+                           genes: Path | None = None) -> Path:
+    """A random Nicheformer where helical looks for it (`<prefix>/.cache/helical/models/nicheformer`): config.json
+    and model.safetensors (helical's NicheformerForMaskedLM, seeded; context 1,500 as the tokenizer's
+    max_length), vocab.json ([PAD] 1, [MASK] 0, [CLS] 2, then the gene table's Ensembl ids from 30, as the
+    tokenizer numbers genes) and model.h5ad (the reference: one empty cell over those genes). Returns the folder."""
+    import anndata
+    import torch
+    from helical.models.nicheformer.configuration_nicheformer import NicheformerConfig
+    from helical.models.nicheformer.modeling_nicheformer import NicheformerForMaskedLM
+
+    folder = Path(cache_prefix, ".cache", "helical", "models", "nicheformer")
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = _table(str(genes) if genes else None).ids
+    aux = 30  # helical's NicheformerTokenizer aux_tokens: a gene's token is its reference column + 30
+    (folder / "vocab.json").write_text(json.dumps({"[PAD]": 1, "[MASK]": 0, "[CLS]": 2,
+                                                   **{g: i + aux for i, g in enumerate(ids)}}))
+    anndata.AnnData(X=sp.csr_matrix((1, len(ids)), dtype=np.float32), obs=pd.DataFrame(index=["reference"]),
+                    var=pd.DataFrame(index=pd.Index(ids))).write_h5ad(folder / "model.h5ad")
+    torch.manual_seed(seed)
+    config = NicheformerConfig(dim_model=width, nheads=heads, dim_feedforward=width * 2, nlayers=layers,
+                               n_tokens=len(ids) + aux, context_length=1500)
+    NicheformerForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helical_runner.data.synthetic", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -230,6 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
     p.add_argument("--width", type=int, default=64, help="numbers per gene (GenePT's own table has 1,536)")
     p.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
+    n = sub.add_parser("nicheformer", help="write a tiny random Nicheformer into a helical cache")
+    n.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
+    n.add_argument("--layers", type=int, default=2)
+    n.add_argument("--width", type=int, default=32)
+    n.add_argument("--heads", type=int, default=4)
+    n.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
     d = sub.add_parser("data", help="write a synthetic .h5ad of raw counts with cell types")
     d.add_argument("--output", type=Path, required=True)
     d.add_argument("--cells", type=int, default=2000)
@@ -248,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
         print(write_tiny_scgpt(args.cache_prefix, args.layers, args.width, args.heads, genes=args.gene_table))
     elif args.what == "genept":
         print(write_tiny_genept(args.cache_prefix, args.width, genes=args.gene_table))
+    elif args.what == "nicheformer":
+        print(write_tiny_nicheformer(args.cache_prefix, args.layers, args.width, args.heads, genes=args.gene_table))
     else:
         print(make_h5ad(args.output, args.cells, args.genes, args.types, args.genes_per_cell, seed=args.seed,
                         label_column=args.label_column, genes=args.gene_table))

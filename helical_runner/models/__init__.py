@@ -53,16 +53,15 @@ class Embedder(Protocol):
 
 
 def _families():
-    from helical_runner.models import genept, geneformer, scgpt
+    from helical_runner.models import genept, geneformer, nicheformer, scgpt
 
-    return [geneformer, scgpt, genept]
+    return [geneformer, scgpt, genept, nicheformer]
 
 
 # helical 3.1.4's other RNA families, and why this runner doesn't run them yet (info says so)
 NOT_YET = {
     "uce": "UCE: not yet supported by helical-runner",
     "transcriptformer": "TranscriptFormer: not yet supported by helical-runner (helical hard-codes CUDA)",
-    "nicheformer": "Nicheformer: not yet supported by helical-runner",
     "tahoe": "Tahoe-x1: not yet supported by helical-runner",
     "c2s": "Cell2Sentence: not yet supported by helical-runner",
 }

@@ -50,8 +50,9 @@ def locate(fetch_missing: bool = True) -> Path:
                 try:
                     Downloader().download_via_link(Path(path), url)
                 except Exception as exc:  # noqa: BLE001 - helical raises assorted network errors
-                    raise UnavailableError(f"model {NAME}: '{Path(path).name}' is not in the cache {model_dir()} and "
-                                           f"could not be downloaded ({type(exc).__name__}); pre-place it there") from exc
+                    raise UnavailableError(f"model {NAME}: '{Path(path).name}' is not in the cache {model_dir()} "
+                                           f"and could not be downloaded ({type(exc).__name__}); pre-place it "
+                                           "there") from exc
         missing = missing_files()
     if missing:
         raise UnavailableError(f"model {NAME}: {', '.join(missing)} not in the cache")

@@ -139,3 +139,30 @@ def test_info_lists_genept_with_its_tables_width(genept_table):
     assert row == {"family": "genept", "name": "gpt3.5", "embedding_size": 64, "input_size": 2000,
                    "fine_tunes": False, "cached": True, "missing": [], "runs_here": True, "why_not": ""}
     assert "genept" not in {r["family"] for r in listing["not_supported"]}
+
+
+def test_a_table_that_is_not_genepts_layout_is_one_input_error(tmp_path):
+    from helical_runner.errors import InputError
+    from helical_runner.models.genept.files import read_table
+
+    cases = {"not json": "{", "a list": "[1, 2]", "no embeddings": '{"ACTB": {"summary": "x"}}',
+             "two widths": '{"ACTB": {"embeddings": [1, 2]}, "GAPDH": {"embeddings": [1]}}'}
+    expected = {"not json": "is not JSON", "a list": "is not a JSON object of genes",
+                "no embeddings": "gene 'ACTB' has no 'embeddings' list", "two widths": "gene 'GAPDH' has 1 numbers"}
+    for case, text in cases.items():
+        (tmp_path / "table.json").write_text(text)
+        with pytest.raises(InputError, match=expected[case]):
+            read_table(tmp_path / "table.json")
+
+
+def test_genes_of_one_symbol_are_summed_and_genes_without_one_leave_the_totals(genept_table):
+    """Two file genes named ACTB are one column; an Ensembl id no table knows has no column (helical's
+    ensure_gene_symbols drops it, so it counts in no cell's total either)."""
+    from helical_runner.models.genept import GeneColumns
+    from helical_runner.models.genept.files import read_table, table_path
+
+    columns = GeneColumns(read_table(table_path()), ["ACTB", "GAPDH", "ACTB", "ENSG99999999999"])
+    assert columns.symbols == ["ACTB", "GAPDH"] and columns.collapsed == 1
+    counts = columns.counts(sp.csr_matrix(np.array([[1, 2, 3, 4]], dtype=np.float32)))
+    assert counts.toarray().tolist() == [[4.0, 2.0]]
+    assert columns.summary("gpt3.5", "f.h5ad") == {"in_file": 4, "in_vocabulary": 3, "tokens": 2, "collapsed": 1}

@@ -99,7 +99,7 @@ def build_model(args, seed: int):
     config._attn_implementation = "sdpa"  # as model.load_encoder asks for it
     torch.manual_seed(seed)
     net = GeneformerClassifier(BertModel(config, add_pooling_layer=False), N_CLASSES, special_token=True,
-                               dropout=0.0)
+                               dropout=0.0, pad_id=SPECIAL["pad"])
     # finetune's defaults (TrainConfig.attention_dropout/hidden_dropout = 0): no random masks, so every
     # precision sees the same computation and only rounding separates their losses
     net.set_attention_dropout(0.0)
@@ -123,7 +123,7 @@ def train(args, precision_name: str, device, dist=None) -> dict:
                           val_labels=np.zeros(0, dtype=np.int64), dropped=0)
     net = build_model(args, args.seed).to(device)
     config = TrainConfig(batch_size=batch, lr=1e-4, val_fraction=0.0, seed=args.seed)
-    trainer = Trainer(net, config, resolve(precision_name, device), SPECIAL["pad"], n, dist)
+    trainer = Trainer(net, config, resolve(precision_name, device), n, dist)
     stamps, losses = [], []
 
     def progress(**values) -> None:

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="what the runner will use in an .h5ad: counts, gene ids, labels, problems")
     inspect.add_argument("--data", required=True, help=".h5ad URL")
     inspect.add_argument("--label-column", help="obs column the run will train on (checked for 2+ classes)")
-    inspect.add_argument("--model", default="gf-12L-38M-i4096", help="Geneformer model whose vocabulary is counted")
+    inspect.add_argument("--model", default="gf-12L-38M-i4096", help="model whose vocabulary is counted")
     inspect.add_argument("--output", help="also write inspect.json (or error.json) under this prefix")
     inspect.add_argument("--unlabelled-ok", action="store_true",
                          help="a --label-column that is missing (or has under 2 classes) is no problem: "
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--data", required=True, help="chunk manifest.json or .h5ad URL")
     finetune.add_argument("--label-column", required=True, help="obs column with the cell labels")
     finetune.add_argument("--output", required=True, help="prefix for model/, checkpoint, report and pictures")
-    finetune.add_argument("--model", default="gf-12L-38M-i4096", help="Geneformer model to start from")
+    finetune.add_argument("--model", default="gf-12L-38M-i4096",
+                          help="model to start from (any `helical-runner info` lists as fine-tuning: Geneformer, scGPT)")
     finetune.add_argument("--epochs", type=int, help="passes over the data (default 1)")
     finetune.add_argument("--lr", type=float, help="peak learning rate (default 1e-4)")
     finetune.add_argument("--freeze-layers", type=int, help="first N encoder layers kept fixed (default 0)")
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--hidden-dropout", type=float,
                           help="dropout on the encoder's hidden states (default 0, as helical's train(), which runs "
                                "the encoder in eval mode; -1 keeps the model's own rate, Geneformer's 0.02)")
+    finetune.add_argument("--head-dropout", type=float,
+                          help="dropout before the classification head (default: the model's own, Geneformer's "
+                               "0.02; scGPT: 0.02, helical's ClassificationHead default)")
     finetune.add_argument("--no-length-bucketing", action="store_true", help="batch cells in random order only")
     finetune.add_argument("--no-early-prefetch", action="store_true",
                           help="read the first chunk only once the model has loaded (by default the two overlap)")
@@ -142,10 +146,25 @@ def _profile(args):
     from helical_runner import profiles
 
     profile = profiles.load(getattr(args, "profile", None))
+    family = _model_family(getattr(args, "model", None))
+    if family:  # the profile's settings for this model family (config/profiles.yaml `families:`), then flags
+        profile = profile.for_family(family)
     return profile.override(device=getattr(args, "device", None), precision=getattr(args, "precision", None),
                             batch_size=getattr(args, "batch_size", None),
                             cells_per_chunk=getattr(args, "cells_per_chunk", None),
                             max_input_size=getattr(args, "max_input_size", None))
+
+
+def _model_family(model: str | None) -> str | None:
+    """The family of a helical model name; None for no model or a fine-tuned folder/registry URL (predict)."""
+    from helical_runner import models
+
+    if not model:
+        return None
+    try:
+        return models.family_of(model).FAMILY
+    except InputError:
+        return None  # not a model name: finetune/embed then say so with the list of models
 
 
 def run_info(args) -> dict:
@@ -173,7 +192,7 @@ def run_command(args, profile, scratch, metrics, tracking=None) -> dict:
 
         config = merge_config(TrainConfig(), epochs=args.epochs, batch_size=profile.batch_size, lr=args.lr,
                               freeze_layers=args.freeze_layers, val_fraction=args.val_fraction, seed=args.seed,
-                              tokens_per_batch=args.tokens_per_batch,
+                              tokens_per_batch=args.tokens_per_batch, head_dropout=args.head_dropout,
                               length_bucketing=False if args.no_length_bucketing else None)
         # -1 asks for the model's own rate: None in TrainConfig, set here because merge_config skips Nones
         for name in ("attention_dropout", "hidden_dropout"):

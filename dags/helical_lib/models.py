@@ -18,7 +18,7 @@ MODELS: dict[str, tuple[str, bool]] = {
     "gf-12L-104M-i4096-CLcancer": ("geneformer", True),
     "gf-18L-316M-i4096": ("geneformer", True),
     "gf-12L-40M-i2048-CZI-CellxGene": ("geneformer", True),
-    "scGPT_CP": ("scgpt", False),
+    "scGPT_CP": ("scgpt", True),
     "gpt3.5": ("genept", False),
     "theislab/Nicheformer": ("nicheformer", False),
 }

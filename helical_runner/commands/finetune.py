@@ -1,6 +1,7 @@
-"""`helical-runner finetune`: stream a dataset, fine-tune a Geneformer classifier, save model and report.
+"""`helical-runner finetune`: stream a dataset, fine-tune a classifier on any family that fine-tunes
+(models.family_of: Geneformer, scGPT), save model and report.
 
-Outputs under the output prefix: model/ (see model.py), checkpoint.pt (after every chunk; a rerun with
+Outputs under the output prefix: model/ (models/classifier.py and the family's network.py), checkpoint.pt (after every chunk; a rerun with
 the same output resumes from it), report.json, report.html, training_curves.png, confusion_matrix.png.
 """
 
@@ -22,15 +23,14 @@ from helical_runner.training import checkpoint
 
 from helical_runner.outputs import fencing
 
-from helical_runner.models.geneformer import network as model_io
-
 from helical_runner.data import storage
 from helical_runner.training.batching import is_validation
 from helical_runner.data.dataset import Chunk, Dataset, HeadStart, label_values, open_dataset, prefetched
 from helical_runner.training.distributed import DistContext
 from helical_runner.errors import InputError
 from helical_runner.outputs.metrics import RunMetrics
-from helical_runner.models.geneformer.files import ModelFiles, locate
+from helical_runner import models
+from helical_runner.models.classifier import ClassifierMeta
 from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
 from helical_runner.outputs import report_html
@@ -40,7 +40,6 @@ from helical_runner.tracking import NoTracking, registry
 from helical_runner.resources import peak_memory
 from helical_runner.runs import previous_report, versions
 from helical_runner.data.storage import Location
-from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
 from helical_runner.training.loop import (PreparedChunk, Trainer, TrainConfig, TrainState, chunk_order,
                                      estimate_training_cells, fit)
 
@@ -64,28 +63,10 @@ def natural_key(label: str) -> list:
     return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", label))]
 
 
-def check_vocabulary(dataset: Dataset, tokenizer: GeneformerTokenizer, model_name: str) -> int:
-    try:
-        known = tokenizer.known_genes(dataset.gene_ids)
-    except InputError as exc:
-        raise InputError(f"{dataset.name}: {exc}") from None
-    if known == 0:
-        raise InputError(f"{dataset.name}: none of its {len(dataset.gene_ids)} genes is in {model_name}'s vocabulary "
-                         "(Geneformer needs human genes: Ensembl ids in var['ensembl_id'] or as var names, or symbols it can map)")
-    return known
-
-
-def gene_summary(dataset: Dataset, tokenizer: GeneformerTokenizer) -> dict:
-    """How the file's genes met the vocabulary: for report.json and `inspect`."""
-    columns = tokenizer.columns(dataset.gene_ids)
-    return {"in_file": len(dataset.gene_ids), "in_vocabulary": columns.n_genes + columns.collapsed,
-            "tokens": columns.n_genes, "collapsed": columns.collapsed}
-
-
-def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_column: str,
-                   label_index: dict[str, int], val_fraction: float, load: Callable[[int], Chunk] | None = None):
-    """A function chunk index -> PreparedChunk (runs on the prefetch thread: read, check, tokenize, split);
-    `load` reads a chunk (default: dataset.load)."""
+def chunk_preparer(dataset: Dataset, base, label_column: str, label_index: dict[str, int], val_fraction: float,
+                   load: Callable[[int], Chunk] | None = None):
+    """A function chunk index -> PreparedChunk (runs on the prefetch thread: read, check, tokenize with the
+    family's `base` (models.BaseModel), split); `load` reads a chunk (default: dataset.load)."""
     load = load or dataset.load
 
     def prepare(i: int) -> PreparedChunk:
@@ -96,9 +77,8 @@ def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_colum
         keep = np.ones(len(obs), dtype=bool)
         if "filter_pass" in obs.columns:  # helical's QC convention: only cells with filter_pass == 1
             keep &= (obs["filter_pass"] == 1).to_numpy()
-        n_counts = obs["n_counts"].to_numpy()[keep] if "n_counts" in obs.columns else None
         labels = label_values(obs[label_column]).map(label_index)  # missing -> NaN: unlabelled, dropped
-        tokens = tokenizer.tokenize(chunk.X[keep], chunk.gene_ids, obs.index[keep], n_counts)
+        tokens = base.tokenize(Chunk(chunk.index, chunk.X[keep], obs[keep], chunk.gene_ids))
         y = labels.to_numpy()[keep][tokens.kept]
         labelled = ~np.isnan(y.astype(float))
         ids = [t for t, ok in zip(tokens.input_ids, labelled) if ok]
@@ -114,9 +94,9 @@ def chunk_preparer(dataset: Dataset, tokenizer: GeneformerTokenizer, label_colum
     return prepare
 
 
-def _fingerprint(dataset: Dataset, files: ModelFiles, classes, label_column, config: TrainConfig,
+def _fingerprint(dataset: Dataset, base, classes, label_column, config: TrainConfig,
                  profile: Profile, precision: str) -> dict:
-    return {"data_etag": dataset.etag, "chunk_sizes": dataset.chunk_sizes, "model": files.name,
+    return {"data_etag": dataset.etag, "chunk_sizes": dataset.chunk_sizes, "model": base.name,
             "labels": list(classes), "label_column": label_column, "config": asdict(config),
             "precision": precision, "max_input_size": profile.max_input_size}
 
@@ -152,34 +132,32 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         load, first = dataset.load, chunk_order(config.seed, 0, dataset.n_chunks)[0]  # a fresh run's first chunk
         if early_prefetch:  # a resumed run that starts at another chunk reads its own (HeadStart.serve)
             load = HeadStart(dataset.load, first).serve(dataset.load)
-        files = locate(model_name) if dist.is_main else None
+        family = models.family_of(model_name)
+        if not hasattr(family, "base"):  # an embedding-only family (ModelRow.fine_tunes False)
+            raise InputError(f"model '{model_name}' ({family.FAMILY}) has no classification head here: use embed")
+        base = family.base(model_name, profile.max_input_size) if dist.is_main else None
         dist.barrier()  # rank 0 fetches missing model files once; the others then find them in the cache
-        files = files or locate(model_name, fetch_missing=False)
+        base = base or family.base(model_name, profile.max_input_size, fetch_missing=False)
         classes = label_classes(dataset, label_column)
-        tokenizer = GeneformerTokenizer(files, profile.max_input_size)
-        genes_known = check_vocabulary(dataset, tokenizer, files.name)
-        log.info("%s: %d cells in %d chunks, %d genes in the vocabulary, %d classes of '%s'", dataset.url,
-                 dataset.n_cells, dataset.n_chunks, genes_known, len(classes), label_column)
-        prepare = chunk_preparer(dataset, tokenizer, label_column, {c: i for i, c in enumerate(classes)},
+        genes = base.genes(dataset)
+        log.info("%s: %d cells in %d chunks, %d genes in %s's vocabulary, %d classes of '%s'", dataset.url,
+                 dataset.n_cells, dataset.n_chunks, genes["in_vocabulary"], base.name, len(classes), label_column)
+        prepare = chunk_preparer(dataset, base, label_column, {c: i for i, c in enumerate(classes)},
                                  config.val_fraction, load)
         if early_prefetch:
             prepare = HeadStart(prepare, first).serve(prepare)
 
         torch.manual_seed(config.seed)
-        encoder = model_io.load_encoder(files.model_dir)
-        # the head's dropout follows the model's own (Geneformer's 0.02, which is also helical's head default)
-        net = model_io.GeneformerClassifier(encoder, len(classes), files.special_token,
-                                            dropout=encoder.config.hidden_dropout_prob)
+        net = base.classifier(len(classes), config.head_dropout)
         net.freeze_layers(config.freeze_layers)
         if config.attention_dropout is not None:
             net.set_attention_dropout(config.attention_dropout)
         if config.hidden_dropout is not None:
             net.set_hidden_dropout(config.hidden_dropout)
         net.to(device)
-        trainer = Trainer(net, config, precision, tokenizer.pad_id,
-                          estimate_training_cells(dataset.chunk_sizes, config), dist)
+        trainer = Trainer(net, config, precision, estimate_training_cells(dataset.chunk_sizes, config), dist)
         store = checkpoint.CheckpointStore(output, scratch)
-        fingerprint = _fingerprint(dataset, files, classes, label_column, config, profile, precision.name)
+        fingerprint = _fingerprint(dataset, base, classes, label_column, config, profile, precision.name)
         state = _resume(store, trainer, fingerprint)
         if state.step:  # what the killed attempt trained before its checkpoint may not have reached MLflow
             tracking.log_history({"loss": state.step_losses, "learning_rate": state.step_lrs}, state.val_history)
@@ -206,8 +184,8 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         if not dist.is_main:
             dist.barrier()  # wait for rank 0 to publish, so no rank exits while another may still need it
             return {"status": "succeeded", "steps": state.step, "accuracy": None, "rank": dist.rank}
-        report = _publish(output, trainer, state, dataset, files, classes, label_column, config, profile,
-                          precision.name, run_id, started, data_url, tokenizer,
+        report = _publish(output, trainer, state, dataset, base, classes, label_column, config, profile,
+                          precision.name, run_id, started, data_url, genes,
                           training_start[0] if training_start else None,
                           tracking, register or registry.default_name(label_column), promote)
         dist.barrier()
@@ -234,9 +212,9 @@ def _resume(store: checkpoint.CheckpointStore, trainer: Trainer, fingerprint: di
     return state
 
 
-def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dataset, files: ModelFiles,
+def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dataset, base,
              classes: list[str], label_column: str, config: TrainConfig, profile: Profile, precision: str,
-             run_id: str, started: float, data_url: str, tokenizer: GeneformerTokenizer,
+             run_id: str, started: float, data_url: str, genes: dict,
              training_start_seconds: float | None, tracking, register: str, promote: str) -> dict:
     labels = np.asarray(state.val_labels, dtype=np.int64)
     if len(labels):
@@ -244,14 +222,12 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
     else:
         predictions = np.zeros(0, dtype=np.int64)
     matrix = confusion_matrix(labels, predictions, len(classes))
-    meta = model_io.ClassifierMeta(labels=classes, label_column=label_column, base_model=files.name,
-                                   model_version=files.version,
-                                   input_size=min(profile.max_input_size, files.input_size),
-                                   special_token=files.special_token, dropout=trainer.core.dropout.p,
-                                   gene_column=dataset.layout.get("gene_column", ""),
-                                   counts=dataset.layout.get("counts", ""))
+    meta = ClassifierMeta(labels=classes, label_column=label_column, base_model=base.name,
+                          model_version=base.version, input_size=base.input_size, special_token=base.special_token,
+                          dropout=trainer.core.dropout.p, gene_column=dataset.layout.get("gene_column", ""),
+                          counts=dataset.layout.get("counts", ""), family=base.family)
     with tempfile.TemporaryDirectory() as tmp:
-        model_io.save(trainer.core, meta, files, Path(tmp))
+        base.save(trainer.core, meta, Path(tmp))
         for path in sorted(Path(tmp).iterdir()):
             storage.upload(path, output.join("model", path.name))
         tracking.log_artifacts(Path(tmp), "model")
@@ -263,7 +239,7 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         "run_id": run_id,
         "inputs": {"data": {"url": data_url, "etag": dataset.etag, "size": dataset.size, "cells": dataset.n_cells,
                             "chunks": dataset.n_chunks},
-                   "model": {"name": files.name, "version": files.version}},
+                   "model": {"name": base.name, "version": base.version, "family": base.family}},
         "profile": asdict(profile),
         "precision": precision,
         "device": str(trainer.precision.device),
@@ -271,7 +247,7 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
         "label_column": label_column,
         "labels": classes,
         "data_layout": dataset.layout,  # where the counts and gene ids were found (h5ad_layout)
-        "genes": gene_summary(dataset, tokenizer),
+        "genes": genes,
         "cells": {"total": dataset.n_cells, "unlabelled": dataset.obs_missing.get(label_column, 0), "trained_per_epoch": state.cells_seen // max(1, config.epochs),
                   "trained_total": state.cells_seen, "validation": int(len(labels)), "dropped": state.cells_dropped},
         "epochs": config.epochs,
@@ -301,7 +277,7 @@ def _publish(output: Location, trainer: Trainer, state: TrainState, dataset: Dat
     }
     report["macro_f1"] = report["class_metrics"]["macro_f1"]
     tracking.register_model(register, promote, {
-        "base_model": files.name, "label_column": label_column, "classes": json.dumps(classes)[:5000],
+        "base_model": base.name, "label_column": label_column, "classes": json.dumps(classes)[:5000],
         "data_etag": dataset.etag, "data": data_url, "airflow.run_id": run_id}, report["macro_f1"])
     publish_report(output, report, pictures, tracking)
     log.info("fine-tuning done: %d steps, validation accuracy %s, report at %s", state.step,

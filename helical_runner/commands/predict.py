@@ -22,12 +22,10 @@ from helical_runner.outputs import fencing, report_html
 from helical_runner.outputs.publish import publish_report
 from helical_runner.tracking import NoTracking, registry
 
-from helical_runner.models.geneformer import network as model_io
-
 from helical_runner.data import storage
 from helical_runner.outputs.annotated import PREDICTIONS_H5AD, AnnotatedWriter, every_cell
 from helical_runner.data.dataset import label_values, open_dataset, prefetched
-from helical_runner.commands.finetune import check_vocabulary, gene_summary
+from helical_runner.models.classifier import META_FILE, load_saved
 from helical_runner.outputs.metrics import RunMetrics
 from helical_runner.training.precision import resolve, select_device
 from helical_runner.profiles import Profile
@@ -35,7 +33,6 @@ from helical_runner.outputs.report import (CONFUSION_NAME, class_metrics, confus
                                    upload_picture)
 from helical_runner.resources import peak_memory
 from helical_runner.runs import versions
-from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
 from helical_runner.training.loop import Trainer, TrainConfig
 from helical_runner.outputs.umap_plot import UMAP_NAME, plot_umap
 
@@ -56,8 +53,8 @@ def _fetch_folder(model_url: str, dest: Path) -> Path:
     if not loc.is_s3:
         return loc.path
     names = list(storage.list_names(loc))
-    if model_io.META_FILE not in names:
-        raise InputError(f"{loc} is not a fine-tuned model folder (no {model_io.META_FILE})")
+    if META_FILE not in names:
+        raise InputError(f"{loc} is not a fine-tuned model folder (no {META_FILE})")
     for name in names:
         storage.download(loc.join(name), dest / name)
     return dest
@@ -79,16 +76,14 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
     model_dir, registered = fetch_model(model_url, scratch / "model")
     tracking.log_params({"model_version": registered and registered["version"],
                          "model_name": registered and registered["name"]})
-    net, meta = model_io.load(model_dir)
+    net, base, meta = load_saved(model_dir)  # whichever family fine-tuned it (classifier.json says)
     net.to(device)
-    tokenizer = GeneformerTokenizer(model_io.files_of_saved_model(model_dir, meta), meta.input_size)
-    runner = Trainer(net, TrainConfig(), precision, tokenizer.pad_id, total_cells=1)
+    runner = Trainer(net, TrainConfig(), precision, total_cells=1)
     dataset = open_dataset(data_url, scratch, profile.cells_per_chunk, profile.max_input_bytes, counts, gene_column,
                            prefer_gene_column=meta.gene_column or None, max_cells=profile.max_cells)
     hidden = net.classifier.in_features
     try:
-        check_vocabulary(dataset, tokenizer, meta.base_model)
-        genes = gene_summary(dataset, tokenizer)
+        genes = base.genes(dataset)
         has_truth = meta.label_column in dataset.obs_value_counts
         metrics.update(chunks_total=dataset.n_chunks, memory_limit_bytes=profile.memory_limit_bytes)
         n_predicted = n_dropped = 0
@@ -97,7 +92,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
 
         def prepare(i: int):
             chunk = dataset.load(i)
-            return chunk.obs, tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index)
+            return chunk.obs, base.tokenize(chunk)
 
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
             table = Path(tmp) / PREDICTIONS_NAME
@@ -140,7 +135,7 @@ def predict(model_url: str, data_url: str, output_url: str, profile: Profile, ru
         "status": "succeeded", "command": "predict", "run_id": run_id,
         "inputs": {"model": model_url, "data": {"url": data_url, "etag": dataset.etag, "size": dataset.size,
                                                   "cells": dataset.n_cells, "chunks": dataset.n_chunks}},
-        "model": {"base_model": meta.base_model, "labels": meta.labels, "label_column": meta.label_column,
+        "model": {"base_model": meta.base_model, "family": meta.family, "labels": meta.labels, "label_column": meta.label_column,
                   "registered": registered},
         "clusters_from": {"embeddings": embeddings_url, "column": joined} if embeddings_url else None,
         "profile": asdict(profile), "precision": precision.name, "device": str(device),

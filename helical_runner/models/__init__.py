@@ -6,8 +6,11 @@ A family module (geneformer.py, ...) provides:
   describe(name)            one row of `helical-runner info` (see ModelRow)
   vocabulary(name, dataset) how the file's genes meet the model's vocabulary, for `inspect` (None: not cached)
   load(name, precision)     an Embedder (below) for that model, its files read offline from helical's cache
+and, where the family fine-tunes (ModelRow.fine_tunes):
+  base(name, max_input_size, fetch_missing)  a BaseModel (below): files, vocabulary, tokens, classifier
+  load_saved(model_dir, meta)                (classifier, BaseModel) of a fine-tuned folder (classifier.py)
 
-Commands ask `family_of(name)` and never branch on a family's name.
+Commands ask `family_of(name)` (or `family_named` for a saved folder) and never branch on a family's name.
 """
 
 from __future__ import annotations
@@ -52,6 +55,30 @@ class Embedder(Protocol):
         """Cell embeddings [kept cells, hidden_size] float32, pooled as helical's get_embeddings pools them."""
 
 
+class BaseModel(Protocol):
+    """A pretrained model `finetune` trains a classifier on and `predict` tokenizes for."""
+
+    family: str
+    name: str  # helical's model name
+    version: str
+    input_size: int  # longest input (tokens) a cell gets
+    special_token: bool
+
+    def genes(self, dataset) -> dict:
+        """As Embedder.genes."""
+
+    def tokenize(self, chunk):
+        """A dataset.Chunk as TokenizedCells whose `input_ids` are the cells the classifier's `collate` takes."""
+
+    def classifier(self, n_classes: int):
+        """A fresh network: encoder + pooling + dropout + linear head, with `collate(cells, device)` -> the
+        inputs of `forward` (logits) and `embed` (pooled cell embeddings), `classifier` (the head),
+        `freeze_layers(n)`, `set_attention_dropout(rate)`, `set_hidden_dropout(rate)`."""
+
+    def save(self, net, meta, out_dir) -> None:
+        """Write a fine-tuned model folder (the family's files, then classifier.write_head)."""
+
+
 def _families():
     from helical_runner.models import genept, geneformer, nicheformer, scgpt
 
@@ -75,6 +102,15 @@ def family_of(name: str):
     known = [n for family in _families() for n in family.names()]
     raise InputError(f"unknown model '{name}'; models this runner runs: {', '.join(known)} "
                      "(`helical-runner info` lists them with their cache state)")
+
+
+def family_named(family: str):
+    """The family module called `family` (a saved model's classifier.json names it); InputError otherwise."""
+    for module in _families():
+        if module.FAMILY == family:
+            return module
+    raise InputError(f"model family '{family}' is not one this runner runs "
+                     f"({', '.join(module.FAMILY for module in _families())})")
 
 
 def catalogue() -> list[ModelRow]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from helical_runner.training.batching import collate, make_batches, padded_tokens, padding_efficiency
+from helical_runner.training.batching import make_batches, padded_tokens, padding_efficiency
 from torch.nn.parallel import DistributedDataParallel
 
 from helical_runner.training.distributed import DistContext
@@ -50,6 +50,7 @@ class TrainConfig:
     # own (Geneformer: 0.02). Off by default, as in helical's train(), which runs the backbone in eval mode;
     # on CPU its masks cost about a tenth of an fp32 step. The head's dropout stays (helical's head has it too).
     hidden_dropout: float | None = 0.0
+    head_dropout: float | None = None  # dropout before the head; None keeps the family's (0.02 for both)
     seed: int = 0  # chunk order, batch order, head init, dropout
 
 
@@ -70,7 +71,8 @@ def merge_config(base: TrainConfig, **overrides) -> TrainConfig:
               (merged.attention_dropout is None or 0 <= merged.attention_dropout < 1,
                "attention dropout must be in [0, 1)"),
               (merged.hidden_dropout is None or 0 <= merged.hidden_dropout < 1,
-               "hidden dropout must be in [0, 1)")]
+               "hidden dropout must be in [0, 1)"),
+              (merged.head_dropout is None or 0 <= merged.head_dropout < 1, "head dropout must be in [0, 1)")]
     for ok, message in checks:
         if not ok:
             raise InputError(f"{message} (got {asdict(merged)})")
@@ -127,8 +129,10 @@ def linear_warmup_decay(total: int, warmup_fraction: float) -> Callable[[int], f
 class Trainer:
     """Optimizer, learning-rate schedule and scaler around a model, with one step and one evaluation."""
 
-    def __init__(self, model: torch.nn.Module, config: TrainConfig, precision: Precision, pad_id: int,
-                 total_cells: int, dist: DistContext | None = None):
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, precision: Precision, total_cells: int,
+                 dist: DistContext | None = None):
+        """`model`: a family's classifier (models.BaseModel.classifier): `collate(cells, device)` gives the
+        inputs of its forward (logits) and embed (pooled cell embeddings), `classifier` is its head."""
         self.dist = dist or DistContext()
         self.core = model  # the bare model: state dicts and inference never see the DDP wrapper
         self.model = model
@@ -137,7 +141,6 @@ class Trainer:
             self.model = DistributedDataParallel(model, device_ids=device_ids)
         self.config = config
         self.precision = precision
-        self.pad_id = pad_id
         params = [p for p in model.parameters() if p.requires_grad]
         # fused: one kernel over all tensors instead of ~10 ops per tensor: ~6 ms vs ~45 ms a step here
         # (CPU, 10M parameters), the same update to float rounding. CPU and CUDA both have the kernel.
@@ -162,11 +165,11 @@ class Trainer:
         mine = list(range(rank, len(input_ids), world)) or [0]  # a rank with no cell still joins the all-reduce
         weight = (len(range(rank, len(input_ids), world)) / len(input_ids)) * world
         device = self.precision.device
-        ids, mask, lengths = collate([input_ids[i] for i in mine], self.pad_id, device)
+        inputs = self.core.collate([input_ids[i] for i in mine], device)
         target = torch.as_tensor(np.asarray(labels)[mine], dtype=torch.long, device=device)
         self.model.train()
         with self.precision.autocast():
-            logits = self.model(ids, mask, lengths)
+            logits = self.model(*inputs)
         per_cell = F.cross_entropy(logits.float(), target, reduction="none")
         loss = per_cell.mean() * weight
         self.optimizer.param_groups[0]["lr"] = self.config.lr * self.schedule(self.cells_done + len(input_ids) - 1)
@@ -188,7 +191,7 @@ class Trainer:
         `embeddings`, also the cell embeddings [cells, hidden] float32 the head saw (see model.embed)."""
         probs = np.zeros((len(input_ids), self.core.classifier.out_features), dtype=np.float32)
         embs = np.zeros((len(input_ids), self.core.classifier.in_features), dtype=np.float32) if embeddings else None
-        for batch, pooled in encode(self.core, input_ids, batch_size, self.pad_id, self.precision):
+        for batch, pooled in encode(self.core, input_ids, batch_size, self.precision):
             with self.precision.autocast():
                 logits = self.core.classifier(pooled)  # dropout is the identity in eval mode
             probs[batch] = torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -207,18 +210,18 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
 
 
-def encode(core, input_ids: list[np.ndarray], batch_size: int, pad_id: int, precision: Precision):
+def encode(core, input_ids: list[np.ndarray], batch_size: int, precision: Precision):
     """Yield (cell positions [b], pooled cell embeddings [b, hidden] on the device) for every cell, in
-    batches of similar length (less padding), in eval mode without gradients. `core.embed(ids, mask,
-    lengths)` is the family's encoder + pooling (model.GeneformerClassifier.embed)."""
+    batches of similar length (less padding), in eval mode without gradients. `core.embed(*core.collate(
+    cells, device))` is the family's encoder + pooling (e.g. geneformer.network.GeneformerClassifier)."""
     core.eval()
     order = np.argsort(np.array([len(x) for x in input_ids]), kind="stable")
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            ids, mask, lens = collate([input_ids[i] for i in batch], pad_id, precision.device)
+            inputs = core.collate([input_ids[i] for i in batch], precision.device)
             with precision.autocast():
-                yield batch, core.embed(ids, mask, lens)
+                yield batch, core.embed(*inputs)
 
 
 def chunk_order(seed: int, epoch: int, n_chunks: int) -> list[int]:

@@ -163,7 +163,9 @@ def test_params_match_runner_flags(dagbag, dag_id):
 
 
 def test_finetune_params(dagbag):
-    names = set(dagbag.dags["helical_finetune"].params.keys())
+    params = dagbag.dags["helical_finetune"].params
+    assert params.get_param("model").resolve("scGPT_CP") == "scGPT_CP"  # scGPT fine-tunes too (issue 22)
+    names = set(params.keys())
     assert {"data", "label_column", "model", "profile", "epochs", "precision", "batch_size", "tokens_per_batch",
             "lr", "cells_per_chunk", "registered_model", "promote", "or_annotate"} <= names
 

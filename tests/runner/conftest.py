@@ -52,6 +52,18 @@ def tiny_model() -> Path:
     return write_tiny_geneformer(_CACHE_PREFIX, MODEL)
 
 
+@pytest.fixture(scope="session")
+def scgpt_stand_in(tiny_model) -> Path:
+    """A random 2-layer, 64-wide scGPT (4 heads) over real human gene symbols where helical looks for
+    scGPT_CP (data.synthetic.write_tiny_scgpt)."""
+    from helical_runner.data.synthetic import write_tiny_scgpt
+    from helical_runner.models.scgpt import files
+
+    folder = write_tiny_scgpt(_CACHE_PREFIX, layers=2, width=64, heads=4)
+    assert folder == files.model_dir()  # where helical (and the runner) look for scGPT_CP
+    return folder
+
+
 class S3Server:
     """moto's S3 server on a fixed port; stop() and start() again keep its data (moto keeps state in
     process memory), which is what an outage test needs."""

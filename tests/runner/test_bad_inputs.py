@@ -23,7 +23,7 @@ def valid_bytes(tmp_path_factory) -> bytes:
 CASES = {
     **{name: (make, [], expected) for name, (make, expected) in bad_inputs.BAD_FILES.items()},
     "missing-label-flag": (lambda ok: ok, ["--label-column", "celltype"], "no obs column 'celltype' usable as labels"),
-    "unknown-model": (lambda ok: ok, ["--model", "gf-99L"], "unknown model 'gf-99L'; Geneformer models:"),
+    "unknown-model": (lambda ok: ok, ["--model", "gf-99L"], "unknown model 'gf-99L'; models this runner runs: gf-12L-38M-i4096"),
     "unknown-profile": (lambda ok: ok, ["--profile", "gpu-1000gb"], "unknown profile 'gpu-1000gb'"),
     "missing-object": (None, [], "does not exist"),
     "hidden-dropout-out-of-range": (lambda ok: ok, ["--hidden-dropout", "1.5"], "hidden dropout must be in [0, 1)"),

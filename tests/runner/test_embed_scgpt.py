@@ -22,17 +22,6 @@ pytestmark = pytest.mark.slow
 PERTURB = "cellxgene_schema7_perturb_500x2000.h5ad"
 
 
-@pytest.fixture(scope="module")
-def scgpt_stand_in(tiny_model):
-    from conftest import _CACHE_PREFIX
-    from helical_runner.data.synthetic import write_tiny_scgpt
-    from helical_runner.models.scgpt import files
-
-    folder = write_tiny_scgpt(_CACHE_PREFIX, layers=2, width=64, heads=4)
-    assert folder == files.model_dir()  # where helical (and the runner) look for scGPT_CP
-    return folder
-
-
 def helical_scgpt(monkeypatch, batch_size: int = 1):
     import helical.models.scgpt.model as helical_model
     from helical.models.scgpt import scGPT, scGPTConfig
@@ -113,4 +102,4 @@ def test_info_lists_scgpt_with_its_checkpoints_width(scgpt_stand_in):
     listing = json.loads(run_cli("info").stdout)
     [row] = [r for r in listing["models"] if r["family"] == "scgpt"]
     assert row == {"family": "scgpt", "name": "scGPT_CP", "embedding_size": 64, "input_size": 1200,
-                   "fine_tunes": False, "cached": True, "missing": [], "runs_here": True, "why_not": ""}
+                   "fine_tunes": True, "cached": True, "missing": [], "runs_here": True, "why_not": ""}

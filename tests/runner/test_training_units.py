@@ -78,7 +78,7 @@ def test_learning_rate_follows_cells_trained_whatever_the_batch_sizes(tiny_model
 
     net = model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True)
     trainer = Trainer(net, TrainConfig(lr=1e-3, warmup_fraction=0.2), Precision("fp32", torch.device("cpu")),
-                      pad_id=0, total_cells=100)
+                      total_cells=100)
     rng = np.random.default_rng(0)
     seen = []
     for size in (5, 15, 30, 50):  # e.g. token-budget batches of longer and shorter cells
@@ -214,8 +214,8 @@ def test_fused_adamw_steps_as_the_per_tensor_one(tiny_model):
         torch.manual_seed(0)
         nets.append(model_io.GeneformerClassifier(model_io.load_encoder(tiny_model), 3, True, dropout=0.0))
     cfg = TrainConfig(lr=1e-3, warmup_fraction=0.0)
-    fused = Trainer(nets[0], cfg, Precision("fp32", torch.device("cpu")), pad_id=0, total_cells=30)
-    plain = Trainer(nets[1], cfg, Precision("fp32", torch.device("cpu")), pad_id=0, total_cells=30)
+    fused = Trainer(nets[0], cfg, Precision("fp32", torch.device("cpu")), total_cells=30)
+    plain = Trainer(nets[1], cfg, Precision("fp32", torch.device("cpu")), total_cells=30)
     plain.optimizer = torch.optim.AdamW(plain.optimizer.param_groups[0]["params"], lr=1e-3, weight_decay=0.01,
                                         fused=False)
     assert fused.optimizer.defaults["fused"]

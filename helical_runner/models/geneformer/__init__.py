@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from helical_runner.errors import InputError
 from helical_runner.models import ModelRow
 
 FAMILY = "geneformer"
@@ -53,10 +54,69 @@ def vocabulary(name: str, dataset) -> dict | None:
 
 
 def _gene_summary(tokenizer, name: str, dataset) -> dict:
-    from helical_runner.commands.finetune import check_vocabulary, gene_summary
+    try:
+        known = tokenizer.known_genes(dataset.gene_ids)
+    except InputError as exc:
+        raise InputError(f"{dataset.name}: {exc}") from None
+    if known == 0:
+        raise InputError(f"{dataset.name}: none of its {len(dataset.gene_ids)} genes is in {name}'s vocabulary "
+                         "(Geneformer needs human genes: Ensembl ids in var['ensembl_id'] or as var names, or "
+                         "symbols it can map)")
+    columns = tokenizer.columns(dataset.gene_ids)
+    return {"in_file": len(dataset.gene_ids), "in_vocabulary": columns.n_genes + columns.collapsed,
+            "tokens": columns.n_genes, "collapsed": columns.collapsed}
 
-    check_vocabulary(dataset, tokenizer, name)
-    return gene_summary(dataset, tokenizer)
+
+class GeneformerBase:
+    """A Geneformer's files, tokenizer and fresh classifiers (models.BaseModel)."""
+
+    family = FAMILY
+
+    def __init__(self, files, max_input_size: int | None = None):
+        from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
+
+        self.files = files
+        self.name, self.version, self.special_token = files.name, files.version, files.special_token
+        self.tokenizer = GeneformerTokenizer(files, max_input_size)
+        self.input_size = min(max_input_size or files.input_size, files.input_size)
+
+    def genes(self, dataset) -> dict:
+        return _gene_summary(self.tokenizer, self.name, dataset)
+
+    def tokenize(self, chunk):
+        # helical normalises by obs['n_counts'] when the file has it (else the cell's total)
+        n_counts = chunk.obs["n_counts"].to_numpy() if "n_counts" in chunk.obs.columns else None
+        return self.tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index, n_counts)
+
+    def classifier(self, n_classes: int, dropout: float | None = None):
+        """Encoder + head; the head's dropout follows the model's own unless given (Geneformer's 0.02, which
+        is also helical's ClassificationHead default)."""
+        from helical_runner.models.geneformer.network import GeneformerClassifier, load_encoder
+
+        encoder = load_encoder(self.files.model_dir)
+        return GeneformerClassifier(encoder, n_classes, self.special_token,
+                                    dropout=encoder.config.hidden_dropout_prob if dropout is None else dropout,
+                                    pad_id=self.tokenizer.pad_id)
+
+    def save(self, net, meta, out_dir) -> None:
+        from helical_runner.models.geneformer import network
+
+        network.save(net, meta, self.files, out_dir)
+
+
+def base(name: str, max_input_size: int | None = None, fetch_missing: bool = True) -> GeneformerBase:
+    from helical_runner.models.geneformer.files import locate
+
+    return GeneformerBase(locate(name, fetch_missing=fetch_missing), max_input_size)
+
+
+def load_saved(model_dir, meta):
+    """(classifier in eval mode, GeneformerBase reading the dictionaries saved beside the weights)."""
+    from helical_runner.models.classifier import read_head
+    from helical_runner.models.geneformer.network import files_of_saved_model
+
+    saved = GeneformerBase(files_of_saved_model(model_dir, meta), meta.input_size)
+    return read_head(saved.classifier(len(meta.labels), meta.dropout), model_dir), saved
 
 
 class GeneformerEmbedder:
@@ -64,32 +124,24 @@ class GeneformerEmbedder:
     obsm_key = f"X_{FAMILY}"
 
     def __init__(self, name: str, precision):
-        from helical_runner.models.geneformer.network import GeneformerClassifier, load_encoder
-        from helical_runner.models.geneformer.files import locate
-        from helical_runner.models.geneformer.tokenizer import GeneformerTokenizer
-
-        files = locate(name)
-        self.name = files.name
+        self.base = base(name)
+        self.name = self.base.name
         self.precision = precision
-        self.tokenizer = GeneformerTokenizer(files, files.input_size)
-        encoder = load_encoder(files.model_dir)
-        self.hidden_size = int(encoder.config.hidden_size)
         # no head is used: the classifier's pooling is the embedding (n_classes is a placeholder)
-        self.core = GeneformerClassifier(encoder, 1, files.special_token).to(precision.device).eval()
+        self.core = self.base.classifier(1).to(precision.device).eval()
+        self.hidden_size = self.core.classifier.in_features
 
     def genes(self, dataset) -> dict:
-        return _gene_summary(self.tokenizer, self.name, dataset)
+        return self.base.genes(dataset)
 
     def tokenize(self, chunk):
-        # helical normalises by obs['n_counts'] when the file has it (else the cell's total), as finetune does
-        n_counts = chunk.obs["n_counts"].to_numpy() if "n_counts" in chunk.obs.columns else None
-        return self.tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index, n_counts)
+        return self.base.tokenize(chunk)
 
     def embed(self, tokens, batch_size: int) -> np.ndarray:
         from helical_runner.training.loop import encode
 
         out = np.zeros((len(tokens.input_ids), self.hidden_size), dtype=np.float32)
-        for batch, pooled in encode(self.core, tokens.input_ids, batch_size, self.tokenizer.pad_id, self.precision):
+        for batch, pooled in encode(self.core, tokens.input_ids, batch_size, self.precision):
             out[batch] = pooled.float().cpu().numpy()
         return out
 

@@ -8,44 +8,28 @@ Pooling and head match helical's defaults: mean over gene tokens (no <cls>/<eos>
 A saved model is a folder:
   config.json, model.safetensors   the fine-tuned encoder as a BertForMaskedLM (helical's model layout,
                                    so `GeneformerConfig`'s model folder can point at it)
-  classifier.safetensors           the head
-  classifier.json                  labels, base model, tokenization settings
+  classifier.safetensors           the head           } models/classifier.py, the same
+  classifier.json                  labels, settings   } for every family
   token_dictionary.json, gene_median_dictionary.json, ensembl_mapping_dict.json  (the tokenizer's files)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from helical_runner.errors import InputError
+from helical_runner.models.classifier import ClassifierMeta, read_head, read_meta, write_head
 from helical_runner.models.geneformer.files import ModelFiles
+from helical_runner.training.batching import collate
 
 log = logging.getLogger(__name__)
 
-HEAD_FILE = "classifier.safetensors"
-META_FILE = "classifier.json"
 DICTIONARY_FILES = ("token_dictionary.json", "gene_median_dictionary.json", "ensembl_mapping_dict.json")
-
-
-@dataclass(frozen=True)
-class ClassifierMeta:
-    labels: list[str]  # class index -> label
-    label_column: str
-    base_model: str
-    model_version: str
-    input_size: int
-    special_token: bool
-    dropout: float = 0.02
-    gene_column: str = ""  # var column the training file's gene ids came from ('' = var names): predict looks there first
-    counts: str = ""  # where the training file's counts were (X, raw/X, layers/NAME), for the report
 
 
 def load_encoder(model_dir: Path):
@@ -59,12 +43,18 @@ def load_encoder(model_dir: Path):
 
 
 class GeneformerClassifier(nn.Module):
-    def __init__(self, encoder: nn.Module, n_classes: int, special_token: bool, dropout: float = 0.02):
+    def __init__(self, encoder: nn.Module, n_classes: int, special_token: bool, dropout: float = 0.02,
+                 pad_id: int = 0):
         super().__init__()
         self.encoder = encoder
         self.special_token = special_token
+        self.pad_id = pad_id  # the token dictionary's <pad> (0 in every Geneformer dictionary)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(encoder.config.hidden_size, n_classes)
+
+    def collate(self, cells: list, device: torch.device):
+        """The inputs of forward/embed for a batch of tokenized cells (batching.collate)."""
+        return collate(cells, self.pad_id, device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
         """attention_mask: batching.collate's [batch, 1, 1, seq] key-padding mask, or None without padding."""
@@ -114,22 +104,15 @@ def save(model: GeneformerClassifier, meta: ClassifierMeta, base: ModelFiles, ou
     mlm = BertForMaskedLM.from_pretrained(base.model_dir)
     mlm.bert.load_state_dict(model.encoder.state_dict(), strict=False)
     mlm.save_pretrained(out_dir)
-    head = {f"classifier.{k}": v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()}
-    save_file(head, out_dir / HEAD_FILE)
-    (out_dir / META_FILE).write_text(json.dumps(asdict(meta), indent=1))
+    write_head(model, meta, out_dir)
     for src in (base.token_dictionary, base.gene_median_dictionary, base.ensembl_mapping):
         shutil.copyfile(src, out_dir / src.name)
 
 
 def load(model_dir: Path) -> tuple[GeneformerClassifier, ClassifierMeta]:
-    meta_path = model_dir / META_FILE
-    if not meta_path.is_file():
-        raise InputError(f"'{model_dir}' is not a fine-tuned model folder (no {META_FILE})")
-    meta = ClassifierMeta(**json.loads(meta_path.read_text()))
+    meta = read_meta(model_dir)
     model = GeneformerClassifier(load_encoder(model_dir), len(meta.labels), meta.special_token, meta.dropout)
-    head = load_file(model_dir / HEAD_FILE)
-    model.classifier.load_state_dict({k.removeprefix("classifier."): v for k, v in head.items()})
-    return model.eval(), meta
+    return read_head(model, model_dir), meta
 
 
 def files_of_saved_model(model_dir: Path, meta: ClassifierMeta) -> ModelFiles:

@@ -1,12 +1,14 @@
-"""scGPT (helical's `scGPT_CP`) as a model family: `embed` only for now (no fine-tuning head yet).
+"""scGPT (helical's `scGPT_CP`) as a model family: `embed`, and `finetune`/`predict` through the shared loop.
 
 Files: files.py (helical's cache layout, architecture read from the checkpoint, every weight loaded).
-Tokens: tokenizer.py (helical's gene filtering, binning and sampling, per chunk). Embeddings: helical's
-`TransformerModel._encode`, then the mean of the gene positions' outputs (not `<cls>`), L2-normalised, as
-helical's `get_embeddings` with its default emb_mode="cell". One difference, by design: helical pads each
-batch of 24 cells to its longest cell and averages the padding positions' outputs in as well, so its
-embedding of a cell depends on the cells batched with it; here only the cell's own genes are averaged
-(helical with batch_size=1 gives the same numbers: tests/runner/test_embed_scgpt.py).
+Tokens: tokenizer.py (helical's gene filtering, binning and sampling, per chunk). Network, head and saved
+folders: network.py. Embeddings: helical's `TransformerModel._encode`, then the mean of the gene positions'
+outputs (not `<cls>`), L2-normalised, as helical's `get_embeddings` with its default emb_mode="cell". One
+difference, by design: helical pads each batch of 24 cells to its longest cell and averages the padding
+positions' outputs in as well, so its embedding of a cell depends on the cells batched with it; here only
+the cell's own genes are averaged (helical with batch_size=1 gives the same numbers:
+tests/runner/test_embed_scgpt.py). The classifier pools the same way, without the L2 norm (helical's
+scGPTFineTuningModel feeds the plain mean to its head).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def describe(name: str) -> ModelRow:
     if not missing:
         state = files.read_state(files.model_dir() / "best_model.pt")
         width = files.architecture(state, files.model_dir()).d_model
-    return ModelRow(family=FAMILY, name=name, embedding_size=width, input_size=files.MAX_LENGTH, fine_tunes=False,
+    return ModelRow(family=FAMILY, name=name, embedding_size=width, input_size=files.MAX_LENGTH, fine_tunes=True,
                     cached=not missing, missing=missing)
 
 
@@ -58,20 +60,19 @@ def _gene_summary(tokenizer, name: str, dataset) -> dict:
             "collapsed": collapsed}
 
 
-class ScgptEmbedder:
-    family = FAMILY
-    obsm_key = f"X_{FAMILY}"
+class ScgptBase:
+    """scGPT's files, tokenizer and fresh classifiers (models.BaseModel)."""
 
-    def __init__(self, name: str, precision):
+    family = FAMILY
+    special_token = False
+
+    def __init__(self, folder, max_input_size: int | None = None):
         from helical_runner.models.scgpt.tokenizer import ScgptTokenizer
 
-        folder = files.locate()
-        self.name = name
-        self.precision = precision
-        self.network, vocab, arch = files.load_network(folder)
-        self.network.to(precision.device)
-        self.hidden_size = arch.d_model
-        self.tokenizer = ScgptTokenizer(vocab)
+        self.folder = folder
+        self.name = self.version = files.NAME
+        self.input_size = min(max_input_size or files.MAX_LENGTH, files.MAX_LENGTH)
+        self.tokenizer = ScgptTokenizer(json.loads((folder / "vocab.json").read_text()), self.input_size)
 
     def genes(self, dataset) -> dict:
         return _gene_summary(self.tokenizer, self.name, dataset)
@@ -79,31 +80,56 @@ class ScgptEmbedder:
     def tokenize(self, chunk):
         return self.tokenizer.tokenize(chunk.X, chunk.gene_ids, chunk.obs.index)
 
-    def embed(self, tokens, batch_size: int) -> np.ndarray:
-        import torch
+    def classifier(self, n_classes: int, dropout: float | None = None):
+        """helical's TransformerModel with every checkpoint weight (files.load_network) + the head
+        (dropout 0.02 unless given, as helical's ClassificationHead)."""
+        from helical_runner.models.scgpt.network import ScgptClassifier
 
-        device = self.precision.device
+        network, _, self.architecture = files.load_network(self.folder)
+        return ScgptClassifier(network, n_classes, self.tokenizer.pad_id, 0.02 if dropout is None else dropout)
+
+    def save(self, net, meta, out_dir) -> None:
+        from helical_runner.models.scgpt import network
+
+        nhead = net.network.transformer_encoder.layers[0].self_attn.num_heads
+        network.save(net, meta, self.folder, nhead, out_dir)
+
+
+def base(name: str, max_input_size: int | None = None, fetch_missing: bool = True) -> ScgptBase:
+    return ScgptBase(files.locate(fetch_missing=fetch_missing), max_input_size)
+
+
+def load_saved(model_dir, meta):
+    """(classifier in eval mode, ScgptBase reading the vocabulary saved beside the weights)."""
+    from helical_runner.models.classifier import read_head
+
+    saved = ScgptBase(model_dir, meta.input_size)
+    return read_head(saved.classifier(len(meta.labels), meta.dropout), model_dir), saved
+
+
+class ScgptEmbedder:
+    family = FAMILY
+    obsm_key = f"X_{FAMILY}"
+
+    def __init__(self, name: str, precision):
+        self.base = base(name)
+        self.name = name
+        self.precision = precision
+        self.core = self.base.classifier(1).to(precision.device).eval()  # the head is not used
+        self.hidden_size = self.base.architecture.d_model
+
+    def genes(self, dataset) -> dict:
+        return self.base.genes(dataset)
+
+    def tokenize(self, chunk):
+        return self.base.tokenize(chunk)
+
+    def embed(self, tokens, batch_size: int) -> np.ndarray:
+        from helical_runner.training.loop import encode
+
         out = np.zeros((len(tokens.input_ids), self.hidden_size), dtype=np.float32)
-        order = np.argsort(tokens.lengths, kind="stable")  # similar lengths together: less padding
-        self.network.eval()
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                longest = int(tokens.lengths[batch].max())
-                genes = torch.full((len(batch), longest), self.tokenizer.pad_id, dtype=torch.long)
-                values = torch.full((len(batch), longest), float(files.PAD_VALUE), dtype=torch.float32)
-                for row, cell in enumerate(batch):
-                    n = len(tokens.input_ids[cell])
-                    genes[row, :n] = torch.from_numpy(tokens.input_ids[cell])
-                    values[row, :n] = torch.from_numpy(tokens.values[cell])
-                genes, values = genes.to(device), values.to(device)
-                padding = genes.eq(self.tokenizer.pad_id)
-                with self.precision.autocast():
-                    hidden = self.network._encode(genes, values, src_key_padding_mask=padding)
-                gene_positions = (~padding).float()
-                gene_positions[:, 0] = 0.0  # not <cls>
-                pooled = (hidden.float() * gene_positions.unsqueeze(-1)).sum(1) / gene_positions.sum(1, keepdim=True)
-                out[batch] = pooled.cpu().numpy()
+        for batch, pooled in encode(self.core, tokens.input_ids, batch_size, self.precision):
+            out[batch] = pooled.float().cpu().numpy()
         return out / np.linalg.norm(out, axis=1, keepdims=True)  # helical's _normalize_embeddings
 
 

@@ -14,7 +14,6 @@ one column (helical keeps the one with the most counts over the whole file, whic
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +25,6 @@ from helical_runner.models.geneformer.tokenizer import TokenizedCells
 from helical_runner.models.scgpt.files import MAX_LENGTH, PAD_VALUE
 
 N_BINS = 51  # helical's DataCollator: binning(row, n_bins=51)
-
-
-@dataclass
-class ScgptCells(TokenizedCells):
-    values: list[np.ndarray] = field(default_factory=list)  # binned expression per token, float32
 
 
 def _ensembl_to_symbol() -> dict[str, str]:
@@ -53,6 +47,11 @@ class ScgptTokenizer:
         self.pad_id = int(vocab["<pad>"])
         self.cls_id = int(vocab["<cls>"])
         self.max_length = max_length
+        # imported here, on the caller's thread: helical's scgpt package imports binning from its __init__, and a
+        # first import from a prefetch thread racing the model's import on the main one sees it half-initialised
+        from helical.models.scgpt.binning import binning
+
+        self._binning = binning
         self._cache: tuple[tuple, tuple[sp.csr_matrix, np.ndarray, int]] | None = None
 
     def symbols(self, gene_ids) -> list[str]:
@@ -79,18 +78,18 @@ class ScgptTokenizer:
         self._cache = (key, result)
         return result
 
-    def tokenize(self, X: sp.csr_matrix, gene_ids, cell_ids) -> ScgptCells:
-        """Each cell's tokens (<cls> then its expressed vocabulary genes) in `input_ids`, and their binned
-        values (float32, <cls> -2) in `values`; cells with no expressed vocabulary gene are dropped."""
+    def tokenize(self, X: sp.csr_matrix, gene_ids, cell_ids) -> TokenizedCells:
+        """Each cell as an int64 array [tokens, 2] in `input_ids`: column 0 the gene tokens (<cls>, then its
+        expressed vocabulary genes), column 1 their binned values (0-50; <cls> -2). Cells with no expressed
+        vocabulary gene are dropped (`kept` False)."""
         import torch
-        from helical.models.scgpt.binning import binning
 
         combine, tokens, _ = self.columns(gene_ids)
         if combine.shape[1] == 0:
             raise InputError("none of the file's genes is in scGPT's vocabulary (gene symbols)")
         counts = sp.csr_matrix(X, dtype=np.float32) @ combine
         counts.sort_indices()
-        input_ids, values, kept = [], [], np.zeros(counts.shape[0], dtype=bool)
+        cells, kept = [], np.zeros(counts.shape[0], dtype=bool)
         for row in range(counts.shape[0]):
             start, end = counts.indptr[row], counts.indptr[row + 1]
             nonzero = counts.data[start:end] != 0
@@ -99,14 +98,13 @@ class ScgptTokenizer:
             kept[row] = True
             genes = torch.from_numpy(np.insert(tokens[counts.indices[start:end][nonzero]], 0, self.cls_id)).long()
             expr = torch.from_numpy(np.insert(counts.data[start:end][nonzero], 0, PAD_VALUE)).float()
-            expr[1:] = binning(row=expr[1:], n_bins=N_BINS)
+            expr[1:] = self._binning(row=expr[1:], n_bins=N_BINS)
             if len(genes) > self.max_length:  # helical's DataCollator._sample, keep_first_n_tokens=1
                 g = torch.Generator().manual_seed(0)
                 chosen = torch.randperm(len(genes) - 1, generator=g)[: self.max_length - 1]
                 pick = torch.cat([torch.arange(1), chosen + 1], dim=0)
                 genes, expr = genes[pick], expr[pick]
-            input_ids.append(genes.numpy())
-            values.append(expr.numpy())
-        cells = np.asarray(cell_ids)[kept]
-        return ScgptCells(input_ids=input_ids, lengths=np.array([len(t) for t in input_ids], dtype=np.int64),
-                          cell_ids=cells, kept=kept, dropped_empty=int((~kept).sum()), values=values)
+            # binned values are whole numbers (helical's _digitize): exact as int64 beside the tokens
+            cells.append(np.stack([genes.numpy(), np.rint(expr.numpy()).astype(np.int64)], axis=1))
+        return TokenizedCells(input_ids=cells, lengths=np.array([len(c) for c in cells], dtype=np.int64),
+                              cell_ids=np.asarray(cell_ids)[kept], kept=kept, dropped_empty=int((~kept).sum()))

@@ -140,8 +140,8 @@ def finetune(data_url: str, label_column: str, output_url: str, model_name: str,
         base = base or family.base(model_name, profile.max_input_size, fetch_missing=False)
         classes = label_classes(dataset, label_column)
         genes = base.genes(dataset)
-        log.info("%s: %d cells in %d chunks, %d genes in %s's vocabulary, %d classes of '%s'", dataset.url,
-                 dataset.n_cells, dataset.n_chunks, genes["in_vocabulary"], base.name, len(classes), label_column)
+        log.info("%s: %d cells in %d chunks, %d genes in the vocabulary (%s), %d classes of '%s'", dataset.url,
+                 dataset.n_cells, dataset.n_chunks, genes["tokens"], base.name, len(classes), label_column)
         prepare = chunk_preparer(dataset, base, label_column, {c: i for i, c in enumerate(classes)},
                                  config.val_fraction, load)
         if early_prefetch:

@@ -3,10 +3,8 @@ run, read offline from helical's cache."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
-from helical_runner.models.geneformer.files import locate
 from helical_runner.profiles import Profile
 from helical_runner.runs import versions
 
@@ -27,27 +25,18 @@ def catalogue_info(profile: Profile) -> dict:
 
 
 def model_info(model_name: str, profile: Profile) -> dict:
+    """One model: its `info` row (family, sizes, fine-tunes, cache state, missing files), what its family
+    can say of its files when cached (`details(name)`: layers, width, heads, vocabulary, parameters, folder),
+    and the device this profile would use. InputError listing every model for an unknown name."""
     import torch
 
     from helical_runner import models
 
-    family = models.family_of(model_name).FAMILY
-    files = locate(model_name)
-    config = json.loads((files.model_dir / "config.json").read_text())
-    weights = next((p for p in files.model_dir.iterdir() if p.name in ("model.safetensors", "pytorch_model.bin")), None)
-    n_params = _count_parameters(weights) if weights else None
+    family = models.family_of(model_name)
+    row = family.describe(model_name)
+    details = family.details(model_name) if row.cached and hasattr(family, "details") else {}
     return {
-        "model": files.name,
-        "family": family,
-        "version": files.version,
-        "layers": config.get("num_hidden_layers"),
-        "hidden_size": config.get("hidden_size"),
-        "attention_heads": config.get("num_attention_heads"),
-        "vocabulary_size": config.get("vocab_size"),
-        "input_size": files.input_size,
-        "special_tokens": files.special_token,
-        "parameters": n_params,
-        "model_dir": str(files.model_dir),
+        "model": model_name, **{k: v for k, v in asdict(row).items() if k != "name"}, **details,
         "profile": profile.name,
         "device": profile.device,
         "precision": profile.precision,
@@ -57,7 +46,8 @@ def model_info(model_name: str, profile: Profile) -> dict:
     }
 
 
-def _count_parameters(weights) -> int:
+def count_parameters(weights) -> int:
+    """Parameters in a .safetensors file (read from its header) or a torch state dict file."""
     if weights.suffix == ".safetensors":
         from safetensors import safe_open
 

@@ -87,10 +87,14 @@ def _families():
 
 # helical 3.1.4's other RNA families, and why this runner doesn't run them yet (info says so)
 NOT_YET = {
-    "uce": "UCE: not yet supported by helical-runner",
-    "transcriptformer": "TranscriptFormer: not yet supported by helical-runner (helical hard-codes CUDA)",
-    "tahoe": "Tahoe-x1: not yet supported by helical-runner",
-    "c2s": "Cell2Sentence: not yet supported by helical-runner",
+    "uce": "UCE: not run by this runner yet: helical's UCE loads uce/all_tokens.torch (145,469 x 5,120 ESM2 "
+           "protein embeddings, about 3 GB) whatever the model size, and asks its downloader again in every "
+           "process_data (which deletes cached files when offline); an offline loader is still to write",
+    "transcriptformer": "TranscriptFormer: not run by this runner yet: helical's TranscriptFormerConfig fixes "
+                        "device 'cuda', so the CPU image can't run it; the GPU image's run is untested (no GPU "
+                        "was lent to this project's test machines)",
+    "tahoe": "Tahoe-x1: not run by this runner yet",
+    "c2s": "Cell2Sentence: not run by this runner yet (a language model over gene-name sentences)",
 }
 
 

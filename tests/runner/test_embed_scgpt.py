@@ -103,3 +103,13 @@ def test_info_lists_scgpt_with_its_checkpoints_width(scgpt_stand_in):
     [row] = [r for r in listing["models"] if r["family"] == "scgpt"]
     assert row == {"family": "scgpt", "name": "scGPT_CP", "embedding_size": 64, "input_size": 1200,
                    "fine_tunes": True, "cached": True, "missing": [], "runs_here": True, "why_not": ""}
+
+
+def test_info_describes_one_scgpt_from_its_checkpoint(scgpt_stand_in):
+    result = run_cli("info", "--model", "scGPT_CP")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads(result.stdout)
+    assert (info["model"], info["family"], info["fine_tunes"], info["cached"]) == ("scGPT_CP", "scgpt", True, True)
+    assert (info["layers"], info["hidden_size"], info["attention_heads"]) == (2, 64, 4)
+    assert info["vocabulary_size"] == len(json.loads((scgpt_stand_in / "vocab.json").read_text()))
+    assert info["model_dir"] == str(scgpt_stand_in) and info["parameters"] > 100_000

@@ -41,6 +41,20 @@ def describe(name: str) -> ModelRow:
                     fine_tunes=True, cached=not missing, missing=missing)
 
 
+def details(name: str) -> dict:
+    """What `info --model` adds for a cached Geneformer: its BERT config and parameter count."""
+    from helical_runner.commands.info import count_parameters
+    from helical_runner.models.geneformer.files import locate
+
+    files = locate(name, fetch_missing=False)
+    config = json.loads((files.model_dir / "config.json").read_text())
+    weights = next((p for p in files.model_dir.iterdir() if p.name in ("model.safetensors", "pytorch_model.bin")), None)
+    return {"version": files.version, "layers": config.get("num_hidden_layers"),
+            "hidden_size": config.get("hidden_size"), "attention_heads": config.get("num_attention_heads"),
+            "vocabulary_size": config.get("vocab_size"), "special_tokens": files.special_token,
+            "parameters": count_parameters(weights) if weights else None, "model_dir": str(files.model_dir)}
+
+
 def vocabulary(name: str, dataset) -> dict | None:
     """How the file's genes meet the model's vocabulary (InputError when none does); None when the
     model's dictionaries are not in the cache yet."""

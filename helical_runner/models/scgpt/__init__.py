@@ -37,6 +37,15 @@ def describe(name: str) -> ModelRow:
                     cached=not missing, missing=missing)
 
 
+def details(name: str) -> dict:
+    """What `info --model` adds for a cached scGPT: the architecture its checkpoint describes."""
+    state = files.read_state(files.model_dir() / "best_model.pt")
+    arch = files.architecture(state, files.model_dir())
+    return {"version": files.NAME, "layers": arch.nlayers, "hidden_size": arch.d_model, "attention_heads": arch.nhead,
+            "vocabulary_size": arch.ntoken, "special_tokens": False,
+            "parameters": sum(t.numel() for t in state.values()), "model_dir": str(files.model_dir())}
+
+
 def vocabulary(name: str, dataset) -> dict | None:
     """How the file's genes meet scGPT's vocabulary (InputError when none does); None when vocab.json is
     not in the cache yet."""

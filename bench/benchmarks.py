@@ -25,6 +25,9 @@ SIZES = {
         "predict_cells": 96,
         "first_step_cells": 4_000,
         "layout_cells": (4_000, 16_000), "layout_genes_per_cell": 500, "ranged_reps": 2,
+        # scGPT at 12 layers, width 512 (~1 s a cell embedded, ~3-6 s a cell trained on 2 busy cores): 24
+        # cells are two steps of 12; the two groups take ~20 min here
+        "scgpt_embed_cells": 96, "scgpt_train_cells": 24,
     },
     "full": {
         "memory_cells": (50_000, 200_000), "memory_genes_per_cell": 2_000, "memory_finetune_chunks": 2,
@@ -41,6 +44,10 @@ SIZES = {
         # counts in X as CSR and as CSC, and in raw/X; 500 genes a cell keeps the in-memory CSC conversion that
         # makes the test file (not the runner) within this machine's memory
         "layout_cells": (50_000, 200_000), "layout_genes_per_cell": 500, "ranged_reps": 3,
+        # scGPT at helical's default size (12 layers, width 512): 200 cells leave model loading a few percent
+        # of an embed run (~3 min a side); 48 cells are 4 steps of 12, ~2.5 min for the runner's default side
+        # and ~4.5 min for each of the other two on 2 cores (~45 min for both groups)
+        "scgpt_embed_cells": 200, "scgpt_train_cells": 48,
     },
 }
 
@@ -68,6 +75,19 @@ def ensure_model(ctx: Context, layers: int, hidden: int, heads: int, attention_d
         ctx.child("model", "model", "--prefix", str(prefix), "--model", MODEL, "--layers", str(layers),
                   "--hidden", str(hidden), "--heads", str(heads), "--dropout", "0.02",
                   "--attention-dropout", str(attention_dropout)).check()
+        marker.touch()
+    return prefix
+
+
+def ensure_scgpt(ctx: Context, layers: int, width: int, heads: int) -> Path:
+    """A random scGPT (scGPT's dropout 0.2, d_hid = width) in its own helical cache prefix."""
+    prefix = data_dir() / "models" / f"scgpt-{layers}L-{width}w-{heads}a"
+    marker = prefix / ".complete"
+    if not marker.exists():
+        log(f"writing a random {layers}-layer, width-{width} scGPT to {prefix}")
+        shutil.rmtree(prefix, ignore_errors=True)
+        ctx.child("scgpt-model", "scgpt-model", "--prefix", str(prefix), "--layers", str(layers),
+                  "--width", str(width), "--heads", str(heads)).check()
         marker.touch()
     return prefix
 
@@ -605,6 +625,120 @@ def bench_gpu(ctx: Context) -> list[Row]:
     ]
 
 
+# --- 11. scGPT: `embed` and `finetune` vs helical's scGPT and scGPTFineTuningModel ---------------------
+
+SCGPT_SHAPE = {"layers": 12, "width": 512, "heads": 8}  # helical's scGPTConfig defaults (d_hid = width = 512)
+SCGPT_GENES = ("--gene-column", "feature_name")  # scGPT reads symbols; the synthetic files keep them there
+
+
+def bench_embed_scgpt(ctx: Context) -> list[Row]:
+    n = ctx.params["scgpt_embed_cells"]
+    prefix = ensure_scgpt(ctx, **SCGPT_SHAPE)
+    env = {"CACHE_DIR_HELICAL_PREFIX": str(prefix)}
+    data = ensure_h5ad(ctx, n, ctx.params["train_genes_per_cell"], seed=4)  # bench_embed's cells
+    shape = [f"--{k}={v}" for k, v in SCGPT_SHAPE.items()]
+    sides = {k: {"cps": [], "inference": []} for k in ("ours", "helical")}
+    clustering = []
+    for rep in range(ctx.reps):
+        log(f"scGPT embed rep {rep + 1}/{ctx.reps}: runner on {n} cells")
+        out = ctx.results / f"embed-scgpt-runner-{rep}"
+        shutil.rmtree(out, ignore_errors=True)
+        result = ctx.runner(f"embed-scgpt-runner-{rep}", "embed", "--model", "scGPT_CP", "--data", str(data),
+                            "--output", str(out), *SCGPT_GENES, "--profile", "cpu-small", "--precision", "fp32",
+                            "--batch-size", str(PREDICT_BATCH // 4), **env).check()
+        report = read_report(out)
+        cells, clusters_seconds = report["cells"]["embedded"], report["durations"]["clusters_seconds"]
+        sides["ours"]["cps"].append(cells / (result.seconds - clusters_seconds))  # clustering timed apart
+        sides["ours"]["inference"].append(cells / report["durations"]["embedding_seconds"])
+        clustering.append(clusters_seconds)
+        log(f"scGPT embed rep {rep + 1}/{ctx.reps}: helical read_h5ad + process_data + get_embeddings on {n} cells")
+        result = ctx.child(f"embed-scgpt-helical-{rep}", "helical-scgpt-embed", "--path", str(data), "--output",
+                           str(ctx.results / f"embed-scgpt-helical-{rep}.h5ad"), *shape, *SCGPT_GENES,
+                           "--batch-size", str(PREDICT_BATCH), **env).check()
+        sides["helical"]["cps"].append(result.output["cells"] / result.seconds)
+        sides["helical"]["inference"].append(result.output["cells"] / result.output["inference_seconds"])
+    ours, theirs = sides["ours"], sides["helical"]
+    ratio = median(ours["cps"]) / median(theirs["cps"])
+    setting = (f"{n} cells of ~800 expressed genes (symbols from var['feature_name']), a random scGPT of helical's "
+               f"default size ({SCGPT_SHAPE['layers']} layers, width {SCGPT_SHAPE['width']}, {SCGPT_SHAPE['heads']} "
+               f"heads, d_hid {SCGPT_SHAPE['width']}), fp32, CPU, 2 threads, {PREDICT_BATCH} cells a forward pass on "
+               "both sides (helical's default batch_size; ours --batch-size 6, x4 without gradients)")
+    return [
+        Row("11. scGPT embeddings", "cells/s end to end: `embed --model scGPT_CP` (embeddings.h5ad written) vs "
+            "helical scGPT read_h5ad + process_data + get_embeddings + write_h5ad", spread(ours["cps"]),
+            spread(theirs["cps"]), ratio, ">= 1.5", ratio >= 1.5,
+            f"{setting}. Each side's whole child process; ours less its clustering and UMAP "
+            f"({median(clustering):.1f} s: neighbours, Leiden, UMAP, umap.png), timed apart as bench_embed does"),
+        Row("11. scGPT embeddings", "cells/s of the model alone: `embed` vs get_embeddings",
+            spread(ours["inference"]), spread(theirs["inference"]),
+            median(ours["inference"]) / median(theirs["inference"]), "(reference)", None,
+            "ours: report.json durations.embedding_seconds; helical: get_embeddings"),
+    ]
+
+
+def _scgpt_finetune(ctx: Context, name: str, data: Path, n: int, prefix: Path, *flags: str) -> tuple[float, float]:
+    """(cells/s of the training phase, cells/s of the whole process) of one `helical-runner finetune
+    --model scGPT_CP` over one chunk of n cells."""
+    out = ctx.results / name
+    shutil.rmtree(out, ignore_errors=True)
+    result = ctx.runner(name, "finetune", "--model", "scGPT_CP", "--data", str(data), "--label-column", "cell_type",
+                        *SCGPT_GENES, "--output", str(out), "--profile", "cpu-small", "--precision", "fp32",
+                        "--batch-size", str(BATCH), "--cells-per-chunk", str(n), "--val-fraction", "0",
+                        "--epochs", "1", *flags, CACHE_DIR_HELICAL_PREFIX=str(prefix)).check()
+    report = read_report(out)
+    cells = report["cells"]["trained_total"]
+    # as _runner_train: one chunk holds every cell, so its data wait is the read + tokenization before the
+    # first step, excluded as helical's process_data is excluded from its train()
+    train = report["durations"]["train_seconds"] - report["durations"]["data_wait_seconds"]
+    return cells / train, cells / result.seconds
+
+
+def bench_finetune_scgpt(ctx: Context) -> list[Row]:
+    n = ctx.params["scgpt_train_cells"]
+    prefix = ensure_scgpt(ctx, **SCGPT_SHAPE)
+    data = ensure_h5ad(ctx, n, ctx.params["train_genes_per_cell"], seed=1)  # bench_throughput's cells
+    shape = [f"--{k}={v}" for k, v in SCGPT_SHAPE.items()]
+    sides = {k: {"loop": [], "e2e": []} for k in ("ours", "dropout", "helical")}
+    for rep in range(ctx.reps):
+        log(f"scGPT finetune rep {rep + 1}/{ctx.reps}: runner on {n} cells")
+        loop, e2e = _scgpt_finetune(ctx, f"finetune-scgpt-runner-{rep}", data, n, prefix)
+        sides["ours"]["loop"].append(loop), sides["ours"]["e2e"].append(e2e)
+        log(f"scGPT finetune rep {rep + 1}/{ctx.reps}: runner with scGPT's dropout on {n} cells")
+        loop, e2e = _scgpt_finetune(ctx, f"finetune-scgpt-runner-dropout-{rep}", data, n, prefix,
+                                    "--hidden-dropout", "-1", "--attention-dropout", "-1")
+        sides["dropout"]["loop"].append(loop), sides["dropout"]["e2e"].append(e2e)
+        log(f"scGPT finetune rep {rep + 1}/{ctx.reps}: helical scGPTFineTuningModel.train on {n} cells")
+        result = ctx.child(f"finetune-scgpt-helical-{rep}", "helical-scgpt-train", "--path", str(data), "--output",
+                           str(ctx.results / f"finetune-scgpt-helical-{rep}.pt"), *shape, *SCGPT_GENES,
+                           "--batch-size", str(BATCH), **{"CACHE_DIR_HELICAL_PREFIX": str(prefix)}).check()
+        sides["helical"]["loop"].append(result.output["cells_per_second"])
+        sides["helical"]["e2e"].append(result.output["cells"] / result.seconds)
+    ours, dropout, theirs = sides["ours"], sides["dropout"], sides["helical"]
+    ratio = median(ours["loop"]) / median(theirs["loop"])
+    size = "" if ctx.size == "full" else f" (size {ctx.size}: {n} cells, {-(-n // BATCH)} steps)"
+    setting = (f"{n} labelled cells of ~800 expressed genes{size}, the same random scGPT of helical's default size "
+               f"({SCGPT_SHAPE['layers']} layers, width {SCGPT_SHAPE['width']}, {SCGPT_SHAPE['heads']} heads), "
+               f"fp32, CPU, 2 threads, batch {BATCH}, one epoch, all layers trained, a linear head on the mean of "
+               "the positions after <cls> on both sides (helical's mean includes the batch's padding). helical's train() runs the encoder in train mode "
+               "(scGPT's dropout 0.2, attention included); the runner's default rates are 0. Ours: report.json "
+               "train_seconds - data_wait_seconds (first step to last step, one chunk, --val-fraction 0); "
+               "helical: wall time of `train()` alone (model load and process_data excluded)")
+    return [
+        Row("11. scGPT fine-tuning", "cells/s: `finetune --model scGPT_CP` with its defaults vs helical "
+            "scGPTFineTuningModel.train", spread(ours["loop"]), spread(theirs["loop"]), ratio, ">= 1.5",
+            ratio >= 1.5, setting),
+        Row("11. scGPT fine-tuning", "cells/s end to end: `finetune` vs helical read_h5ad + process_data + "
+            "train + torch.save", spread(ours["e2e"]), spread(theirs["e2e"]),
+            median(ours["e2e"]) / median(theirs["e2e"]), "(reference)", None,
+            "each side's whole child process: imports, model load, reading, tokenizing, training, saving (ours "
+            "also writes report.json, report.html and its plots)"),
+        Row("11. scGPT fine-tuning", "cells/s: runner with scGPT's dropout 0.2 vs helical",
+            spread(dropout["loop"]), spread(theirs["loop"]), median(dropout["loop"]) / median(theirs["loop"]),
+            "(reference)", None, "`--hidden-dropout -1 --attention-dropout -1` (the model's own rates): the "
+            "dropout helical's train mode applies"),
+    ]
+
+
 BENCHMARKS = {
     "memory": bench_memory,
     "throughput": bench_throughput,
@@ -616,4 +750,6 @@ BENCHMARKS = {
     "layouts": bench_layouts,
     "chunk_s3": bench_chunk_s3,
     "embed": bench_embed,
+    "embed_scgpt": bench_embed_scgpt,
+    "finetune_scgpt": bench_finetune_scgpt,
 }

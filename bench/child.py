@@ -39,6 +39,15 @@ def cmd_model(args) -> dict:
             "attention_dropout": config["attention_probs_dropout_prob"]}
 
 
+def cmd_scgpt_model(args) -> dict:
+    """A random scGPT (helical_runner.data.synthetic.write_tiny_scgpt: d_hid = width, dropout 0.2 as scGPT's
+    own) where helical looks for scGPT_CP under --prefix."""
+    from helical_runner.data.synthetic import write_tiny_scgpt
+
+    folder = write_tiny_scgpt(Path(args.prefix), layers=args.layers, width=args.width, heads=args.heads)
+    return {"model_dir": str(folder), "layers": args.layers, "width": args.width, "heads": args.heads}
+
+
 def cmd_data(args) -> dict:
     """A synthetic raw-count .h5ad (helical_runner.data.synthetic.make_h5ad), written block by block.
 
@@ -243,6 +252,79 @@ def cmd_helical_embed(args) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def _scgpt_config(args):
+    """helical's scGPTConfig for the stand-in's shape (d_hid = width, as write_tiny_scgpt writes it), with
+    helical's downloader replaced by a no-op first: scGPT's constructor asks helical's bucket for every file
+    even when it is cached (and deletes a cached file when that check fails), and this machine has no network.
+    tests/runner/test_embed_scgpt.py does the same; nothing else of helical's is replaced."""
+    import helical.models.scgpt.model as helical_model
+    from helical.models.scgpt import scGPTConfig
+
+    class NoDownload:
+        def download_via_name(self, name):
+            pass
+
+    helical_model.Downloader = NoDownload
+    return scGPTConfig(batch_size=args.batch_size, nlayers=args.layers, nheads=args.heads, embsize=args.width,
+                       d_hid=args.width, device="cpu")
+
+
+def cmd_helical_scgpt_embed(args) -> dict:
+    """helical's scGPT quick start on a whole .h5ad: read_h5ad, process_data (symbols from --gene-column),
+    get_embeddings (cell mode), the embeddings written into obsm and the AnnData saved (embed writes
+    embeddings.h5ad)."""
+    import anndata
+    import numpy as np
+    import torch
+    from helical.models.scgpt import scGPT
+
+    started = time.monotonic()
+    adata = anndata.read_h5ad(args.path)
+    model = scGPT(configurer=_scgpt_config(args))
+    tokenize_started = time.monotonic()
+    dataset = model.process_data(adata, gene_names=args.gene_column)
+    inference_started = time.monotonic()
+    embeddings = model.get_embeddings(dataset)
+    inference_seconds = time.monotonic() - inference_started
+    adata.obsm["X_scgpt"] = np.asarray(embeddings, dtype=np.float32)
+    adata.write_h5ad(args.output)
+    return {"cells": int(adata.n_obs), "seconds": time.monotonic() - started,
+            "tokenize_seconds": inference_started - tokenize_started, "inference_seconds": inference_seconds,
+            "threads": torch.get_num_threads()}
+
+
+def cmd_helical_scgpt_train(args) -> dict:
+    """helical's scGPTFineTuningModel.train (its own DataLoader, one epoch, batch --batch-size) on a whole
+    .h5ad, then the fine-tuned weights saved with torch.save (finetune saves model/). train() is timed alone;
+    the parent also times the whole process."""
+    import anndata
+    import numpy as np
+    import torch
+    from helical.models.scgpt import scGPTFineTuningModel
+
+    torch.manual_seed(args.seed)
+    adata = anndata.read_h5ad(args.path)
+    # int64: helical slices these into torch.tensor for CrossEntropyLoss, which wants long class indices
+    codes = adata.obs[args.label_column].astype("category").cat.codes.to_numpy().astype(np.int64)
+    n_classes = int(codes.max()) + 1
+
+    load_started = time.monotonic()
+    model = scGPTFineTuningModel(scGPT_config=_scgpt_config(args), fine_tuning_head="classification",
+                                 output_size=n_classes)
+    load_seconds = time.monotonic() - load_started
+    tokenize_started = time.monotonic()
+    dataset = model.process_data(adata, gene_names=args.gene_column)
+    tokenize_seconds = time.monotonic() - tokenize_started
+
+    started = time.monotonic()
+    model.train(train_input_data=dataset, train_labels=codes, epochs=1)
+    seconds = time.monotonic() - started
+    torch.save({"model": model.model.state_dict(), "head": model.fine_tuning_head.state_dict()}, args.output)
+    return {"cells": len(dataset), "train_seconds": seconds, "cells_per_second": len(dataset) / seconds,
+            "load_seconds": load_seconds, "tokenize_seconds": tokenize_seconds,
+            "threads": torch.get_num_threads(), "encoder_training_mode": bool(model.model.training)}
+
+
 def cmd_padding(args) -> dict:
     """Real tokens / computed tokens: our length-bucketed batches vs helical's file-order batches.
 
@@ -300,6 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.02)
     p.add_argument("--attention-dropout", type=float, help="default: --dropout")
+    p = sub.add_parser("scgpt-model")
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
     p = sub.add_parser("data")
     p.add_argument("--output", required=True)
     p.add_argument("--cells", type=int, required=True)
@@ -343,6 +430,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="gf-12L-38M-i4096")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=24)
+    for name, batch in (("helical-scgpt-embed", 24), ("helical-scgpt-train", 12)):
+        p = sub.add_parser(name)
+        p.add_argument("--path", required=True)
+        p.add_argument("--output", required=True)
+        p.add_argument("--layers", type=int, default=12)
+        p.add_argument("--width", type=int, default=512)
+        p.add_argument("--heads", type=int, default=8)
+        p.add_argument("--batch-size", type=int, default=batch)
+        p.add_argument("--gene-column", default="feature_name")
+        p.add_argument("--label-column", default="cell_type")
+        p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("padding")
     p.add_argument("--path", required=True)
     p.add_argument("--model", default="gf-12L-38M-i4096")
@@ -355,7 +453,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     handler = {"model": cmd_model, "data": cmd_data, "varlen-data": cmd_varlen_data, "read-h5ad": cmd_read_h5ad,
                "helical-train": cmd_helical_train, "padding": cmd_padding, "classifier": cmd_classifier,
-               "helical-annotate": cmd_helical_annotate, "helical-embed": cmd_helical_embed}[args.cmd]
+               "helical-annotate": cmd_helical_annotate, "helical-embed": cmd_helical_embed,
+               "scgpt-model": cmd_scgpt_model, "helical-scgpt-embed": cmd_helical_scgpt_embed,
+               "helical-scgpt-train": cmd_helical_scgpt_train}[args.cmd]
     emit(handler(args))
 
 

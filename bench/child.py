@@ -116,7 +116,8 @@ def cmd_varlen_data(args) -> dict:
     types = rng.integers(0, 4, size=args.cells)
     obs = pd.DataFrame({"cell_type": pd.Categorical([CELL_TYPES[t] for t in types], categories=CELL_TYPES[:4])},
                        index=pd.Index([f"cell-{i:07d}" for i in range(args.cells)]))
-    var = pd.DataFrame(index=pd.Index(panel(args.genes)["ensembl_id"].to_numpy()))
+    genes = panel(args.genes)  # CELLxGENE's layout: Ensembl ids as var names, symbols in feature_name
+    var = pd.DataFrame({"feature_name": genes["symbol"].to_numpy()}, index=pd.Index(genes["ensembl_id"].to_numpy()))
     out = Path(args.output)
     partial = out.with_name(out.name + ".partial.h5ad")
     anndata.AnnData(X=X, obs=obs, var=var).write_h5ad(partial)

@@ -64,6 +64,28 @@ def scgpt_stand_in(tiny_model) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def genept_table(tiny_model) -> Path:
+    """A random 64-wide GenePT gene table over real human gene symbols where helical looks for it."""
+    from helical_runner.data.synthetic import write_tiny_genept
+    from helical_runner.models.genept import files
+
+    path = write_tiny_genept(_CACHE_PREFIX, width=64)
+    assert path == files.table_path()  # where helical (and the runner) look for GenePT's table
+    return path
+
+
+@pytest.fixture(scope="session")
+def nicheformer_stand_in(tiny_model) -> Path:
+    """A random 2-layer, 32-wide Nicheformer where helical looks for it."""
+    from helical_runner.data.synthetic import write_tiny_nicheformer
+    from helical_runner.models.nicheformer import files
+
+    folder = write_tiny_nicheformer(_CACHE_PREFIX, layers=2, width=32, heads=4)
+    assert folder == files.model_dir()  # where helical (and the runner) look for Nicheformer
+    return folder
+
+
 class S3Server:
     """moto's S3 server on a fixed port; stop() and start() again keep its data (moto keeps state in
     process memory), which is what an outage test needs."""

@@ -23,17 +23,6 @@ pytestmark = pytest.mark.slow
 PERTURB = "cellxgene_schema7_perturb_500x2000.h5ad"
 
 
-@pytest.fixture(scope="module")
-def genept_table():
-    from conftest import _CACHE_PREFIX
-    from helical_runner.data.synthetic import write_tiny_genept
-    from helical_runner.models.genept import files
-
-    path = write_tiny_genept(_CACHE_PREFIX, width=64)
-    assert path == files.table_path()  # where helical (and the runner) look for GenePT's table
-    return path
-
-
 def helical_genept(monkeypatch, adata: anndata.AnnData) -> np.ndarray:
     """helical's GenePT process_data + get_embeddings on `adata` (symbols as var_names)."""
     import helical.models.genept.model as helical_model

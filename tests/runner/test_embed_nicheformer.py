@@ -23,17 +23,6 @@ PERTURB = "cellxgene_schema7_perturb_500x2000.h5ad"
 NAME = "theislab/Nicheformer"
 
 
-@pytest.fixture(scope="module")
-def nicheformer_stand_in():
-    from conftest import _CACHE_PREFIX
-    from helical_runner.data.synthetic import write_tiny_nicheformer
-    from helical_runner.models.nicheformer import files
-
-    folder = write_tiny_nicheformer(_CACHE_PREFIX, layers=2, width=32, heads=4)
-    assert folder == files.model_dir()  # where helical (and the runner) look for Nicheformer
-    return folder
-
-
 def helical_nicheformer(adata: anndata.AnnData) -> np.ndarray:
     from helical.models.nicheformer import Nicheformer, NicheformerConfig
 

@@ -628,6 +628,10 @@ def bench_gpu(ctx: Context) -> list[Row]:
 # --- 11. scGPT: `embed` and `finetune` vs helical's scGPT and scGPTFineTuningModel ---------------------
 
 SCGPT_SHAPE = {"layers": 12, "width": 512, "heads": 8}  # helical's scGPTConfig defaults (d_hid = width = 512)
+# Training with scGPT's attention dropout (helical's train mode) sends attention down PyTorch's unfused path on
+# the CPU, which keeps every [batch, 8, 1200, 1200] score, mask and dropout output for the backward pass: at
+# batch 12 that is about 24 GB (the runner side was OOM-killed on this 23 GB machine), so 4 cells a step
+SCGPT_TRAIN_BATCH = 4
 SCGPT_GENES = ("--gene-column", "feature_name")  # scGPT reads symbols; the synthetic files keep them there
 
 
@@ -686,7 +690,7 @@ def _scgpt_finetune(ctx: Context, name: str, data: Path, n: int, prefix: Path, *
     shutil.rmtree(out, ignore_errors=True)
     result = ctx.runner(name, "finetune", "--model", "scGPT_CP", "--data", str(data), "--label-column", "cell_type",
                         *SCGPT_GENES, "--output", str(out), "--profile", "cpu-small", "--precision", "fp32",
-                        "--batch-size", str(BATCH), "--cells-per-chunk", str(n), "--val-fraction", "0",
+                        "--batch-size", str(SCGPT_TRAIN_BATCH), "--cells-per-chunk", str(n), "--val-fraction", "0",
                         "--epochs", "1", *flags, CACHE_DIR_HELICAL_PREFIX=str(prefix)).check()
     report = read_report(out)
     cells = report["cells"]["trained_total"]
@@ -713,17 +717,18 @@ def bench_finetune_scgpt(ctx: Context) -> list[Row]:
         log(f"scGPT finetune rep {rep + 1}/{ctx.reps}: helical scGPTFineTuningModel.train on {n} cells")
         result = ctx.child(f"finetune-scgpt-helical-{rep}", "helical-scgpt-train", "--path", str(data), "--output",
                            str(ctx.results / f"finetune-scgpt-helical-{rep}.pt"), *shape, *SCGPT_GENES,
-                           "--batch-size", str(BATCH), **{"CACHE_DIR_HELICAL_PREFIX": str(prefix)}).check()
+                           "--batch-size", str(SCGPT_TRAIN_BATCH), **{"CACHE_DIR_HELICAL_PREFIX": str(prefix)}).check()
         sides["helical"]["loop"].append(result.output["cells_per_second"])
         sides["helical"]["e2e"].append(result.output["cells"] / result.seconds)
     ours, dropout, theirs = sides["ours"], sides["dropout"], sides["helical"]
     # the bar is judged on the same computation: helical's train() keeps scGPT's dropout on, so ours does too
     ratio = median(dropout["loop"]) / median(theirs["loop"])
-    size = "" if ctx.size == "full" else f" (size {ctx.size}: {n} cells, {-(-n // BATCH)} steps)"
+    size = "" if ctx.size == "full" else f" (size {ctx.size}: {n} cells, {-(-n // SCGPT_TRAIN_BATCH)} steps)"
     setting = (f"{n} labelled cells of 100-4,000 expressed genes (log-normal, median 800; scGPT samples 1,199 of "
                f"longer ones){size}, the same random scGPT of helical's default size ({SCGPT_SHAPE['layers']} "
                f"layers, width {SCGPT_SHAPE['width']}, {SCGPT_SHAPE['heads']} heads), fp32, CPU, 2 threads, batch "
-               f"{BATCH}, one epoch, all layers trained, a linear head on the mean of the positions after <cls> on "
+               f"{SCGPT_TRAIN_BATCH}, one epoch, all layers trained, a linear head on the mean of the positions "
+               "after <cls> on "
                "both sides (helical's mean includes the batch's padding); helical's batches are consecutive cells "
                "padded to the longest, ours cells of similar length. Ours: report.json train_seconds - "
                "data_wait_seconds (first step to last step, one chunk, --val-fraction 0); helical: wall time of "

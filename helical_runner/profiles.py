@@ -86,7 +86,8 @@ def _families(raw, where: str) -> dict:
     if raw in (None, {}):
         return {}
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise InputError(f"{where}: 'families' must map a model family to settings, e.g. scgpt: {{max_input_size: 1200}}")
+        raise InputError(f"{where}: 'families' must map a model family to settings, "
+                         "e.g. scgpt: {max_input_size: 1200}")
     for family, values in raw.items():
         unknown = set(values) - set(FAMILY_FIELDS)
         if unknown:

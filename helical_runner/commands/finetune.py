@@ -1,8 +1,8 @@
 """`helical-runner finetune`: stream a dataset, fine-tune a classifier on any family that fine-tunes
 (models.family_of: Geneformer, scGPT), save model and report.
 
-Outputs under the output prefix: model/ (models/classifier.py and the family's network.py), checkpoint.pt (after every chunk; a rerun with
-the same output resumes from it), report.json, report.html, training_curves.png, confusion_matrix.png.
+Outputs under the output prefix: model/ (models/classifier.py and the family's network.py), checkpoint.pt
+(after every chunk; a rerun with the same output resumes from it), report.json, report.html, training_curves.png, confusion_matrix.png.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class ClassifierMeta:
     input_size: int  # longest input (tokens) a cell was given
     special_token: bool = False  # Geneformer: <cls>/<eos> around the genes
     dropout: float = 0.02  # the head's (helical's ClassificationHead default)
-    gene_column: str = ""  # var column the training file's gene ids came from ('' = var names): predict looks there first
+    gene_column: str = ""  # var column of the training file's gene ids ('' = var names): predict looks there first
     counts: str = ""  # where the training file's counts were (X, raw/X, layers/NAME), for the report
     family: str = "geneformer"  # models.<family> loads the folder (folders written before scGPT fine-tuned have none)
 

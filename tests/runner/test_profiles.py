@@ -76,10 +76,10 @@ def test_a_profiles_own_family_settings_win_over_the_files_and_flags_win_over_bo
     assert b.for_family("geneformer").batch_size == 4
     monkeypatch.setenv("HELICAL_PROFILES", str(path))
     parse = cli.build_parser().parse_args
-    runs = {"scgpt": cli._profile(parse(["embed", "--model", "scGPT_CP", "--data", "x", "--output", "y", "--profile", "b"])),
-            "flag": cli._profile(parse(["embed", "--model", "scGPT_CP", "--data", "x", "--output", "y", "--profile", "b",
-                                         "--batch-size", "3", "--max-input-size", "500"])),
-            "geneformer": cli._profile(parse(["embed", "--data", "x", "--output", "y", "--profile", "b"]))}
+    embed = ["embed", "--data", "x", "--output", "y", "--profile", "b"]
+    runs = {"scgpt": cli._profile(parse([*embed, "--model", "scGPT_CP"])),
+            "flag": cli._profile(parse([*embed, "--model", "scGPT_CP", "--batch-size", "3", "--max-input-size", "500"])),
+            "geneformer": cli._profile(parse(embed))}
     assert (runs["scgpt"].batch_size, runs["scgpt"].max_input_size) == (32, 1200)
     assert (runs["flag"].batch_size, runs["flag"].max_input_size) == (3, 500)
     assert (runs["geneformer"].batch_size, runs["geneformer"].max_input_size) == (4, 2048)

@@ -16,16 +16,13 @@ genes x width x 4 bytes.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from helical_runner.errors import InputError, UnavailableError
-
-log = logging.getLogger(__name__)
+from helical_runner.errors import InputError
 
 NAME = "gpt3.5"  # GenePTConfig's only model_name
 RELATIVE = "genept/genept_embeddings/genept_embeddings.json"  # GenePTConfig's list_of_files_to_download
@@ -60,19 +57,15 @@ def missing_files() -> list[str]:
 def locate(fetch_missing: bool = True) -> Path:
     """The table's path, downloading it through helical's downloader only when it is not cached;
     UnavailableError (one line) when it is missing and can't be fetched."""
-    path = table_path()
-    if not path.is_file() and fetch_missing:
+    from helical_runner.models.cache import ensure_cached
+
+    def fetch(path: Path) -> None:
         from helical.utils.downloader import Downloader
 
-        log.info("model GenePT %s: downloading %s", NAME, path)
-        try:
-            Downloader().download_via_name(RELATIVE)
-        except Exception as exc:  # noqa: BLE001 - helical raises assorted network errors
-            raise UnavailableError(f"model GenePT {NAME}: {path} is not in the cache and could not be downloaded "
-                                   f"({type(exc).__name__}); pre-place it there") from exc
-    if not path.is_file():
-        raise UnavailableError(f"model GenePT {NAME}: {path} not in the cache")
-    return path
+        Downloader().download_via_name(RELATIVE)
+
+    ensure_cached(f"GenePT {NAME}", [table_path()], fetch, fetch_missing)
+    return table_path()
 
 
 def width(path: Path) -> int:

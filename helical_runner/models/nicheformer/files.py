@@ -14,12 +14,9 @@ no technology means unless its config is given one (its default: none), as here.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
-from helical_runner.errors import InputError, UnavailableError
-
-log = logging.getLogger(__name__)
+from helical_runner.errors import InputError
 
 NAME = "theislab/Nicheformer"  # NicheformerConfig's model_name (the Hugging Face repository helical fetches)
 FILES = ("config.json", "vocab.json", "model.safetensors", "model.h5ad")  # helical's _MODEL_FILES
@@ -39,23 +36,16 @@ def missing_files() -> list[str]:
 
 def locate(fetch_missing: bool = True) -> Path:
     """The model folder, fetching missing files with helical's downloader (only then; it skips cached ones)."""
-    missing = missing_files()
-    if missing and fetch_missing:
+    from helical_runner.models.cache import ensure_cached
+
+    def fetch(path: Path) -> None:
         from helical.models.nicheformer import NicheformerConfig
         from helical.utils.downloader import Downloader
 
-        log.info("model %s: downloading %d missing file(s) into %s", NAME, len(missing), model_dir())
-        for path, url in NicheformerConfig(model_name=NAME).list_of_files_to_download:
-            if not Path(path).is_file():
-                try:
-                    Downloader().download_via_link(Path(path), url)
-                except Exception as exc:  # noqa: BLE001 - helical raises assorted network errors
-                    raise UnavailableError(f"model {NAME}: '{Path(path).name}' is not in the cache {model_dir()} "
-                                           f"and could not be downloaded ({type(exc).__name__}); pre-place it "
-                                           "there") from exc
-        missing = missing_files()
-    if missing:
-        raise UnavailableError(f"model {NAME}: {', '.join(missing)} not in the cache")
+        links = {Path(p).name: url for p, url in NicheformerConfig(model_name=NAME).list_of_files_to_download}
+        Downloader().download_via_link(path, links[path.name])
+
+    ensure_cached(NAME, [model_dir() / name for name in FILES], fetch, fetch_missing)
     return model_dir()
 
 

@@ -13,14 +13,11 @@ Nothing here contacts helical's bucket when the files are cached.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from helical_runner.errors import InputError, UnavailableError
-
-log = logging.getLogger(__name__)
+from helical_runner.errors import InputError
 
 NAME = "scGPT_CP"  # helical's only scGPT (scGPTConfig: model_name "best_model" under scgpt/scGPT_CP)
 FILES = ("vocab.json", "best_model.pt")
@@ -53,21 +50,14 @@ def missing_files() -> list[str]:
 
 def locate(fetch_missing: bool = True) -> Path:
     """The model folder, downloading missing files through helical's downloader (only then)."""
-    missing = missing_files()
-    if missing and fetch_missing:
+    from helical_runner.models.cache import ensure_cached
+
+    def fetch(path: Path) -> None:
         from helical.utils.downloader import Downloader
 
-        log.info("model %s: downloading %d missing file(s) into %s", NAME, len(missing), model_dir())
-        for name in FILES:
-            if not (model_dir() / name).is_file():
-                try:
-                    Downloader().download_via_name(f"scgpt/{NAME}/{name}")
-                except Exception as exc:  # noqa: BLE001 - helical raises assorted network errors
-                    raise UnavailableError(f"model {NAME}: '{name}' is not in the cache {model_dir()} and could "
-                                           f"not be downloaded ({type(exc).__name__}); pre-place it there") from exc
-        missing = missing_files()
-    if missing:
-        raise UnavailableError(f"model {NAME}: {', '.join(missing)} not in the cache")
+        Downloader().download_via_name(f"scgpt/{NAME}/{path.name}")
+
+    ensure_cached(NAME, [model_dir() / name for name in FILES], fetch, fetch_missing)
     return model_dir()
 
 

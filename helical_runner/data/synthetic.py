@@ -237,32 +237,29 @@ def write_tiny_nicheformer(cache_prefix: Path, layers: int = 2, width: int = 32,
     return folder
 
 
+def _stand_in(sub, name: str, what: str, width: int | None = None, layers: bool = True):
+    """A subcommand writing one family's stand-in: --cache-prefix and --gene-table, and the network's shape."""
+    parser = sub.add_parser(name, help=f"write a tiny random {what} into a helical cache")
+    parser.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
+    parser.add_argument("--gene-table", type=Path,
+                        help="gene table (python -m helical_runner.data.genes; default: the cached one)")
+    if layers:
+        parser.add_argument("--layers", type=int, default=2)
+        parser.add_argument("--heads", type=int, default=4)
+    if width is not None:
+        parser.add_argument("--width", type=int, default=width, help="embedding width")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m helical_runner.data.synthetic", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    m = sub.add_parser("model", help="write a tiny random Geneformer into a helical cache")
-    m.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
+    m = _stand_in(sub, "model", "Geneformer")
     m.add_argument("--model", default=DEFAULT_MODEL)
-    m.add_argument("--layers", type=int, default=2)
     m.add_argument("--hidden", type=int, default=64)
-    m.add_argument("--heads", type=int, default=4)
-    m.add_argument("--gene-table", type=Path, help="gene table (python -m helical_runner.data.genes; default: the cached one)")
-    g = sub.add_parser("scgpt", help="write a tiny random scGPT (scGPT_CP) into a helical cache")
-    g.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
-    g.add_argument("--layers", type=int, default=2)
-    g.add_argument("--width", type=int, default=64)
-    g.add_argument("--heads", type=int, default=4)
-    g.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
-    p = sub.add_parser("genept", help="write a tiny random GenePT gene table into a helical cache")
-    p.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
-    p.add_argument("--width", type=int, default=64, help="numbers per gene (GenePT's own table has 1,536)")
-    p.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
-    n = sub.add_parser("nicheformer", help="write a tiny random Nicheformer into a helical cache")
-    n.add_argument("--cache-prefix", type=Path, required=True, help="acts as $CACHE_DIR_HELICAL_PREFIX")
-    n.add_argument("--layers", type=int, default=2)
-    n.add_argument("--width", type=int, default=32)
-    n.add_argument("--heads", type=int, default=4)
-    n.add_argument("--gene-table", type=Path, help="gene table (default: the cached one)")
+    _stand_in(sub, "scgpt", "scGPT (scGPT_CP)", width=64)
+    _stand_in(sub, "genept", "GenePT gene table (GenePT's own has 1,536 numbers a gene)", width=64, layers=False)
+    _stand_in(sub, "nicheformer", "Nicheformer", width=32)
     d = sub.add_parser("data", help="write a synthetic .h5ad of raw counts with cell types")
     d.add_argument("--output", type=Path, required=True)
     d.add_argument("--cells", type=int, default=2000)

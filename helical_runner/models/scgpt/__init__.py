@@ -13,6 +13,7 @@ scGPTFineTuningModel feeds the plain mean to its head).
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -29,21 +30,31 @@ def names() -> list[str]:
 
 def describe(name: str) -> ModelRow:
     missing = files.missing_files()
-    width = 512  # scGPTConfig's embsize, until the checkpoint says otherwise
-    if not missing:
-        state = files.read_state(files.model_dir() / "best_model.pt")
-        width = files.architecture(state, files.model_dir()).d_model
+    width = _checkpoint()[0].d_model if not missing else 512  # scGPTConfig's embsize until the checkpoint says
     return ModelRow(family=FAMILY, name=name, embedding_size=width, input_size=files.MAX_LENGTH, fine_tunes=True,
                     cached=not missing, missing=missing)
 
 
 def details(name: str) -> dict:
     """What `info --model` adds for a cached scGPT: the architecture its checkpoint describes."""
-    state = files.read_state(files.model_dir() / "best_model.pt")
-    arch = files.architecture(state, files.model_dir())
+    arch, parameters = _checkpoint()
     return {"version": files.NAME, "layers": arch.nlayers, "hidden_size": arch.d_model, "attention_heads": arch.nhead,
-            "vocabulary_size": arch.ntoken, "special_tokens": False,
-            "parameters": sum(t.numel() for t in state.values()), "model_dir": str(files.model_dir())}
+            "vocabulary_size": arch.ntoken, "special_tokens": False, "parameters": parameters,
+            "model_dir": str(files.model_dir())}
+
+
+def _checkpoint() -> tuple[files.Architecture, int]:
+    """(architecture, parameter count) of the cached checkpoint; `info --model` asks twice (describe, details)
+    and reads it once."""
+    path = files.model_dir() / "best_model.pt"
+    stat = path.stat()
+    return _read_checkpoint(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_checkpoint(path, mtime_ns: int, size: int) -> tuple[files.Architecture, int]:
+    state = files.read_state(path)
+    return files.architecture(state, path.parent), sum(t.numel() for t in state.values())
 
 
 def vocabulary(name: str, dataset) -> dict | None:
@@ -94,8 +105,8 @@ class ScgptBase:
         (dropout 0.02 unless given, as helical's ClassificationHead)."""
         from helical_runner.models.scgpt.network import ScgptClassifier
 
-        network, _, self.architecture = files.load_network(self.folder)
-        return ScgptClassifier(network, n_classes, self.tokenizer.pad_id, 0.02 if dropout is None else dropout)
+        network, _, _ = files.load_network(self.folder)
+        return ScgptClassifier(network, n_classes, 0.02 if dropout is None else dropout)
 
     def save(self, net, meta, out_dir) -> None:
         from helical_runner.models.scgpt import network
@@ -125,7 +136,7 @@ class ScgptEmbedder:
         self.name = name
         self.precision = precision
         self.core = self.base.classifier(1).to(precision.device).eval()  # the head is not used
-        self.hidden_size = self.base.architecture.d_model
+        self.hidden_size = self.core.network.d_model
 
     def genes(self, dataset) -> dict:
         return self.base.genes(dataset)

@@ -146,7 +146,7 @@ def _profile(args):
     from helical_runner import profiles
 
     profile = profiles.load(getattr(args, "profile", None))
-    family = _model_family(getattr(args, "model", None))
+    family = _model_family(getattr(args, "model", None), profile.families)
     if family:  # the profile's settings for this model family (config/profiles.yaml `families:`), then flags
         profile = profile.for_family(family)
     return profile.override(device=getattr(args, "device", None), precision=getattr(args, "precision", None),
@@ -155,16 +155,19 @@ def _profile(args):
                             max_input_size=getattr(args, "max_input_size", None))
 
 
-def _model_family(model: str | None) -> str | None:
-    """The family of a helical model name; None for no model or a fine-tuned folder/registry URL (predict)."""
+def _model_family(model: str | None, families: dict) -> str | None:
+    """Which family of the profile's `families:` section runs helical model `model`; None for no model, a
+    fine-tuned folder or registry URL (predict), or a family the section doesn't name. Only the named
+    families are asked: Geneformer's names come from helical's config, a 6-second import at every start."""
     from helical_runner import models
 
-    if not model:
-        return None
-    try:
-        return models.family_of(model).FAMILY
-    except InputError:
-        return None  # not a model name: finetune/embed then say so with the list of models
+    for family in families if model else ():
+        try:
+            if model in models.family_named(family).names():
+                return family
+        except InputError:
+            continue  # a family this runner doesn't know: nothing of it applies
+    return None
 
 
 def run_info(args) -> dict:

@@ -240,13 +240,20 @@ def cmd_helical_embed(args) -> dict:
     """helical's embedding path on a whole .h5ad, as its quick start: read_h5ad, process_data,
     get_embeddings (cell mode, last layer); the embeddings written into the AnnData's obsm and saved, as a
     user keeps them (embed writes embeddings.h5ad)."""
+    started = time.monotonic()
+    adata, embeddings, tokenize_started, inference_started = _helical_embeddings(args)
+    return _kept_embeddings(args, adata, "X_geneformer", embeddings, started, tokenize_started, inference_started)
+
+
+def _kept_embeddings(args, adata, key: str, embeddings, started: float, tokenize_started: float,
+                     inference_started: float) -> dict:
+    """The tail of helical's embedding paths: the embeddings into obsm[key] and the AnnData saved, as a user
+    keeps them (embed writes embeddings.h5ad); the child's result with each phase's seconds."""
     import numpy as np
     import torch
 
-    started = time.monotonic()
-    adata, embeddings, tokenize_started, inference_started = _helical_embeddings(args)
     inference_seconds = time.monotonic() - inference_started
-    adata.obsm["X_geneformer"] = np.asarray(embeddings, dtype=np.float32)
+    adata.obsm[key] = np.asarray(embeddings, dtype=np.float32)
     adata.write_h5ad(args.output)
     return {"cells": int(adata.n_obs), "seconds": time.monotonic() - started,
             "tokenize_seconds": inference_started - tokenize_started, "inference_seconds": inference_seconds,
@@ -275,8 +282,6 @@ def cmd_helical_scgpt_embed(args) -> dict:
     get_embeddings (cell mode), the embeddings written into obsm and the AnnData saved (embed writes
     embeddings.h5ad)."""
     import anndata
-    import numpy as np
-    import torch
     from helical.models.scgpt import scGPT
 
     started = time.monotonic()
@@ -286,12 +291,7 @@ def cmd_helical_scgpt_embed(args) -> dict:
     dataset = model.process_data(adata, gene_names=args.gene_column)
     inference_started = time.monotonic()
     embeddings = model.get_embeddings(dataset)
-    inference_seconds = time.monotonic() - inference_started
-    adata.obsm["X_scgpt"] = np.asarray(embeddings, dtype=np.float32)
-    adata.write_h5ad(args.output)
-    return {"cells": int(adata.n_obs), "seconds": time.monotonic() - started,
-            "tokenize_seconds": inference_started - tokenize_started, "inference_seconds": inference_seconds,
-            "threads": torch.get_num_threads()}
+    return _kept_embeddings(args, adata, "X_scgpt", embeddings, started, tokenize_started, inference_started)
 
 
 def cmd_helical_scgpt_train(args) -> dict:

@@ -105,8 +105,7 @@ class ScgptBase:
         (dropout 0.02 unless given, as helical's ClassificationHead)."""
         from helical_runner.models.scgpt.network import ScgptClassifier
 
-        network, _, _ = files.load_network(self.folder)
-        return ScgptClassifier(network, n_classes, 0.02 if dropout is None else dropout)
+        return ScgptClassifier(files.load_network(self.folder), n_classes, 0.02 if dropout is None else dropout)
 
     def save(self, net, meta, out_dir) -> None:
         from helical_runner.models.scgpt import network

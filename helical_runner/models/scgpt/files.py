@@ -93,7 +93,7 @@ def architecture(state: dict, folder: Path) -> Architecture:
 
 
 def load_network(folder: Path):
-    """(helical's TransformerModel with every checkpoint weight loaded, in eval mode; the vocabulary)."""
+    """helical's TransformerModel with every checkpoint weight loaded, in eval mode."""
     from helical.models.scgpt.model_dir import TransformerModel
 
     vocab = json.loads((folder / "vocab.json").read_text())
@@ -116,4 +116,4 @@ def load_network(folder: Path):
                          f"({arch.nlayers} layers, width {arch.d_model}): {len(missing)} weights missing, "
                          f"{len(wrong)} of another shape, {len(unknown)} unknown (e.g. {example})")
     model.load_state_dict(state, strict=True)
-    return model.eval(), vocab, arch
+    return model.eval()

@@ -40,6 +40,10 @@ PRETRAINING_HEADS = ("decoder", "cls_decoder", "mvc_decoder")
 class ScgptClassifier(nn.Module):
     def __init__(self, network: nn.Module, n_classes: int, dropout: float = 0.02):
         super().__init__()
+        # encode() computes helical's post-norm, continuous-value layers itself: refuse any other network once
+        layers = network.transformer_encoder.layers
+        if network.input_emb_style != "continuous" or any(layer.norm_first for layer in layers):
+            raise ValueError("scGPT network is not the post-norm, continuous-value TransformerModel files.py builds")
         self.network = network
         for name in PRETRAINING_HEADS:
             for param in getattr(network, name).parameters() if hasattr(network, name) else ():
@@ -59,23 +63,22 @@ class ScgptClassifier(nn.Module):
 
     def embed(self, genes: torch.Tensor, values: torch.Tensor, lengths: tuple) -> torch.Tensor:
         """Cell embeddings [cells, width]: the mean of the encoder's outputs at each cell's gene positions."""
-        hidden = self.encode(genes, values, lengths)
+        bounds = np.cumsum((0,) + tuple(lengths))
+        hidden = self.encode(genes, values, bounds)
         device, n_cells = hidden.device, len(lengths)
         cell = torch.repeat_interleave(torch.arange(n_cells, device=device), torch.as_tensor(lengths, device=device))
         is_gene = torch.ones(len(hidden), 1, dtype=hidden.dtype, device=device)
-        is_gene[torch.as_tensor(np.cumsum((0,) + tuple(lengths[:-1])), device=device)] = 0  # each cell's <cls>
+        is_gene[torch.as_tensor(bounds[:-1], device=device)] = 0  # each cell's <cls>
         sums = hidden.new_zeros(n_cells, hidden.shape[1]).index_add_(0, cell, hidden * is_gene)
         genes_per_cell = torch.as_tensor([n - 1 for n in lengths], dtype=hidden.dtype, device=device)
         return sums / genes_per_cell.clamp(min=1).unsqueeze(1)
 
-    def encode(self, genes: torch.Tensor, values: torch.Tensor, lengths: tuple) -> torch.Tensor:
-        """The encoder's output [tokens, width] for packed cells: helical's `TransformerModel._encode` (gene +
-        value encoders, then every post-norm layer of its TransformerEncoder) without padding."""
+    def encode(self, genes: torch.Tensor, values: torch.Tensor, bounds: np.ndarray) -> torch.Tensor:
+        """The encoder's output [tokens, width] for packed cells (cell i is tokens bounds[i]:bounds[i + 1]):
+        helical's `TransformerModel._encode` (gene + value encoders, then every post-norm layer of its
+        TransformerEncoder) without padding."""
         net = self.network
-        if net.input_emb_style != "continuous" or any(layer.norm_first for layer in self._layers()):
-            raise ValueError("scGPT network is not the post-norm, continuous-value TransformerModel files.py builds")
         x = net.encoder(genes) + net.value_encoder(values)
-        bounds = np.cumsum((0,) + tuple(lengths))
         for layer in self._layers():
             x = layer.norm1(x + layer.dropout1(self._attention(layer.self_attn, x, bounds)))
             x = layer.norm2(x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))))

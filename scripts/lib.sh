@@ -117,10 +117,14 @@ ensure_apt() {
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
+    # one apt-get at a time (make test's two lanes): a second one would fail on dpkg's lock
+    exec {apt_fd}>"$CACHE_ROOT/apt.lock"
+    flock "$apt_fd"
     log "installing Debian packages: ${missing[*]}"
     local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    exec {apt_fd}>&-
 }
 
 # run_pytest PYTHON NAME TESTDIR [ARGS...]: pytest with a JUnit report under build/test-results/NAME.xml.

@@ -82,9 +82,9 @@ def write_tiny_geneformer(cache_prefix: Path, model_name: str = DEFAULT_MODEL, l
     """
     import torch
     from transformers import BertConfig, BertForMaskedLM
-    from helical.models.geneformer.geneformer_config import GeneformerConfig
+    from helical_runner.models.geneformer.files import config_class
 
-    facts = GeneformerConfig(model_name=model_name).model_map[model_name]
+    facts = config_class()(model_name=model_name).model_map[model_name]
     version_dir = Path(cache_prefix, ".cache", "helical", "models", "geneformer", facts["model_version"])
     model_dir = version_dir / model_name
     model_dir.mkdir(parents=True, exist_ok=True)

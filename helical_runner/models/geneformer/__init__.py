@@ -19,9 +19,9 @@ FAMILY = "geneformer"
 
 
 def _config():
-    from helical.models.geneformer.geneformer_config import GeneformerConfig
+    from helical_runner.models.geneformer.files import config_class
 
-    return GeneformerConfig()
+    return config_class()()
 
 
 def names() -> list[str]:

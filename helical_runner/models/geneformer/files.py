@@ -9,8 +9,10 @@ already cached, so the runner works offline.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +33,27 @@ class ModelFiles:
     ensembl_mapping: Path
 
 
-def _geneformer_config(name: str):
-    from helical.models.geneformer.geneformer_config import GeneformerConfig
+@functools.lru_cache(maxsize=1)
+def config_class() -> type:
+    """helical's `GeneformerConfig` (helical/models/geneformer/geneformer_config.py), loaded from its file.
 
+    `import helical.models.geneformer.geneformer_config` first runs that package's __init__, which imports
+    helical's Geneformer model (transformers, torch, scanpy: 4 to 7 s on a 2-CPU machine) at every runner start;
+    the config module itself needs only `helical.constants.paths`. Where helical's package is already imported,
+    its own class is returned."""
+    loaded = sys.modules.get("helical.models.geneformer.geneformer_config")
+    if loaded is not None:
+        return loaded.GeneformerConfig
+    package = importlib.util.find_spec("helical")  # finds the top package without importing it
+    path = Path(package.origin).parent / "models" / "geneformer" / "geneformer_config.py"
+    spec = importlib.util.spec_from_file_location("helical_runner.models.geneformer._helical_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GeneformerConfig
+
+
+def _geneformer_config(name: str):
+    GeneformerConfig = config_class()  # noqa: N806 - helical's class
     try:
         return GeneformerConfig(model_name=name)
     except ValueError:

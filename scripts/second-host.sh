@@ -67,6 +67,10 @@ up() {
 
 load() {
     local image here there_id loaded=
+    # one load at a time (scripts/suite-stack.sh starts one early, in the background): a second waits,
+    # then finds the first's images there by ID
+    exec {load_fd}>"$CACHE_ROOT/$NETNS-load.lock"
+    flock "$load_fd"
     for image in "$@"; do
         here=$(docker image inspect -f '{{.Id}}' "$image") || die "no image $image on this machine's engine"
         there_id=$(engine image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)

@@ -162,23 +162,19 @@ def step_seconds(stack, run_id: str, steps) -> float:
 
 @pytest.fixture(scope="module")
 def runs(stack, worker_host, dataset) -> dict:
-    """The same fine-tune and predict (the same cells and settings) on this host (cpu-small, queue cpu), then
-    on the worker host (cpu-remote): each run's REST record, containers seen, and the two steps' seconds."""
-    stamp = int(time.time())
-    out = {}
-    for where, profile, steps in (("central", "cpu-small", ("on_cpu.finetune", "on_cpu.predict")),
-                                  (NAME, PROFILE, REMOTE_STEPS)):
-        run_id = f"two-hosts-{where}-{stamp}"
-        with Watch(run_id) as watch:
-            trigger(stack, run_id, {"data": dataset, "profile": profile, **TRACKING})
-            run = stack.wait_for_run("helical_finetune", run_id, timeout=900)
-        assert run["state"] == "success", stack.task_states("helical_finetune", run_id)
-        out[where] = {"run": run, "watch": watch, "steps": step_seconds(stack, run_id, steps),
-                      "wall": seconds(run["end_date"]) - seconds(run["start_date"])}
-    timings = {where: {"finetune_and_predict_s": round(r["steps"], 1), "run_s": round(r["wall"], 1)}
-               for where, r in out.items()}
+    """A fine-tune and predict on the worker host (profile cpu-remote): its REST record, the containers seen,
+    and the two steps' seconds. (The same run on this host, profile cpu-small, was timed beside it once for
+    issue 24's closing note; test_stack.py's upload shows cpu-small's steps on this engine.)"""
+    run_id = f"two-hosts-{NAME}-{int(time.time())}"
+    with Watch(run_id) as watch:
+        trigger(stack, run_id, {"data": dataset, "profile": PROFILE, **TRACKING})
+        run = stack.wait_for_run("helical_finetune", run_id, timeout=900)
+    assert run["state"] == "success", stack.task_states("helical_finetune", run_id)
+    out = {NAME: {"run": run, "watch": watch, "steps": step_seconds(stack, run_id, REMOTE_STEPS),
+                  "wall": seconds(run["end_date"]) - seconds(run["start_date"])}}
+    timings = {NAME: {"finetune_and_predict_s": round(out[NAME]["steps"], 1), "run_s": round(out[NAME]["wall"], 1)}}
     (ARTIFACTS / "two-hosts-timings.json").write_text(json.dumps(timings, indent=1) + "\n")
-    print(f"\nthe same fine-tune + predict: {timings}")
+    print(f"\nfine-tune + predict on the worker host: {timings}")
     return out
 
 
@@ -192,9 +188,6 @@ def test_a_run_on_the_worker_hosts_queue_runs_its_fine_tune_and_predict_there(st
         assert task_instance(stack, run_id, step)["hostname"] == NAME
     for step in CENTRAL_STEPS:
         assert watch.where(step) == {("central", "central")}, (step, watch.seen)
-    # and the same run on cpu-small kept everything on this engine
-    central = runs["central"]["watch"]
-    assert {where for where, _, _ in central.seen.values()} == {"central"}, central.seen
 
 
 def test_the_worker_hosts_task_logs_show_in_the_airflow_api(stack, runs):

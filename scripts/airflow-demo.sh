@@ -15,9 +15,6 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 ensure_apt postgresql-15 redis-server
-ensure_venv airflow "$REPO_ROOT/requirements/airflow.lock"
-ensure_runner_env
-ensure_mlflow_env
 
 mode=${HELICAL_DEMO_MODE:-}
 case $mode in ""|docker|local) ;; *) die "HELICAL_DEMO_MODE must be docker or local, not '$mode'" ;; esac
@@ -34,10 +31,20 @@ if [ "$mode" != local ]; then
     rm -f "$engine_log"
 fi
 export HELICAL_DEMO_MODE=$mode HELICAL_DEMO_ENGINE=""
+image_pid=""
 if [ "$mode" = docker ]; then
     ensure_apt haproxy debootstrap
+    # built beside the virtualenvs below (on a first run each takes minutes, neither keeps both CPUs busy);
+    # its messages go to this output as they come
     log "demo: building the runner image if needed (first run on this machine: several minutes)"
-    DOCKER_HOST=unix://$socket bash scripts/build-runner-image.sh cpu >/dev/null  # on the engine the demo uses
+    DOCKER_HOST=unix://$socket bash scripts/build-runner-image.sh cpu >/dev/null &  # on the engine the demo uses
+    image_pid=$!
+fi
+ensure_venv airflow "$REPO_ROOT/requirements/airflow.lock"
+ensure_runner_env
+ensure_mlflow_env
+if [ "$mode" = docker ]; then
+    wait "$image_pid" || die "the runner image could not be built (its error is above)"
     export HELICAL_DEMO_ENGINE=$socket
     log "demo: runner steps run in helical-runner:cpu containers on network helical-local-runners, through the socket proxy"
 else

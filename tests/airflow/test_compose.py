@@ -329,7 +329,8 @@ def test_minio_init_gives_mlflow_its_user_and_policy(tmp_path):
     """minio-init's script under dash with a stand-in `mc`: MLflow's user gets policy helical-mlflow (bucket
     filled in), never readwrite, and a key equal to another user's is refused."""
     script = load("docker-compose-storage.yaml")["services"]["minio-init"]["command"][0].replace("$$", "$")
-    script = script.replace("/opt/helical/", str(REPO / "docker/storage") + "/").replace("/tmp/", f"{tmp_path}/")
+    # /tmp/ first: the clone itself may live under /tmp
+    script = script.replace("/tmp/", f"{tmp_path}/").replace("/opt/helical/", str(REPO / "docker/storage") + "/")
     stand_in = 'mc() { echo "mc $*" >> "$MC_LOG"; }\n'
     env = {"PATH": "/usr/bin:/bin", "MC_LOG": str(tmp_path / "mc.log"), "MINIO_ROOT_USER": "root",
            "MINIO_ROOT_PASSWORD": "root-password", "HELICAL_S3_ACCESS_KEY": "airflow-key",

@@ -18,9 +18,15 @@ def _open(browser, url: str, *texts: str, shot: str):
     requested = []
     page.on("request", lambda request: requested.append(request.url))
     page.goto(url)
-    for text in texts:
-        page.get_by_text(text, exact=True).first.wait_for(timeout=60_000)
     SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        for text in texts:
+            # generous: make test runs this suite beside the Docker suites, and MLflow's React UI renders a
+            # run's charts only after it has fetched every metric's history
+            page.get_by_text(text, exact=True).first.wait_for(timeout=150_000)
+    except Exception:
+        page.screenshot(path=str(SHOTS / f"timed-out-{shot}"), full_page=True)  # what the page showed instead
+        raise
     page.screenshot(path=str(SHOTS / shot), full_page=True)
     body = page.inner_text("body")
     page.close()

@@ -144,7 +144,9 @@ class Stack:
         self._spawn("scheduler", ["airflow", "scheduler"], self.env)
         self._spawn("dag-processor", ["airflow", "dag-processor"], self.env)
         self._spawn("triggerer", ["airflow", "triggerer"], self.env)
-        self._spawn("worker", ["airflow", "celery", "worker", "--queues", "cpu", "--concurrency", "2"], self.env)
+        # 4 task slots, as the compose stack's worker (CELERY_WORKER_CONCURRENCY's default): with 2, a dozen
+        # uploads at once queued a good run's steps 30 to 50 s each behind the bad ones' quick failures
+        self._spawn("worker", ["airflow", "celery", "worker", "--queues", "cpu", "--concurrency", "4"], self.env)
         wait_for(lambda: self.api("GET", "/api/v2/version").status_code == 200, 180, "the api-server")
         if self.mlflow:
             self._wait_for_mlflow()

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -234,9 +235,24 @@ def _summary(command: str, result: dict) -> str:
     return f"{result['cells']['predicted']} cells annotated"
 
 
+def _exit_on_sigterm() -> None:
+    """End at once on SIGTERM, as a process ends by default. In a container this process is PID 1, which the
+    kernel shields from every signal it has no handler for: `docker stop` (an operator, a host shutdown, or
+    a retry stopping the attempt a lost worker left behind) then waited out its whole grace period while the
+    step went on training and writing checkpoints, and ended in SIGKILL anyway. Nothing is lost that SIGKILL
+    would keep: a retry resumes from the last checkpoint either way. Exit code 143 (128 + SIGTERM)."""
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        sys.stderr.write("helical-runner: stopped by SIGTERM; a retry resumes from the last checkpoint\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)  # no clean-up: a stop must not wait on S3 or the training step
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    _exit_on_sigterm()
     if args.command == "info":
         try:
             print(json.dumps(run_info(args), indent=1))

@@ -92,3 +92,33 @@ def test_umap_comes_compiled_with_the_image(runner_image):
     loaded = [line for line in lines if line.startswith("[cache] data loaded from '/opt/numba-cache/")]
     saved = [line for line in lines if line.startswith("[cache] data saved to")]
     assert loaded and not saved, "\n".join(lines[-20:])
+
+
+def test_docker_stop_ends_a_step_at_once_with_143(runner_image):
+    """`docker stop` sends SIGTERM to the container's PID 1, the runner itself. A step waiting on S3 (here
+    an endpoint it can't reach, retried for 10 minutes) ends at once with 143 and one line saying so, not
+    after the stop's whole grace period with Docker's SIGKILL (137) while it kept working."""
+    import time
+
+    started = subprocess.run(
+        ["docker", "run", "-d", "--network", "none", "-e", "S3_ENDPOINT_URL=http://192.0.2.1:9000",
+         "-e", "AWS_ACCESS_KEY_ID=test", "-e", "AWS_SECRET_ACCESS_KEY=test", "-e", "S3_RETRY_SECONDS=600",
+         runner_image, "inspect", "--data", "s3://helical/incoming/cells.h5ad"],
+        capture_output=True, text=True, timeout=60, check=True)
+    container = started.stdout.strip()
+    try:
+        deadline = time.monotonic() + 120
+        logs = ""
+        while "S3 unreachable while" not in logs and time.monotonic() < deadline:
+            time.sleep(1)
+            done = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
+            logs = done.stdout + done.stderr
+        assert "S3 unreachable while" in logs, logs[-2000:]  # the step is under way, retrying S3
+        subprocess.run(["docker", "stop", "--time", "120", container], capture_output=True, timeout=300, check=True)
+        code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", container], capture_output=True,
+                              text=True, timeout=60, check=True).stdout.strip()
+        done = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
+        assert code == "143", (code, (done.stdout + done.stderr)[-2000:])
+        assert "helical-runner: stopped by SIGTERM" in done.stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)

@@ -124,7 +124,8 @@ def test_infrastructure_restarts_during_a_finetune_are_ridden_out(stack, small_h
 
 def test_a_runner_container_stopped_from_outside_is_retried_and_resumes(stack, small_h5ad, reference_run):
     """`docker stop` (SIGTERM, then SIGKILL after the grace period, as an operator or a host shutdown does)
-    once the first checkpoint is written: the attempt fails with exit 137, the retry's new container resumes
+    once the first checkpoint is written: the attempt ends at once with exit 143 (the runner exits on SIGTERM;
+    137 would mean the stop waited for SIGKILL), the retry's new container resumes
     from that checkpoint (not from scratch), every training cell is counted once per epoch, and the outputs
     are an uninterrupted run's."""
     run_id = "faults-container-stop"
@@ -134,7 +135,7 @@ def test_a_runner_container_stopped_from_outside_is_retried_and_resumes(stack, s
         run = wait_for_run(stack, "helical_finetune", run_id, 1800)
     ti = stack.get(f"/api/v2/dags/helical_finetune/dagRuns/{run_id}/taskInstances/{FINETUNE}")
     assert run["state"] == "success" and ti["try_number"] == 2, (run["state"], ti)
-    assert "exit code 137" in task_log(stack, run_id, FINETUNE, 1)
+    assert "exit code 143" in task_log(stack, run_id, FINETUNE, 1)
     assert "resuming from checkpoint" in task_log(stack, run_id, FINETUNE, 2)
     assert watch.most == 1
     report = json.loads(stack.s3().get_object(Bucket="helical", Key=f"runs/{run_id}/report.json")["Body"].read())

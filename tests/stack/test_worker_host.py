@@ -257,7 +257,9 @@ def test_a_killed_worker_and_an_s3_outage_on_the_worker_host_are_ridden_out(stac
     run_id = f"two-hosts-faults-{int(time.time())}"
     drop = ["FORWARD", "-p", "tcp", "-d", stack.address, "--dport", stack.env["MINIO_API_PORT"], "-j", "DROP"]
     with Watch(run_id) as watch:
-        trigger(stack, run_id, {"data": url, "profile": PROFILE, "cells_per_chunk": 40, "epochs": 3, **TRACKING})
+        # 6 epochs of 6 chunks: the orphan, unpaused below, must not finish the step in the seconds before the
+        # retry stops it, and the retry still trains through the S3 outage
+        trigger(stack, run_id, {"data": url, "profile": PROFILE, "cells_per_chunk": 40, "epochs": 6, **TRACKING})
         orphan = wait_for(lambda: next((c for c in running(run_id)
                                         if container_log(c).count("helical_runner.training.loop: epoch 1/") >= 2),
                                        None), 900, "the first checkpoint of the fine-tune on the worker host")

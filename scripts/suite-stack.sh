@@ -26,14 +26,9 @@ HELICAL_H2_SOCKET=$(bash scripts/second-host.sh up)
 # The runner image (8.5 GB: about 3 minutes to copy) is already built here (make demo, the e2e suite):
 # copied to the second host while `make stack` builds and starts the rest; the worker host's fixture loads
 # every image it needs after it (a load waits for the one under way, and skips images already there by ID).
-base_image=${HELICAL_BASE_IMAGE:-helical-base:bookworm-py312}
-prefetch=()
-for image in helical-runner:cpu "$base_image"; do
-    docker image inspect "$image" >/dev/null 2>&1 && prefetch+=("$image")
-done
-if [ ${#prefetch[@]} -gt 0 ]; then
+if docker image inspect helical-runner:cpu >/dev/null 2>&1; then
     mkdir -p build/stack
-    bash scripts/second-host.sh load "${prefetch[@]}" >build/stack/second-host-prefetch.log 2>&1 &
+    bash scripts/second-host.sh load helical-runner:cpu >build/stack/second-host-prefetch.log 2>&1 &
 fi
 [ "${HELICAL_STACK_KEEP:-}" = 1 ] || trap 'wait; bash scripts/second-host.sh down' EXIT
 export HELICAL_H2_SOCKET HELICAL_BIND_ADDRESS=10.203.0.1 HELICAL_WORKER_HOSTS=h2=10.203.0.2 \

@@ -161,28 +161,27 @@ def step_seconds(stack, run_id: str, steps) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(stack, worker_host, dataset) -> dict:
-    """A fine-tune and predict on the worker host (profile cpu-remote): its REST record, the containers seen,
-    and the two steps' seconds. (The same run on this host, profile cpu-small, was timed beside it once for
-    issue 24's closing note; test_stack.py's upload shows cpu-small's steps on this engine.)"""
+def remote_run(stack, worker_host, dataset) -> dict:
+    """A fine-tune and predict on the worker host (profile cpu-remote): its REST record and the containers
+    seen. (The same run on this host, profile cpu-small, was timed beside it once for issue 24's closing note;
+    test_stack.py's upload shows cpu-small's steps on this engine.)"""
     run_id = f"two-hosts-{NAME}-{int(time.time())}"
     with Watch(run_id) as watch:
         trigger(stack, run_id, {"data": dataset, "profile": PROFILE, **TRACKING})
         run = stack.wait_for_run("helical_finetune", run_id, timeout=900)
     assert run["state"] == "success", stack.task_states("helical_finetune", run_id)
-    out = {NAME: {"run": run, "watch": watch, "steps": step_seconds(stack, run_id, REMOTE_STEPS),
-                  "wall": seconds(run["end_date"]) - seconds(run["start_date"])}}
-    timings = {NAME: {"finetune_and_predict_s": round(out[NAME]["steps"], 1), "run_s": round(out[NAME]["wall"], 1)}}
+    timings = {NAME: {"finetune_and_predict_s": round(step_seconds(stack, run_id, REMOTE_STEPS), 1),
+                      "run_s": round(seconds(run["end_date"]) - seconds(run["start_date"]), 1)}}
     (ARTIFACTS / "two-hosts-timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     print(f"\nfine-tune + predict on the worker host: {timings}")
-    return out
+    return {"run": run, "watch": watch}
 
 
-def test_a_run_on_the_worker_hosts_queue_runs_its_fine_tune_and_predict_there(stack, runs):
+def test_a_run_on_the_worker_hosts_queue_runs_its_fine_tune_and_predict_there(stack, remote_run):
     """Profile cpu-remote names queue cpu-remote, which only the worker host serves: its fine-tune and predict
     containers ran on the second engine (labelled with its name) and on no other; inspect and chunk stayed on
     this host's queue cpu. Airflow recorded the worker host as the one that ran them."""
-    run_id, watch = runs[NAME]["run"]["dag_run_id"], runs[NAME]["watch"]
+    run_id, watch = remote_run["run"]["dag_run_id"], remote_run["watch"]
     for step in REMOTE_STEPS:
         assert watch.where(step) == {(NAME, NAME)}, (step, watch.seen)
         assert task_instance(stack, run_id, step)["hostname"] == NAME
@@ -190,10 +189,10 @@ def test_a_run_on_the_worker_hosts_queue_runs_its_fine_tune_and_predict_there(st
         assert watch.where(step) == {("central", "central")}, (step, watch.seen)
 
 
-def test_the_worker_hosts_task_logs_show_in_the_airflow_api(stack, runs):
+def test_the_worker_hosts_task_logs_show_in_the_airflow_api(stack, remote_run):
     """The API server can't reach the worker host's log server: the worker host's task logs come from S3
     (remote logging), with what the runner printed."""
-    run_id = runs[NAME]["run"]["dag_run_id"]
+    run_id = remote_run["run"]["dag_run_id"]
     text = task_log(stack, run_id, FINETUNE, 1)
     assert "helical_runner.training.loop: epoch 1/" in text, text[-3000:]
     keys = stack.aws("s3", "ls", f"s3://{stack.bucket}/airflow-logs/dag_id=helical_finetune/run_id={run_id}/",
@@ -201,14 +200,14 @@ def test_the_worker_hosts_task_logs_show_in_the_airflow_api(stack, runs):
     assert f"task_id={FINETUNE}" in keys, keys
 
 
-def test_prometheus_scrapes_the_worker_host_and_its_runners_metrics_carry_its_name(stack, runs):
+def test_prometheus_scrapes_the_worker_host_and_its_runners_metrics_carry_its_name(stack, remote_run):
     """The worker host's node-exporter is a target labelled host="h2" (from HELICAL_WORKER_HOSTS, without
     editing prometheus.yml), and the runner metrics pushed from there say host="h2" (chunk's, from this host,
     say central)."""
     up = wait_for(lambda: stack.query(f'up{{job="node",host="{NAME}"}} == 1'), 120,
                   "Prometheus to scrape the worker host's node-exporter")
     assert up[0]["metric"]["instance"].startswith(f"{ADDRESS}:"), up
-    runner_run_id = stack.plan(runs[NAME]["run"]["dag_run_id"])["run_id"]
+    runner_run_id = stack.plan(remote_run["run"]["dag_run_id"])["run_id"]
     info = wait_for(lambda: stack.query(f'last_over_time(helical_runner_info{{run_id="{runner_run_id}"}}[30m])'),
                     120, "the worker host's runner metrics in Prometheus")
     hosts = {series["metric"]["command"]: series["metric"].get("host") for series in info}
